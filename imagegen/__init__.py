@@ -1,0 +1,1 @@
+"""Request handling for the image-generation service: settings, schemas, generation, encoding."""

@@ -1,0 +1,41 @@
+"""Errors a request can meet, each with its HTTP answer. Client errors are one short sentence;
+server errors never carry a traceback (that goes to the log)."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class ServiceError(Exception):
+    status_code = 500
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_response(self) -> JSONResponse:
+        # Same shape as BentoML's own 400 for schema violations: `error`, plus `detail` with
+        # the field's location, so clients parse one format.
+        body: dict[str, object] = {"error": self.message}
+        if self.field is not None:
+            body["detail"] = [{"loc": [self.field], "msg": self.message, "type": "value_error"}]
+        return JSONResponse(body, status_code=self.status_code, headers=self.headers)
+
+
+class InvalidField(ServiceError):
+    """A field that passed the schema but does not fit the loaded model."""
+
+    status_code = 400
+
+
+class OutOfMemory(ServiceError):
+    """The accelerator ran out of memory; the caches are freed and a retry may succeed."""
+
+    status_code = 503
+    headers = {"Retry-After": "10"}
+
+
+class GenerationFailed(ServiceError):
+    status_code = 500

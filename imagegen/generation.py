@@ -1,0 +1,107 @@
+"""Turn a request into an image with one loaded pipeline, safely under concurrency."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+import threading
+
+import torch
+from PIL.Image import Image
+
+from models.loading import LoadedModel
+
+from .errors import GenerationFailed, InvalidField, OutOfMemory
+from .schedulers import build_scheduler
+from .schemas import MAX_SEED, GenerationParameters, ImageRequest
+
+logger = logging.getLogger(__name__)
+
+
+class ImageGenerator:
+    """Runs one loaded pipeline.
+
+    Calls are serialised per model: one generation already keeps the device busy, and running
+    them one at a time makes every image independent of what else is in flight. Each call also
+    gets its own scheduler and seeded generator, so nothing per-request is written onto the
+    shared pipeline.
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+
+    def resolve(self, request: ImageRequest) -> GenerationParameters:
+        """Fill blank fields with the model's defaults and check what depends on the model."""
+        info = self.model.info
+        if request.model not in (None, info.name, self.model.tag):
+            raise InvalidField(
+                f"`model` must be one of the loaded models ({self.model.tag}), "
+                f"but is {request.model!r}.",
+                field="model",
+            )
+        if request.scheduler is not None and request.scheduler not in info.schedulers:
+            raise InvalidField(
+                f"`scheduler` must be one of {', '.join(info.schedulers)} for {info.name}, "
+                f"but is {request.scheduler!r}.",
+                field="scheduler",
+            )
+        return GenerationParameters(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width or info.native_width,
+            height=request.height or info.native_height,
+            num_inference_steps=request.num_inference_steps or info.default_steps,
+            guidance_scale=(
+                info.default_guidance_scale
+                if request.guidance_scale is None
+                else request.guidance_scale
+            ),
+            seed=secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            scheduler=request.scheduler or info.default_scheduler,
+            model=self.model.tag,
+        )
+
+    def generate(self, parameters: GenerationParameters) -> Image:
+        pipeline = self.model.pipeline
+        scheduler = (
+            # The model's own scheduler may be outside the registry: copy it as it is.
+            type(pipeline.scheduler).from_config(pipeline.scheduler.config)
+            if parameters.scheduler == self.model.info.default_scheduler
+            else build_scheduler(parameters.scheduler, pipeline.scheduler)
+        )
+        # __call__ writes per-call state onto the pipeline (guidance, step counts), so each call
+        # runs on its own shallow copy: the weights are shared, the state is not.
+        run = copy.copy(pipeline)
+        run.scheduler = scheduler
+        # Seeded on the CPU, so a seed gives the same noise whatever the device.
+        generator = torch.Generator("cpu").manual_seed(parameters.seed)
+        try:
+            with self._lock, torch.inference_mode():
+                output = run(
+                    prompt=parameters.prompt,
+                    negative_prompt=parameters.negative_prompt,
+                    width=parameters.width,
+                    height=parameters.height,
+                    num_inference_steps=parameters.num_inference_steps,
+                    guidance_scale=parameters.guidance_scale,
+                    generator=generator,
+                )
+        except torch.OutOfMemoryError as error:
+            logger.warning("out of device memory at %dx%d", parameters.width, parameters.height)
+            torch.cuda.empty_cache()
+            raise OutOfMemory(
+                "The accelerator is out of memory; retry later or ask for a smaller image."
+            ) from error
+        except Exception as error:
+            logger.exception("generation failed (seed %d)", parameters.seed)
+            raise GenerationFailed(
+                "Image generation failed; the server log has the details."
+            ) from error
+        image: Image = output.images[0]
+        return image
+
+    def warm_up(self) -> None:
+        """One short generation, so the first client does not pay for lazy initialisation."""
+        self.generate(self.resolve(ImageRequest(prompt="warm-up", num_inference_steps=1, seed=0)))

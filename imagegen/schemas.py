@@ -1,0 +1,125 @@
+"""Request and response bodies; each field documents itself in the OpenAPI page at /docs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .schedulers import SchedulerName
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000
+
+IMAGE_REQUEST_EXAMPLE = {
+    "prompt": "a lighthouse on a cliff at sunset, oil painting",
+    "negative_prompt": "blurry, low quality",
+    "width": 64,
+    "height": 64,
+    "num_inference_steps": 4,
+    "guidance_scale": 7.5,
+    "seed": 42,
+    "scheduler": "euler",
+    "output_format": "png",
+}
+
+
+class ImageRequest(BaseModel):
+    """Body of `POST /generate/image`: what to draw and how."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": IMAGE_REQUEST_EXAMPLE})
+
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, description="What the image should show."
+    )
+    negative_prompt: str = Field(
+        "", max_length=MAX_PROMPT_CHARS, description="What the image should not show."
+    )
+    width: int | None = Field(
+        None,
+        ge=64,
+        le=2048,
+        multiple_of=8,
+        description="Width in pixels, a multiple of 8. Leave blank for the model's native size.",
+    )
+    height: int | None = Field(
+        None,
+        ge=64,
+        le=2048,
+        multiple_of=8,
+        description="Height in pixels, a multiple of 8. Leave blank for the model's native size.",
+    )
+    num_inference_steps: int | None = Field(
+        None,
+        ge=1,
+        le=150,
+        description="Denoising steps: more is slower and usually finer. Leave blank for the "
+        "model's default.",
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        le=30,
+        description="How closely to follow the prompt; 0 or 1 turns classifier-free guidance "
+        "off. Leave blank for the model's default.",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed: the same body and seed give the same image. Leave blank to "
+        "randomize; the seed used comes back in `X-Seed`.",
+    )
+    scheduler: SchedulerName | None = Field(
+        None,
+        description="Sampler. Leave blank for the model's own; `GET /models` lists the ones "
+        "each model accepts.",
+    )
+    output_format: OutputFormat = Field("png", description="Image encoding of the response.")
+    quality: int = Field(
+        90, ge=1, le=100, description="Encoder quality for jpeg and webp; png is lossless."
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        description="Model as `name` or `name:version`. Leave blank for the served model; "
+        "`GET /models` lists them.",
+    )
+
+
+class GenerationParameters(BaseModel):
+    """The parameters an image was actually made with, defaults and seed resolved."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    scheduler: str
+    model: str = Field(description="`name:version` of the model.")
+
+
+class ModelInfo(BaseModel):
+    """A loaded model and the defaults it applies to blank request fields."""
+
+    name: str
+    version: str
+    pipeline: str = Field(description="The diffusers pipeline class.")
+    device: str
+    dtype: str
+    native_width: int
+    native_height: int
+    default_steps: int
+    default_guidance_scale: float
+    default_scheduler: str
+    schedulers: list[str] = Field(description="Values the `scheduler` field accepts.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one sentence, and the offending field when there is one."""
+
+    error: str
+    field: str | None = None

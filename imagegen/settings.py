@@ -1,0 +1,46 @@
+"""Service configuration, read once from ``IMAGEGEN_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", frozen=True)
+
+    model: str = Field(
+        "sd-tiny",
+        min_length=1,
+        description="Model to serve, as `name` or `name:version` in the BentoML model store.",
+    )
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="Torch device: `auto` picks CUDA when available, else CPU.",
+    )
+    dtype: DtypeName = Field(
+        "auto", description="Weights dtype: `auto` is float16 on CUDA and float32 elsewhere."
+    )
+    log_level: LogLevel = Field("INFO", description="Level of this service's own log lines.")
+    warmup: bool = Field(True, description="Run one short generation before reporting ready.")
+    timeout: int = Field(
+        600, ge=1, description="Seconds a request may take before the server answers 504."
+    )
+    max_concurrency: int = Field(
+        8, ge=1, description="Requests in flight per service; more are answered 429."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing the env."""
+    return Settings()

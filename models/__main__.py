@@ -1,0 +1,71 @@
+"""Put pipelines into the BentoML model store.
+
+    python -m models embedded                 # build and store sd-tiny (no download)
+    python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--dtype D]
+
+SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import AutoPipelineForText2Image
+
+from .store import ensure_embedded, save_pipeline
+
+
+def default_name(source: str) -> str:
+    """``stabilityai/sd-turbo`` -> ``sd-turbo``: the last path part, as a valid BentoML tag name."""
+    last = Path(source.rstrip("/")).name.lower()
+    return re.sub(r"[^a-z0-9_.-]+", "-", last).strip("-._") or "model"
+
+
+def import_pipeline(args: argparse.Namespace) -> str:
+    # from_pretrained shows download and loading progress bars on stderr.
+    pipeline = AutoPipelineForText2Image.from_pretrained(
+        args.source, dtype=getattr(torch, args.dtype), variant=args.variant
+    )
+    model = save_pipeline(
+        pipeline,
+        args.name or default_name(args.source),
+        source=args.source,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+    )
+    return str(model.tag)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("embedded", help="build and store the embedded sd-tiny model")
+    imports = commands.add_parser("import", help="import a diffusers pipeline into the store")
+    imports.add_argument("source", help="hub id or local directory of a diffusers pipeline")
+    imports.add_argument("--name", help="model name in the store (default: from SOURCE)")
+    imports.add_argument("--steps", type=int, help="default steps (default: the pipeline's)")
+    imports.add_argument("--guidance", type=float, help="default guidance scale")
+    imports.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default="float16",
+        help="dtype of the stored weights; the service casts to its own at load (default: %(default)s)",
+    )
+    imports.add_argument("--variant", help="weights variant to fetch, such as fp16")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    tag = str(ensure_embedded().tag) if args.command == "embedded" else import_pipeline(args)
+    sys.stdout.write(f"{tag}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Diffusion pipelines in the BentoML model store: saved once with their defaults, found by tag."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import NotFound
+from diffusers import DiffusionPipeline
+
+from .embedded import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_STEPS,
+    EMBEDDED_NAME,
+    build_embedded_pipeline,
+    embedded_version,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    """The configured model is not in the store; the message lists the ones that are."""
+
+
+def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
+    """(width, height) the pipeline was trained at: the denoiser's sample size in pixels."""
+    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    size = denoiser.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return width * pipeline.vae_scale_factor, height * pipeline.vae_scale_factor
+
+
+def pipeline_metadata(
+    pipeline: DiffusionPipeline, *, steps: int | None = None, guidance_scale: float | None = None
+) -> dict[str, Any]:
+    """What the service needs to know about a pipeline before loading it, stored with the model.
+
+    Steps and guidance default to the pipeline's own call defaults; distilled models such as
+    SD-Turbo need others (1 step, guidance 0), given at import time.
+    """
+    call_defaults = inspect.signature(pipeline.__call__).parameters
+    width, height = native_size(pipeline)
+    return {
+        "pipeline": type(pipeline).__name__,
+        "native_width": width,
+        "native_height": height,
+        "default_steps": steps or call_defaults["num_inference_steps"].default,
+        "default_guidance_scale": (
+            call_defaults["guidance_scale"].default if guidance_scale is None else guidance_scale
+        ),
+    }
+
+
+def save_pipeline(
+    pipeline: DiffusionPipeline,
+    tag: str,
+    *,
+    source: str,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+) -> bentoml.Model:
+    """Write ``pipeline`` into the model store as ``tag`` (a new version when it has none)."""
+    metadata = pipeline_metadata(pipeline, steps=steps, guidance_scale=guidance_scale)
+    with bentoml.models.create(tag, labels={"source": source}, metadata=metadata) as model:
+        pipeline.save_pretrained(model.path)
+    logger.info("saved %s to the model store as %s", source, model.tag)
+    return model
+
+
+def ensure_embedded() -> bentoml.Model:
+    """The current ``sd-tiny`` version, built from code and stored the first time it is needed."""
+    tag = f"{EMBEDDED_NAME}:{embedded_version()}"
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        logger.info("building the embedded model %s", tag)
+        return save_pipeline(
+            build_embedded_pipeline(),
+            tag,
+            source="embedded",
+            steps=DEFAULT_STEPS,
+            guidance_scale=DEFAULT_GUIDANCE_SCALE,
+        )
+
+
+def stored_tags() -> list[str]:
+    return sorted(str(model.tag) for model in bentoml.models.list())
+
+
+def find_model(tag: str) -> bentoml.Model:
+    """The stored model ``name[:version]``; the embedded one is created on first use."""
+    if tag.split(":")[0] == EMBEDDED_NAME:
+        ensure_embedded()
+    try:
+        return bentoml.models.get(tag)
+    except NotFound:
+        stored = ", ".join(stored_tags()) or "none"
+        raise UnknownModel(
+            f"model {tag!r} is not in the BentoML model store (stored: {stored}); "
+            "import it with `python -m models import SOURCE --name NAME`"
+        ) from None
