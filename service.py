@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import bentoml
 from fastapi import FastAPI
 from PIL.Image import Image
-from starlette.responses import Response
 
 from imagegen import docs
 from imagegen.encoding import image_response
 from imagegen.errors import ServiceError
 from imagegen.schemas import ImageRequest, ModelInfo
 from imagegen.settings import get_settings
+from models.store import StoredPipeline
 
 settings = get_settings()
 # BentoML leaves the root logger at WARNING; this project's own INFO lines (model loading,
@@ -35,18 +36,16 @@ routes.include_router(docs.router)
 class ImageGeneration:
     """Text-to-image generation with a diffusers pipeline."""
 
-    # Declared here so `bentoml build` packs it into the bento.
-    model = bentoml.models.BentoModel(settings.model)
+    # Declared here so `bentoml build` packs it; resolving it builds sd-tiny on first use.
+    model = StoredPipeline(settings.model)
 
     def __init__(self) -> None:
         from imagegen.generation import ImageGenerator
         from models.loading import load_model
-        from models.store import find_model
 
         self.ready = False
-        stored = find_model(str(type(self).model.tag))
         self.generator = ImageGenerator(
-            load_model(stored, device=settings.device, dtype=settings.dtype)
+            load_model(self.model, device=settings.device, dtype=settings.dtype)
         )
         if settings.warmup:
             self.generator.warm_up()
@@ -56,7 +55,7 @@ class ImageGeneration:
         return self.ready
 
     @bentoml.api(route="/generate/image", input_spec=ImageRequest)
-    def generate_image(self, **fields: object) -> Image:
+    def generate_image(self, **fields: Any) -> Image:
         """Generate one image. Returns its bytes, with the seed used in `X-Seed` and the model
         in `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
@@ -65,7 +64,9 @@ class ImageGeneration:
             image = self.generator.generate(parameters)
         except ServiceError as error:
             return error.to_response()  # type: ignore[return-value]
-        return image_response(image, parameters, request.output_format, request.quality)
+        # BentoML sends a Response as it is; `Image` above documents the 200 body for OpenAPI
+        # and tells BentoML's Python client to decode it.
+        return image_response(image, parameters, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models")
     def models(self) -> list[ModelInfo]:

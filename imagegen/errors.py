@@ -3,12 +3,14 @@ server errors never carry a traceback (that goes to the log)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from starlette.responses import JSONResponse
 
 
 class ServiceError(Exception):
     status_code = 500
-    headers: dict[str, str] = {}
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -34,7 +36,7 @@ class OutOfMemory(ServiceError):
     """The accelerator ran out of memory; the caches are freed and a retry may succeed."""
 
     status_code = 503
-    headers = {"Retry-After": "10"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "10"}
 
 
 class GenerationFailed(ServiceError):

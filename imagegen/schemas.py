@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from .schedulers import SchedulerName
 
@@ -12,7 +12,7 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 
-IMAGE_REQUEST_EXAMPLE = {
+IMAGE_REQUEST_EXAMPLE: dict[str, JsonValue] = {
     "prompt": "a lighthouse on a cliff at sunset, oil painting",
     "negative_prompt": "blurry, low quality",
     "width": 64,

@@ -42,5 +42,5 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing the env."""
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` to re-read the env."""
     return Settings()

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype",
         choices=["float16", "bfloat16", "float32"],
         default="float16",
-        help="dtype of the stored weights; the service casts to its own at load (default: %(default)s)",
+        help="dtype of the stored weights; the service casts at load (default: %(default)s)",
     )
     imports.add_argument("--variant", help="weights variant to fetch, such as fp16")
     return parser.parse_args(argv)

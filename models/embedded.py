@@ -27,7 +27,7 @@ MAX_TOKENS = 77
 DEFAULT_STEPS = 4
 DEFAULT_GUIDANCE_SCALE = 7.5
 
-TEXT_ENCODER = {
+TEXT_ENCODER: dict[str, Any] = {
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_attention_heads": 4,
@@ -35,7 +35,7 @@ TEXT_ENCODER = {
     "projection_dim": 32,
     "max_position_embeddings": MAX_TOKENS,
 }
-UNET = {
+UNET: dict[str, Any] = {
     "sample_size": 8,  # latent side; the VAE scales it by 8 to a 64x64 image
     "in_channels": 4,
     "out_channels": 4,
@@ -47,7 +47,7 @@ UNET = {
     "attention_head_dim": 8,
     "norm_num_groups": 8,
 }
-VAE = {
+VAE: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
     "latent_channels": 4,
@@ -59,7 +59,7 @@ VAE = {
     "sample_size": 64,
 }
 # Stable Diffusion 1.x's own noise schedule.
-SCHEDULER = {
+SCHEDULER: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -103,8 +103,9 @@ def _seeded(build: Any, *args: Any, **kwargs: Any) -> Any:
 def build_embedded_pipeline() -> StableDiffusionPipeline:
     """The ``sd-tiny`` pipeline, identical weights on every call."""
     tokenizer = build_tokenizer()
-    special = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
-    text_config = CLIPTextConfig(vocab_size=len(tokenizer), **TEXT_ENCODER, **special)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, **TEXT_ENCODER
+    )
     return StableDiffusionPipeline(
         vae=_seeded(AutoencoderKL, **VAE),
         text_encoder=_seeded(CLIPTextModel, text_config),

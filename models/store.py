@@ -7,7 +7,9 @@ import logging
 from typing import Any
 
 import bentoml
+from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml.exceptions import NotFound
+from bentoml.models import BentoModel
 from diffusers import DiffusionPipeline
 
 from .embedded import (
@@ -102,3 +104,18 @@ def find_model(tag: str) -> bentoml.Model:
             f"model {tag!r} is not in the BentoML model store (stored: {stored}); "
             "import it with `python -m models import SOURCE --name NAME`"
         ) from None
+
+
+class StoredPipeline(BentoModel):
+    """The service's model declaration: a ``BentoModel`` (so ``bentoml build`` packs it) that
+    builds the embedded model the first time anything resolves it, and names the stored models
+    when the tag is unknown instead of trying to pull from BentoCloud."""
+
+    def resolve(self, base_path: Any = None) -> bentoml.Model:
+        find_model(str(self.tag))
+        resolved: bentoml.Model = super().resolve(base_path)
+        return resolved
+
+    def to_info(self, alias: str | None = None) -> BentoModelInfo:
+        find_model(str(self.tag))
+        return super().to_info(alias)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
+from imagegen.schemas import GenerationParameters
+
+PARAMETERS = GenerationParameters(
+    prompt="a cat",
+    negative_prompt="a dog",
+    width=64,
+    height=64,
+    num_inference_steps=4,
+    guidance_scale=7.5,
+    seed=42,
+    scheduler="euler",
+    model="sd-tiny:v1",
+)
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    return Image.effect_mandelbrot((64, 64), (-2, -1.5, 1, 1.5), 100).convert("RGB")
+
+
+def test_png_carries_the_generation_parameters(image: Image.Image) -> None:
+    decoded = Image.open(io.BytesIO(encode_image(image, PARAMETERS, "png", 90)))
+    assert json.loads(decoded.text["parameters"]) == PARAMETERS.model_dump()
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg", "webp"])
+def test_each_format_decodes_as_itself(image: Image.Image, output_format: str) -> None:
+    decoded = Image.open(io.BytesIO(encode_image(image, PARAMETERS, output_format, 90)))
+    assert decoded.format == output_format.upper()
+    assert decoded.size == (64, 64)
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_quality_changes_lossy_encodings(image: Image.Image, output_format: str) -> None:
+    low = encode_image(image, PARAMETERS, output_format, 5)
+    high = encode_image(image, PARAMETERS, output_format, 95)
+    assert len(low) < len(high)
+
+
+@pytest.mark.parametrize("output_format", ["png", "jpeg", "webp"])
+def test_encoding_is_byte_stable(image: Image.Image, output_format: str) -> None:
+    assert encode_image(image, PARAMETERS, output_format, 80) == encode_image(
+        image, PARAMETERS, output_format, 80
+    )
+
+
+def test_response_names_seed_model_and_type(image: Image.Image) -> None:
+    response = image_response(image, PARAMETERS, "webp", 80)
+    assert response.headers["content-type"] == MEDIA_TYPES["webp"]
+    assert response.headers["x-seed"] == "42"
+    assert response.headers["x-model"] == "sd-tiny:v1"

@@ -1,0 +1,172 @@
+"""Turning requests into images with the real embedded pipeline; fakes only inject faults."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from imagegen.errors import GenerationFailed, InvalidField, OutOfMemory
+from imagegen.generation import ImageGenerator
+from imagegen.schedulers import SCHEDULER_NAMES
+from imagegen.schemas import MAX_SEED, ImageRequest
+from models.loading import LoadedModel
+
+
+def pixels(generator: ImageGenerator, **fields: Any) -> np.ndarray:
+    request = ImageRequest.model_validate({"prompt": "a red apple", **fields})
+    return np.asarray(generator.generate(generator.resolve(request)))
+
+
+def test_blank_fields_take_the_model_defaults(generator: ImageGenerator) -> None:
+    info = generator.model.info
+    parameters = generator.resolve(ImageRequest(prompt="a cat"))
+    assert (parameters.width, parameters.height) == (info.native_width, info.native_height)
+    assert parameters.num_inference_steps == info.default_steps
+    assert parameters.guidance_scale == info.default_guidance_scale
+    assert parameters.scheduler == info.default_scheduler
+    assert parameters.model == generator.model.tag
+    assert 0 <= parameters.seed <= MAX_SEED
+
+
+def test_blank_seed_is_drawn_per_request(generator: ImageGenerator) -> None:
+    seeds = {generator.resolve(ImageRequest(prompt="a cat")).seed for _ in range(5)}
+    assert len(seeds) > 1
+
+
+def test_given_fields_win_over_defaults(generator: ImageGenerator) -> None:
+    request = ImageRequest(
+        prompt="a cat", width=96, height=72, num_inference_steps=2, guidance_scale=0, seed=7
+    )
+    parameters = generator.resolve(request)
+    assert (parameters.width, parameters.height, parameters.num_inference_steps) == (96, 72, 2)
+    assert (parameters.guidance_scale, parameters.seed) == (0.0, 7)
+
+
+def test_image_has_the_requested_size(generator: ImageGenerator) -> None:
+    assert pixels(generator, width=96, height=72, seed=1).shape == (72, 96, 3)
+
+
+def test_same_seed_gives_the_same_image(generator: ImageGenerator) -> None:
+    assert np.array_equal(pixels(generator, seed=5), pixels(generator, seed=5))
+
+
+def test_another_seed_gives_another_image(generator: ImageGenerator) -> None:
+    assert not np.array_equal(pixels(generator, seed=5), pixels(generator, seed=6))
+
+
+def test_the_prompt_changes_the_image(generator: ImageGenerator) -> None:
+    assert not np.array_equal(
+        pixels(generator, seed=5), pixels(generator, seed=5, prompt="a green pear")
+    )
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_every_scheduler_generates(generator: ImageGenerator, scheduler: str) -> None:
+    image = pixels(generator, seed=3, scheduler=scheduler)
+    assert image.shape == (64, 64, 3)
+    assert image.std() > 0
+
+
+def test_schedulers_change_the_image(generator: ImageGenerator) -> None:
+    assert not np.array_equal(
+        pixels(generator, seed=3, scheduler="euler_a"), pixels(generator, seed=3, scheduler="ddim")
+    )
+
+
+def test_a_request_scheduler_leaves_the_shared_pipeline_alone(
+    generator: ImageGenerator,
+) -> None:
+    shared = generator.model.pipeline
+    scheduler_before, config_before = shared.scheduler, dict(shared.config)
+    pixels(generator, seed=3, scheduler="euler_a", guidance_scale=3.0)
+    assert shared.scheduler is scheduler_before
+    assert dict(shared.config) == config_before
+    assert not hasattr(shared, "_guidance_scale")
+
+
+def test_concurrent_requests_get_the_images_of_sequential_ones(
+    generator: ImageGenerator,
+) -> None:
+    seeds = [1, 2, 3, 4]
+    sequential = [pixels(generator, seed=seed) for seed in seeds]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda seed: pixels(generator, seed=seed), seeds))
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, concurrent, strict=True))
+
+
+def test_unknown_model_is_rejected_with_the_loaded_one(generator: ImageGenerator) -> None:
+    with pytest.raises(InvalidField, match=generator.model.tag) as caught:
+        generator.resolve(ImageRequest(prompt="a cat", model="sdxl"))
+    assert caught.value.field == "model"
+
+
+@pytest.mark.parametrize("name", ["sd-tiny", "full tag"])
+def test_the_loaded_model_may_be_named(generator: ImageGenerator, name: str) -> None:
+    model = generator.model.tag if name == "full tag" else name
+    assert generator.resolve(ImageRequest(prompt="a cat", model=model)).model == (
+        generator.model.tag
+    )
+
+
+def test_scheduler_the_model_does_not_accept_is_rejected_with_the_valid_ones(
+    tiny_model: LoadedModel,
+) -> None:
+    info = tiny_model.info.model_copy(update={"schedulers": ["ddim", "pndm"]})
+    generator = ImageGenerator(LoadedModel(info=info, pipeline=tiny_model.pipeline))
+    with pytest.raises(InvalidField, match="ddim, pndm") as caught:
+        generator.resolve(ImageRequest(prompt="a cat", scheduler="euler"))
+    assert caught.value.field == "scheduler"
+
+
+class FailingPipeline:
+    """Stands in for a pipeline whose call raises, to inject faults."""
+
+    def __init__(self, real: Any, error: BaseException) -> None:
+        self.scheduler = real.scheduler
+        self.error = error
+
+    def __call__(self, **_: Any) -> Any:
+        raise self.error
+
+
+def test_out_of_memory_is_a_503_with_retry_after(
+    tiny_model: LoadedModel,
+) -> None:
+    failing = ImageGenerator(
+        LoadedModel(
+            info=tiny_model.info,
+            pipeline=FailingPipeline(tiny_model.pipeline, torch.OutOfMemoryError("CUDA OOM")),
+        )
+    )
+    with pytest.raises(OutOfMemory) as caught:
+        failing.generate(failing.resolve(ImageRequest(prompt="a cat")))
+    response = caught.value.to_response()
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert b"CUDA OOM" not in response.body
+
+
+def test_a_failure_inside_generation_is_a_500_without_internals(
+    tiny_model: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = ImageGenerator(
+        LoadedModel(
+            info=tiny_model.info,
+            pipeline=FailingPipeline(tiny_model.pipeline, RuntimeError("secret internals")),
+        )
+    )
+    with pytest.raises(GenerationFailed) as caught:
+        failing.generate(failing.resolve(ImageRequest(prompt="a cat", seed=9)))
+    response = caught.value.to_response()
+    assert response.status_code == 500
+    assert b"secret internals" not in response.body
+    assert b"Traceback" not in response.body
+    assert "secret internals" in caplog.text  # the log keeps the cause
+
+
+def test_warm_up_generates(generator: ImageGenerator) -> None:
+    generator.warm_up()

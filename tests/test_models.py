@@ -1,0 +1,141 @@
+"""The embedded model, the model store and the import command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+import pytest
+import torch
+
+from models.__main__ import default_name
+from models.embedded import (
+    DEFAULT_STEPS,
+    EMBEDDED_NAME,
+    MAX_TOKENS,
+    build_embedded_pipeline,
+    build_tokenizer,
+    embedded_version,
+)
+from models.loading import choose_device, choose_dtype, load_model
+from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _state(pipeline: object) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{key}": value
+        for name in ("unet", "vae", "text_encoder")
+        for key, value in getattr(pipeline, name).state_dict().items()
+    }
+
+
+def test_embedded_pipeline_is_identical_on_every_build() -> None:
+    first, second = _state(build_embedded_pipeline()), _state(build_embedded_pipeline())
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_embedded_build_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    build_embedded_pipeline()
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_embedded_version_is_stable() -> None:
+    assert embedded_version() == embedded_version()
+    assert embedded_version().startswith("v1-")
+
+
+def test_tokenizer_covers_every_byte_and_pads_to_clip_length() -> None:
+    tokenizer = build_tokenizer()
+    assert tokenizer.model_max_length == MAX_TOKENS
+    ids = tokenizer("naïve café ☕", padding="max_length", truncation=True).input_ids
+    assert len(ids) == MAX_TOKENS
+    assert tokenizer.unk_token_id not in ids[1 : ids.index(tokenizer.eos_token_id)]
+
+
+def test_embedded_model_is_stored_once_with_its_defaults() -> None:
+    first, second = ensure_embedded(), ensure_embedded()
+    assert first.tag == second.tag
+    assert str(first.tag) == f"{EMBEDDED_NAME}:{embedded_version()}"
+    versions = [m for m in bentoml.models.list() if m.tag.name == EMBEDDED_NAME]
+    assert len(versions) == 1
+    metadata = first.info.metadata
+    assert (metadata["native_width"], metadata["native_height"]) == (64, 64)
+    assert metadata["default_steps"] == DEFAULT_STEPS
+
+
+def test_find_model_resolves_name_and_full_tag() -> None:
+    stored = ensure_embedded()
+    assert find_model(EMBEDDED_NAME).tag == stored.tag
+    assert find_model(str(stored.tag)).tag == stored.tag
+
+
+def test_unknown_model_error_lists_the_stored_ones() -> None:
+    stored = ensure_embedded()
+    with pytest.raises(UnknownModel, match=str(stored.tag)) as caught:
+        find_model("sd-nonexistent:v9")
+    assert "sd-nonexistent:v9" in str(caught.value)
+
+
+def test_saved_pipeline_keeps_import_time_defaults() -> None:
+    model = save_pipeline(
+        build_embedded_pipeline(), "turbo-like", source="test", steps=1, guidance_scale=0.0
+    )
+    loaded = load_model(model)
+    assert (loaded.info.default_steps, loaded.info.default_guidance_scale) == (1, 0.0)
+
+
+def test_import_command_stores_a_local_diffusers_directory(tmp_path: Path) -> None:
+    build_embedded_pipeline().save_pretrained(tmp_path / "my-model")
+    result = subprocess.run(
+        [sys.executable, "-m", "models", "import", str(tmp_path / "my-model"), "--steps", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    tag = result.stdout.strip().splitlines()[-1]
+    assert tag.startswith("my-model:")
+    stored = bentoml.models.get(tag)
+    assert stored.info.metadata["default_steps"] == 2
+    assert stored.info.labels["source"] == str(tmp_path / "my-model")
+    assert load_model(stored).info.pipeline == "StableDiffusionPipeline"
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("stabilityai/sd-turbo", "sd-turbo"),
+        ("runwayml/stable-diffusion-v1-5", "stable-diffusion-v1-5"),
+        ("/models/My Model/", "my-model"),
+    ],
+)
+def test_default_name_is_a_valid_tag(source: str, name: str) -> None:
+    assert default_name(source) == name
+
+
+def test_auto_device_is_cpu_without_a_gpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert choose_device("auto").type == expected
+    assert choose_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "dtype"),
+    [
+        ("auto", "cuda", torch.float16),
+        ("auto", "cpu", torch.float32),
+        ("bfloat16", "cpu", torch.bfloat16),
+        ("float32", "cuda", torch.float32),
+    ],
+)
+def test_dtype_choice(setting: str, device: str, dtype: torch.dtype) -> None:
+    assert choose_dtype(setting, torch.device(device)) == dtype

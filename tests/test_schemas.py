@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from imagegen.schedulers import SCHEDULER_NAMES, SCHEDULERS
+from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
+
+VALID = {"prompt": "a cat"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "error_type"),
+    [
+        ({"prompt": ""}, "prompt", "string_too_short"),
+        ({"prompt": "x" * 2001}, "prompt", "string_too_long"),
+        ({"negative_prompt": "x" * 2001}, "negative_prompt", "string_too_long"),
+        ({"width": 100}, "width", "multiple_of"),
+        ({"width": 56}, "width", "greater_than_equal"),
+        ({"height": 2056}, "height", "less_than_equal"),
+        ({"num_inference_steps": 0}, "num_inference_steps", "greater_than_equal"),
+        ({"num_inference_steps": 151}, "num_inference_steps", "less_than_equal"),
+        ({"guidance_scale": -0.5}, "guidance_scale", "greater_than_equal"),
+        ({"guidance_scale": 30.5}, "guidance_scale", "less_than_equal"),
+        ({"seed": -1}, "seed", "greater_than_equal"),
+        ({"seed": MAX_SEED + 1}, "seed", "less_than_equal"),
+        ({"scheduler": "k_lms"}, "scheduler", "literal_error"),
+        ({"output_format": "gif"}, "output_format", "literal_error"),
+        ({"quality": 0}, "quality", "greater_than_equal"),
+        ({"quality": 101}, "quality", "less_than_equal"),
+        ({"steps": 4}, "steps", "extra_forbidden"),
+    ],
+)
+def test_out_of_bounds_field_is_rejected_by_name(
+    change: dict[str, Any], field: str, error_type: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ImageRequest.model_validate({**VALID, **change})
+    [error] = caught.value.errors()
+    assert error["loc"] == (field,)
+    assert error["type"] == error_type
+
+
+def test_missing_prompt_is_rejected() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ImageRequest.model_validate({})
+    assert [e["loc"] for e in caught.value.errors()] == [("prompt",)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"width": 64, "height": 2048},
+        {"num_inference_steps": 1},
+        {"num_inference_steps": 150},
+        {"guidance_scale": 0},
+        {"guidance_scale": 30},
+        {"seed": 0},
+        {"seed": MAX_SEED},
+        {"quality": 1, "output_format": "jpeg"},
+        {"prompt": "x" * 2000},
+    ],
+)
+def test_values_on_the_bounds_are_accepted(change: dict[str, Any]) -> None:
+    ImageRequest.model_validate({**VALID, **change})
+
+
+def test_blank_fields_default_to_the_model() -> None:
+    request = ImageRequest.model_validate(VALID)
+    model_dependent = ("width", "height", "num_inference_steps", "guidance_scale", "scheduler")
+    assert all(getattr(request, name) is None for name in model_dependent)
+    assert request.seed is None
+    assert (request.output_format, request.quality, request.negative_prompt) == ("png", 90, "")
+
+
+def test_example_body_is_valid() -> None:
+    ImageRequest.model_validate(IMAGE_REQUEST_EXAMPLE)
+
+
+def test_every_field_is_documented_with_bounds_where_numeric() -> None:
+    properties = ImageRequest.model_json_schema()["properties"]
+    assert set(properties) == set(ImageRequest.model_fields)
+    for name, schema in properties.items():
+        assert schema.get("description"), f"{name} has no description"
+    for name in ("width", "height", "num_inference_steps", "guidance_scale", "seed"):
+        [bounded, _null] = properties[name]["anyOf"]
+        assert {"minimum", "maximum"} <= set(bounded), name
+    assert {"minimum", "maximum"} <= set(properties["quality"])
+
+
+def test_scheduler_names_match_the_registry() -> None:
+    assert set(SCHEDULER_NAMES) == set(SCHEDULERS)
+    assert {"ddim", "euler", "euler_a", "dpm++", "pndm", "lms"} <= set(SCHEDULER_NAMES)

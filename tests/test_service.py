@@ -1,0 +1,225 @@
+"""The whole service in-process, through BentoML's own ASGI app (lifespan, routing, errors)."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import bentoml
+import pytest
+import torch
+from PIL import Image
+from starlette.testclient import TestClient
+
+import models.loading
+from imagegen.generation import ImageGenerator
+from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, ImageRequest
+from models.loading import load_model
+from models.store import ensure_embedded
+
+LOADS: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    """The service app with its lifespan run: ``__init__`` loads and warms up the pipeline."""
+    real = models.loading.AutoPipelineForText2Image.from_pretrained
+
+    def counting_from_pretrained(path: Any, **kwargs: Any) -> Any:
+        LOADS.append(str(path))
+        return real(path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            models.loading.AutoPipelineForText2Image, "from_pretrained", counting_from_pretrained
+        )
+        from service import ImageGeneration
+
+        with TestClient(ImageGeneration.to_asgi()) as test_client:
+            yield test_client
+
+
+def generate(client: TestClient, **fields: Any) -> Any:
+    return client.post("/generate/image", json={"prompt": "a red apple", **fields})
+
+
+def test_ready_after_load_and_warm_up(client: TestClient) -> None:
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+    assert bentoml.get_current_service().ready
+
+
+def test_png_response_carries_seed_model_and_parameters(client: TestClient) -> None:
+    response = generate(client, seed=11)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-seed"] == "11"
+    assert response.headers["x-model"].startswith("sd-tiny:v1-")
+    image = Image.open(io.BytesIO(response.content))
+    parameters = json.loads(image.text["parameters"])
+    assert parameters["seed"] == 11
+    assert parameters["prompt"] == "a red apple"
+    assert parameters["model"] == response.headers["x-model"]
+
+
+def test_blank_seed_is_returned_and_reproduces_the_image(client: TestClient) -> None:
+    first = generate(client)
+    again = generate(client, seed=int(first.headers["x-seed"]))
+    assert again.content == first.content
+
+
+def test_same_body_and_seed_give_identical_bytes(client: TestClient) -> None:
+    assert generate(client, seed=5).content == generate(client, seed=5).content
+
+
+def test_another_seed_gives_another_image(client: TestClient) -> None:
+    assert generate(client, seed=5).content != generate(client, seed=6).content
+
+
+@pytest.mark.parametrize(
+    ("output_format", "content_type"),
+    [("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")],
+)
+def test_output_format_sets_content_type(
+    client: TestClient, output_format: str, content_type: str
+) -> None:
+    response = generate(client, seed=1, output_format=output_format, quality=80)
+    assert response.headers["content-type"] == content_type
+    assert Image.open(io.BytesIO(response.content)).format == output_format.upper()
+
+
+def test_example_body_generates(client: TestClient) -> None:
+    assert client.post("/generate/image", json=IMAGE_REQUEST_EXAMPLE).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "a cat", "width": 100}, "width"),
+        ({"prompt": "a cat", "num_inference_steps": 500}, "num_inference_steps"),
+        ({"prompt": "a cat", "seed": -1}, "seed"),
+        ({"prompt": "a cat", "output_format": "bmp"}, "output_format"),
+        ({"prompt": "a cat", "unexpected": 1}, "unexpected"),
+        ({"negative_prompt": "no prompt"}, "prompt"),
+    ],
+)
+def test_bad_field_is_a_400_naming_it(client: TestClient, body: dict[str, Any], field: str) -> None:
+    response = client.post("/generate/image", json=body)
+    assert response.status_code == 400
+    assert [error["loc"] for error in response.json()["detail"]] == [[field]]
+
+
+def test_unknown_scheduler_400_lists_the_valid_names(client: TestClient) -> None:
+    response = generate(client, scheduler="k_euler")
+    assert response.status_code == 400
+    message = response.json()["detail"][0]["msg"]
+    assert all(name in message for name in ("ddim", "euler_a", "dpm++", "pndm", "lms"))
+
+
+def test_unknown_model_400_lists_the_loaded_ones(client: TestClient) -> None:
+    response = generate(client, model="sdxl-base")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["detail"][0]["loc"] == ["model"]
+    assert bentoml.get_current_service().generator.model.tag in body["error"]
+
+
+def test_malformed_json_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/generate/image", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+
+
+def test_pickle_bodies_are_refused(client: TestClient) -> None:
+    response = client.post(
+        "/generate/image",
+        content=b"\x80\x04N.",
+        headers={"content-type": "application/vnd.bentoml+pickle"},
+    )
+    assert response.status_code == 415
+
+
+def test_models_lists_the_loaded_model_and_its_defaults(client: TestClient) -> None:
+    [info] = client.get("/models").json()
+    assert info["name"] == "sd-tiny"
+    assert (info["native_width"], info["native_height"]) == (64, 64)
+    assert info["default_steps"] == 4
+    assert {"ddim", "euler", "euler_a", "dpm++", "pndm", "lms"} <= set(info["schedulers"])
+
+
+def test_out_of_memory_is_a_503_and_the_service_keeps_serving(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = bentoml.get_current_service().generator.model.pipeline
+
+    def out_of_memory(*_: Any, **__: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(pipeline), "__call__", out_of_memory)
+        response = generate(client, seed=1)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert "Tried to allocate" not in response.text
+    assert generate(client, seed=1).status_code == 200
+
+
+def test_unexpected_failure_is_a_500_without_traceback(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = bentoml.get_current_service().generator.model.pipeline
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise ValueError("internal detail /opt/secret/path")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(pipeline), "__call__", broken)
+        response = generate(client, seed=1)
+    assert response.status_code == 500
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
+    assert response.json()["error"]
+
+
+def test_docs_page_and_spec_are_served_locally(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "swagger-ui-bundle.js" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    spec = client.get("/docs.json").json()
+    assert {"/generate/image", "/models"} <= set(spec["paths"])
+    assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
+
+
+def test_spec_documents_every_request_field_with_an_example(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    body = spec["paths"]["/generate/image"]["post"]["requestBody"]["content"]["application/json"]
+    schema = body["schema"]
+    assert schema["example"] == IMAGE_REQUEST_EXAMPLE
+    assert all(field.get("description") for field in schema["properties"].values())
+
+
+def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
+    client: TestClient,
+) -> None:
+    """The point of the service: N requests, one load, and requests 2..N cost about a bare
+    generation instead of a load plus a generation."""
+    latencies = []
+    for seed in range(8):
+        started = time.perf_counter()
+        assert generate(client, seed=seed).status_code == 200
+        latencies.append(time.perf_counter() - started)
+    assert len(LOADS) == 1
+
+    # What every request would cost if the handler reloaded the model (the anti-pattern).
+    started = time.perf_counter()
+    reloaded = ImageGenerator(load_model(ensure_embedded()))
+    reloaded.generate(reloaded.resolve(ImageRequest(prompt="a red apple", seed=0)))
+    reload_cost = time.perf_counter() - started
+    assert statistics.median(latencies[1:]) < reload_cost
