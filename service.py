@@ -9,7 +9,7 @@ import bentoml
 from fastapi import FastAPI
 from PIL.Image import Image
 
-from imagegen import docs
+from imagegen.docs import docs_router
 from imagegen.encoding import image_response
 from imagegen.errors import ServiceError
 from imagegen.schemas import ImageRequest, ModelInfo
@@ -22,10 +22,9 @@ settings = get_settings()
 for package in ("imagegen", "models"):
     logging.getLogger(package).setLevel(settings.log_level)
 
-# Plain GET routes beside the BentoML APIs; FastAPI's own docs pages would load scripts from a
-# CDN, so they are off and /docs is served from local assets.
+# Plain GET routes beside the BentoML APIs, matched before BentoML's own. FastAPI's docs pages
+# would load scripts from a CDN, so they are off and /docs is served from local assets.
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-routes.include_router(docs.router)
 
 
 @bentoml.service(
@@ -68,7 +67,10 @@ class ImageGeneration:
         # and tells BentoML's Python client to decode it.
         return image_response(image, parameters, request.output_format, request.quality)  # type: ignore[return-value]
 
-    @routes.get("/models")
+    @routes.get("/models", tags=["Service APIs"])
     def models(self) -> list[ModelInfo]:
         """The loaded models, their defaults and the schedulers they accept."""
         return [self.generator.model.info]
+
+
+routes.include_router(docs_router(ImageGeneration))

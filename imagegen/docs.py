@@ -1,17 +1,26 @@
-"""Swagger UI at ``/docs`` from the assets BentoML ships, so it works with no network access.
+"""Swagger UI at ``/docs`` and the OpenAPI spec at ``/docs.json``, with nothing fetched from
+outside the server.
 
-BentoML's own index page pulls a Google Tag Manager script; this page loads nothing from
-outside the server, and ``/`` redirects here.
+BentoML's own index page pulls a Google Tag Manager script and its spec's description embeds
+badge images from shields.io; this page uses only the Swagger assets BentoML ships, and the
+spec is BentoML's with this service's own title and description.
 """
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-router = APIRouter(include_in_schema=False)
+API_DESCRIPTION = """Text-to-image generation with a diffusers pipeline loaded once per process.
 
-# Assets are served by BentoML under /static_content; the spec is BentoML's /docs.json.
+`POST /generate/image` answers the image bytes, with the seed used in `X-Seed` and the model in
+`X-Model`. `GET /models` lists the loaded models, their defaults and accepted schedulers.
+Errors are JSON: `error`, and `detail` naming each offending field."""
+
+# Assets are served by BentoML under /static_content.
 SWAGGER_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -39,11 +48,30 @@ SWAGGER_PAGE = """<!DOCTYPE html>
 """
 
 
-@router.get("/docs", response_class=HTMLResponse)
-def swagger_ui() -> str:
-    return SWAGGER_PAGE
+def docs_router(service: Any) -> APIRouter:
+    """Routes for ``/``, ``/docs`` and ``/docs.json`` of a BentoML ``service``."""
+    router = APIRouter(include_in_schema=False)
 
+    @cache
+    def spec() -> dict[str, Any]:
+        document: dict[str, Any] = service.openapi_spec.asdict()
+        document["info"] = {
+            "title": document["info"]["title"],
+            "description": API_DESCRIPTION,
+            "version": service.bento.tag.version if service.bento else "dev",
+        }
+        return document
 
-@router.get("/")
-def index() -> RedirectResponse:
-    return RedirectResponse("/docs")
+    @router.get("/docs.json")
+    def openapi_spec() -> dict[str, Any]:
+        return spec()
+
+    @router.get("/docs", response_class=HTMLResponse)
+    def swagger_ui() -> str:
+        return SWAGGER_PAGE
+
+    @router.get("/")
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return router

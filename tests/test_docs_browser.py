@@ -1,0 +1,68 @@
+"""Swagger UI at /docs in a real headless Chromium, with no network beyond the server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("IMAGEGEN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"Chromium is required here but {CHROMIUM} is missing")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def docs_page(browser: Browser, server: Server) -> Iterator[tuple[Page, list[str]]]:
+    """/docs loaded, with every request that left the server recorded."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            None if request.url.startswith(server.url) else outside.append(request.url)
+        ),
+    )
+    page.goto(f"{server.url}/docs", wait_until="networkidle")
+    yield page, outside
+    page.close()
+
+
+def test_docs_show_the_generate_operation_with_its_example(
+    docs_page: tuple[Page, list[str]], artifacts: Path
+) -> None:
+    page, outside = docs_page
+    operation = page.locator(".opblock-summary-path", has_text="/generate/image")
+    operation.wait_for(timeout=15_000)
+    operation.click()
+    example = page.locator(".opblock-body .body-param__example, .opblock-body .microlight")
+    example.first.wait_for(timeout=15_000)
+    page.screenshot(path=str(artifacts / "docs.png"), full_page=True)
+    assert "lighthouse on a cliff" in example.first.inner_text()
+    assert page.locator(".opblock-summary-path", has_text="/models").count() == 1
+    assert outside == []
