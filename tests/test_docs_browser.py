@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.conftest import Server
 
@@ -42,12 +42,12 @@ def docs_page(browser: Browser, server: Server) -> Iterator[tuple[Page, list[str
     """/docs loaded, with every request that left the server recorded."""
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     outside: list[str] = []
-    page.on(
-        "request",
-        lambda request: (
-            None if request.url.startswith(server.url) else outside.append(request.url)
-        ),
-    )
+
+    def record_outside(request: Request) -> None:
+        if not request.url.startswith(server.url):
+            outside.append(request.url)
+
+    page.on("request", record_outside)
     page.goto(f"{server.url}/docs", wait_until="networkidle")
     yield page, outside
     page.close()
