@@ -12,26 +12,34 @@ from PIL.Image import Image
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response
 from imagegen.errors import ServiceError
+from imagegen.logs import configure_logging
 from imagegen.schemas import ImageRequest, ModelInfo
 from imagegen.settings import get_settings
+from middleware.access_log import AccessLogMiddleware
+from middleware.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, ApiKeys
+from middleware.body_limit import BodyLimitMiddleware
+from middleware.rate_limit import RateLimitMiddleware
+from middleware.request_id import RequestIdMiddleware
+from middleware.timing import TimingMiddleware
 from models.store import StoredPipeline
 
 settings = get_settings()
-# BentoML leaves the root logger at WARNING; this project's own INFO lines (model loading,
-# store writes) are worth keeping.
-for package in ("imagegen", "models"):
-    logging.getLogger(package).setLevel(settings.log_level)
+configure_logging(settings.log_level)
+logger = logging.getLogger("imagegen.service")
+api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
 
 # Plain GET routes beside the BentoML APIs, matched before BentoML's own. FastAPI's docs pages
 # would load scripts from a CDN, so they are off and /docs is served from local assets.
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
+@bentoml.asgi_app(routes)
 @bentoml.service(
     name="imagegen",
     traffic={"timeout": settings.timeout, "max_concurrency": settings.max_concurrency},
+    # The access log middleware below writes the one access line per request.
+    logging={"access": {"enabled": False}},
 )
-@bentoml.asgi_app(routes)
 class ImageGeneration:
     """Text-to-image generation with a diffusers pipeline."""
 
@@ -60,12 +68,12 @@ class ImageGeneration:
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
         try:
             parameters = self.generator.resolve(request)
-            image = self.generator.generate(parameters)
+            generation = self.generator.generate(parameters)
         except ServiceError as error:
             return error.to_response()  # type: ignore[return-value]
         # BentoML sends a Response as it is; `Image` above documents the 200 body for OpenAPI
         # and tells BentoML's Python client to decode it.
-        return image_response(image, parameters, request.output_format, request.quality)  # type: ignore[return-value]
+        return image_response(generation, parameters, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
     def models(self) -> list[ModelInfo]:
@@ -73,4 +81,34 @@ class ImageGeneration:
         return [self.generator.model.info]
 
 
-routes.include_router(docs_router(ImageGeneration))
+routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))
+
+
+def mount_middlewares(service: Any) -> None:
+    """Outermost first. BentoML runs its metrics, tracing, timeout (504) and max-concurrency
+    (429) middlewares outside these, and CORS inside them (so preflights pass auth as public).
+
+    1. access log: sees the final status and bytes of everything inside, the request id and
+       the key id auth records;
+    2. request id: set before anything else logs, added to every JSON error body;
+    3. timing: `total` covers auth, limits and the handler;
+    4. auth, then 5. the per-key rate limit, which needs the key id;
+    6. body limit, innermost: clients refused above never get to send a large body.
+    """
+    service.add_asgi_middleware(AccessLogMiddleware, log_prompts=settings.log_prompts)
+    service.add_asgi_middleware(RequestIdMiddleware)
+    service.add_asgi_middleware(TimingMiddleware)
+    if len(api_keys):
+        service.add_asgi_middleware(ApiKeyAuthMiddleware, keys=api_keys)
+    else:
+        logger.warning(
+            "no API keys configured (IMAGEGEN_API_KEYS, IMAGEGEN_API_KEYS_FILE): auth is off"
+        )
+    if settings.rate_limit:
+        service.add_asgi_middleware(
+            RateLimitMiddleware, rate=settings.rate_limit, exempt_paths=PUBLIC_PATHS
+        )
+    service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+
+mount_middlewares(ImageGeneration)

@@ -48,8 +48,15 @@ SWAGGER_PAGE = """<!DOCTYPE html>
 """
 
 
-def docs_router(service: Any) -> APIRouter:
-    """Routes for ``/``, ``/docs`` and ``/docs.json`` of a BentoML ``service``."""
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def docs_router(service: Any, *, auth: bool) -> APIRouter:
+    """Routes for ``/``, ``/docs`` and ``/docs.json`` of a BentoML ``service``; with ``auth``
+    the spec declares the API-key schemes, which gives Swagger UI its Authorize button."""
     router = APIRouter(include_in_schema=False)
 
     @cache
@@ -60,6 +67,9 @@ def docs_router(service: Any) -> APIRouter:
             "description": API_DESCRIPTION,
             "version": service.bento.tag.version if service.bento else "dev",
         }
+        if auth:
+            document["components"]["securitySchemes"] = SECURITY_SCHEMES
+            document["security"] = [{name: []} for name in SECURITY_SCHEMES]
         return document
 
     @router.get("/docs.json")

@@ -8,6 +8,7 @@ from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 from starlette.responses import Response
 
+from .generation import Generation
 from .schemas import GenerationParameters, OutputFormat
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -29,10 +30,21 @@ def encode_image(
 
 
 def image_response(
-    image: Image, parameters: GenerationParameters, output_format: OutputFormat, quality: int
+    generation: Generation,
+    parameters: GenerationParameters,
+    output_format: OutputFormat,
+    quality: int,
 ) -> Response:
+    timing = (
+        f"queue;dur={generation.queue_seconds * 1000:.1f}, "
+        f"inference;dur={generation.inference_seconds * 1000:.1f}"
+    )
     return Response(
-        encode_image(image, parameters, output_format, quality),
+        encode_image(generation.image, parameters, output_format, quality),
         media_type=MEDIA_TYPES[output_format],
-        headers={"X-Seed": str(parameters.seed), "X-Model": parameters.model},
+        headers={
+            "X-Seed": str(parameters.seed),
+            "X-Model": parameters.model,
+            "Server-Timing": timing,
+        },
     )

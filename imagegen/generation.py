@@ -6,7 +6,11 @@ import copy
 import logging
 import secrets
 import threading
+import time
+from dataclasses import dataclass
+from functools import cache
 
+import prometheus_client
 import torch
 from PIL.Image import Image
 
@@ -17,6 +21,25 @@ from .schedulers import build_scheduler
 from .schemas import MAX_SEED, GenerationParameters, ImageRequest
 
 logger = logging.getLogger(__name__)
+
+
+@cache
+def generation_seconds() -> prometheus_client.Histogram:
+    # Created on first use, not at import: BentoML points prometheus_client at its
+    # multiprocess directory only after the service module is imported.
+    return prometheus_client.Histogram(
+        "imagegen_generation_seconds",
+        "Time the pipeline spends generating one request's image.",
+        labelnames=["model"],
+        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
+    )
+
+
+@dataclass(frozen=True)
+class Generation:
+    image: Image
+    queue_seconds: float  # waiting for the model's lock
+    inference_seconds: float
 
 
 class ImageGenerator:
@@ -63,7 +86,7 @@ class ImageGenerator:
             model=self.model.tag,
         )
 
-    def generate(self, parameters: GenerationParameters) -> Image:
+    def generate(self, parameters: GenerationParameters) -> Generation:
         pipeline = self.model.pipeline
         scheduler = (
             # The model's own scheduler may be outside the registry: copy it as it is.
@@ -77,8 +100,10 @@ class ImageGenerator:
         run.scheduler = scheduler
         # Seeded on the CPU, so a seed gives the same noise whatever the device.
         generator = torch.Generator("cpu").manual_seed(parameters.seed)
+        queued = time.perf_counter()
         try:
             with self._lock, torch.inference_mode():
+                started = time.perf_counter()
                 output = run(
                     prompt=parameters.prompt,
                     negative_prompt=parameters.negative_prompt,
@@ -88,6 +113,7 @@ class ImageGenerator:
                     guidance_scale=parameters.guidance_scale,
                     generator=generator,
                 )
+                finished = time.perf_counter()
         except torch.OutOfMemoryError as error:
             logger.warning("out of device memory at %dx%d", parameters.width, parameters.height)
             torch.cuda.empty_cache()
@@ -99,8 +125,8 @@ class ImageGenerator:
             raise GenerationFailed(
                 "Image generation failed; the server log has the details."
             ) from error
-        image: Image = output.images[0]
-        return image
+        generation_seconds().labels(model=self.model.tag).observe(finished - started)
+        return Generation(output.images[0], started - queued, finished - started)
 
     def warm_up(self) -> None:
         """One short generation, so the first client does not pay for lazy initialisation."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from middleware.rate_limit import parse_rate
 
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -38,6 +41,28 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         8, ge=1, description="Requests in flight per service; more are answered 429."
     )
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; none (and no keys file) turns auth off."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one per line; a line may be `sha256:<hex>`."
+    )
+    log_prompts: bool = Field(False, description="Put prompts in the access log lines.")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest request body accepted; larger ones get 413."
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="Requests per API key (per client address when auth is off), such as "
+        "`60/minute`; unset means no limit.",
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_format(cls, rate: str | None) -> str | None:
+        if rate is not None:
+            parse_rate(rate)
+        return rate
 
 
 @lru_cache(maxsize=1)

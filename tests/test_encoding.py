@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
+from imagegen.generation import Generation
 from imagegen.schemas import GenerationParameters
 
 PARAMETERS = GenerationParameters(
@@ -53,8 +54,10 @@ def test_encoding_is_byte_stable(image: Image.Image, output_format: str) -> None
     )
 
 
-def test_response_names_seed_model_and_type(image: Image.Image) -> None:
-    response = image_response(image, PARAMETERS, "webp", 80)
+def test_response_names_seed_model_type_and_timings(image: Image.Image) -> None:
+    generation = Generation(image, queue_seconds=0.25, inference_seconds=1.5)
+    response = image_response(generation, PARAMETERS, "webp", 80)
     assert response.headers["content-type"] == MEDIA_TYPES["webp"]
     assert response.headers["x-seed"] == "42"
     assert response.headers["x-model"] == "sd-tiny:v1"
+    assert response.headers["server-timing"] == "queue;dur=250.0, inference;dur=1500.0"

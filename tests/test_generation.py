@@ -18,7 +18,7 @@ from models.loading import LoadedModel
 
 def pixels(generator: ImageGenerator, **fields: Any) -> np.ndarray:
     request = ImageRequest.model_validate({"prompt": "a red apple", **fields})
-    return np.asarray(generator.generate(generator.resolve(request)))
+    return np.asarray(generator.generate(generator.resolve(request)).image)
 
 
 def test_blank_fields_take_the_model_defaults(generator: ImageGenerator) -> None:

@@ -1,0 +1,53 @@
+"""This service's log lines: JSON on stdout, each carrying the id of the request it belongs to."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
+from starlette.requests import ClientDisconnect
+
+from middleware.request_id import REQUEST_ID
+
+PROJECT_LOGGERS = ("imagegen", "models", "middleware")
+# BentoML logs every exception its API wrapper catches with a traceback, client errors too.
+BENTOML_API_LOGGER = "bentoml._internal.server.http_app"
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):  # the access line brings its own
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class ClientErrorFilter(logging.Filter):
+    """Drops BentoML's tracebacks for what is the client's doing, a body that fails the schema
+    or a client gone mid-upload: the access line already records the 4xx."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ValidationError | ClientDisconnect)
+
+
+def configure_logging(level: str) -> None:
+    """Idempotent: BentoML imports the service in more than one process."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "traceback"},
+            timestamp="time",
+        )
+    )
+    handler.addFilter(RequestIdFilter())
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    bentoml_api = logging.getLogger(BENTOML_API_LOGGER)
+    if not any(isinstance(f, ClientErrorFilter) for f in bentoml_api.filters):
+        bentoml_api.addFilter(ClientErrorFilter())

@@ -1,0 +1,136 @@
+"""API-key authentication: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+
+Every path needs a key except the probes, metrics and the docs (read with GET or HEAD) and
+CORS preflights. The public check runs on the path exactly as the router will match it, and
+is an allow-list of exact paths plus the Swagger assets' folder, so a slash, dot-segment,
+percent-encoding, case or method trick can only turn a public path into a private one, never
+the reverse. Keys are kept as SHA-256 digests and compared in constant time against every
+known key; the id logged for a key is a prefix of its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+PUBLIC_PATHS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json"})
+PUBLIC_ASSETS = "/static_content/"  # Swagger UI's scripts and styles, served by BentoML
+SHA256_PREFIX = "sha256:"
+
+
+class ApiKeys:
+    """Known keys as SHA-256 digests. ``identify`` names the key a client presented."""
+
+    def __init__(self, digests: Iterable[bytes]) -> None:
+        self._digests = tuple(digests)
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> ApiKeys:
+        """Plain keys, or ``sha256:<64 hex digits>`` so a key file need not hold the key."""
+        digests = []
+        for entry in (entry.strip() for entry in entries):
+            if not entry or entry.startswith("#"):
+                continue
+            if entry.startswith(SHA256_PREFIX):
+                hexdigest = entry.removeprefix(SHA256_PREFIX)
+                try:
+                    digest = bytes.fromhex(hexdigest)
+                except ValueError:
+                    digest = b""
+                if len(digest) != hashlib.sha256().digest_size:
+                    raise ValueError("an API key entry `sha256:...` must hold 64 hex digits")
+                digests.append(digest)
+            else:
+                digests.append(hashlib.sha256(entry.encode()).digest())
+        return cls(digests)
+
+    @classmethod
+    def load(cls, keys: str, keys_file: Path | None) -> ApiKeys:
+        """Keys from a comma-separated list and a file of one key per line."""
+        entries = keys.split(",")
+        if keys_file is not None:
+            try:
+                entries += keys_file.read_text().splitlines()
+            except OSError as error:
+                raise ValueError(
+                    f"the API keys file {keys_file} must be readable: {error}"
+                ) from None
+        return cls.parse(entries)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def identify(self, key: str) -> str | None:
+        candidate = hashlib.sha256(key.encode()).digest()
+        matched: bytes | None = None
+        for digest in self._digests:  # no early exit: the time does not tell which key
+            if hmac.compare_digest(candidate, digest):
+                matched = digest
+        return matched.hex()[:12] if matched is not None else None
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: Starlette strips ``root_path`` the same way."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
+def is_public(scope: Scope, headers: Headers) -> bool:
+    method = scope["method"]
+    if method == "OPTIONS":  # a CORS preflight carries no credentials by design
+        return "origin" in headers and "access-control-request-method" in headers
+    if method not in ("GET", "HEAD"):
+        return False
+    path = route_path(scope)
+    if path in PUBLIC_PATHS:
+        return True
+    segments = path.removeprefix(PUBLIC_ASSETS).split("/")
+    return path.startswith(PUBLIC_ASSETS) and all(s not in ("", ".", "..") for s in segments)
+
+
+def presented_key(headers: Headers) -> str | None:
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key") or None
+
+
+class ApiKeyAuthMiddleware:
+    def __init__(self, app: ASGIApp, *, keys: ApiKeys) -> None:
+        if not len(keys):
+            raise ValueError("`keys` must hold at least one API key")
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if is_public(scope, headers):
+            await self.app(scope, receive, send)
+            return
+
+        key = presented_key(headers)
+        key_id = self.keys.identify(key) if key is not None else None
+        if key_id is None:
+            message = "A valid API key is required: send `Authorization: Bearer <key>`."
+            challenge = 'Bearer error="invalid_token"' if key is not None else "Bearer"
+            response = JSONResponse(
+                {"error": message}, status_code=401, headers={"WWW-Authenticate": challenge}
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key_id"] = key_id
+        await self.app(scope, receive, send)
