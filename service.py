@@ -14,7 +14,7 @@ from imagegen.encoding import image_response
 from imagegen.errors import ServiceError
 from imagegen.logs import configure_logging
 from imagegen.schemas import ImageRequest, ModelInfo
-from imagegen.settings import get_settings
+from imagegen.settings import Settings, get_settings
 from middleware.access_log import AccessLogMiddleware
 from middleware.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, ApiKeys
 from middleware.body_limit import BodyLimitMiddleware
@@ -84,7 +84,7 @@ class ImageGeneration:
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))
 
 
-def mount_middlewares(service: Any) -> None:
+def mount_middlewares(service: Any, settings: Settings, api_keys: ApiKeys) -> None:
     """Outermost first. BentoML runs its metrics, tracing, timeout (504) and max-concurrency
     (429) middlewares outside these, and CORS inside them (so preflights pass auth as public).
 
@@ -111,4 +111,4 @@ def mount_middlewares(service: Any) -> None:
     service.add_asgi_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
 
-mount_middlewares(ImageGeneration)
+mount_middlewares(ImageGeneration, settings, api_keys)

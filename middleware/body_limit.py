@@ -3,7 +3,7 @@
 A declared ``Content-Length`` over the limit is refused before the app runs. A chunked body,
 or one that lies about its length, is counted as it streams to the app; the chunk that crosses
 the limit ends it: the client gets the 413, the app sees a disconnect, and whatever the app
-then tries to send is dropped.
+then sends or raises (typically `ClientDisconnect`) is dropped.
 """
 
 from __future__ import annotations
@@ -55,4 +55,8 @@ class BodyLimitMiddleware:
             if not refused:
                 await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise

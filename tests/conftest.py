@@ -10,16 +10,24 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Before anything imports bentoml: the store location is read once per process.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="imagegen-test-bentoml-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+# Auth is on for the in-process app and the session's server; tests send this key.
+API_KEY = "test-key-0f9e8d7c6b5a"
+os.environ["IMAGEGEN_API_KEYS"] = API_KEY
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
+import models.loading
 from imagegen.generation import ImageGenerator
 from models.loading import LoadedModel, load_model
 from models.store import ensure_embedded
@@ -44,6 +52,32 @@ def generator(tiny_model: LoadedModel) -> ImageGenerator:
 def artifacts() -> Iterator[Path]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield ARTIFACTS
+
+
+# Every from_pretrained the in-process service does: the load-once test counts them.
+PIPELINE_LOADS: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[TestClient]:
+    """The service's ASGI app (BentoML's, middlewares included), lifespan run, sending the key.
+
+    One per session: BentoML registers its Prometheus metrics per app, so a second app in the
+    same process would collide."""
+    real = models.loading.AutoPipelineForText2Image.from_pretrained
+
+    def counting_from_pretrained(path: Any, **kwargs: Any) -> Any:
+        PIPELINE_LOADS.append(str(path))
+        return real(path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            models.loading.AutoPipelineForText2Image, "from_pretrained", counting_from_pretrained
+        )
+        from service import ImageGeneration
+
+        with TestClient(ImageGeneration.to_asgi(), headers=AUTH) as test_client:
+            yield test_client
 
 
 @dataclass
@@ -76,12 +110,13 @@ def _wait_ready(server: Server, timeout: float) -> None:
     raise TimeoutError(f"not ready in {timeout}s:\n{server.log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Started once per session from the repo root, as the README does, and stopped after."""
+@contextmanager
+def serving(log_dir: Path, **settings: str) -> Iterator[Server]:
+    """``bentoml serve`` from the repo root, as the README does, with ``IMAGEGEN_*`` settings
+    on top of the environment; stopped on exit."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
-    env = {**os.environ, "IMAGEGEN_MAX_CONCURRENCY": str(SERVER_MAX_CONCURRENCY)}
+    log = log_dir / "bentoml-serve.log"
+    env = {**os.environ, **{f"IMAGEGEN_{name.upper()}": value for name, value in settings.items()}}
     with log.open("wb") as sink:
         process = subprocess.Popen(
             ["bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -102,3 +137,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server for the session, auth on."""
+    with serving(
+        tmp_path_factory.mktemp("server"), max_concurrency=str(SERVER_MAX_CONCURRENCY)
+    ) as running:
+        yield running

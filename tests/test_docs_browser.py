@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
-from tests.conftest import Server
+from tests.conftest import API_KEY, Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -44,7 +44,9 @@ def docs_page(browser: Browser, server: Server) -> Iterator[tuple[Page, list[str
     outside: list[str] = []
 
     def record_outside(request: Request) -> None:
-        if not request.url.startswith(server.url):
+        # blob: and data: URLs are the page's own (Swagger shows a returned image as a blob).
+        is_network = request.url.startswith(("http:", "https:", "ws:", "wss:"))
+        if is_network and not request.url.startswith(server.url):
             outside.append(request.url)
 
     page.on("request", record_outside)
@@ -65,4 +67,24 @@ def test_docs_show_the_generate_operation_with_its_example(
     page.screenshot(path=str(artifacts / "docs.png"), full_page=True)
     assert "lighthouse on a cliff" in example.first.inner_text()
     assert page.locator(".opblock-summary-path", has_text="/models").count() == 1
+    assert outside == []
+
+
+def test_authorize_button_makes_try_it_out_work(
+    docs_page: tuple[Page, list[str]], artifacts: Path
+) -> None:
+    page, outside = docs_page
+    page.locator("button.authorize").first.click()
+    dialog = page.locator(".modal-ux")
+    dialog.locator("input").first.fill(API_KEY)
+    dialog.locator("button.authorize").first.click()
+    dialog.locator("button.btn-done").first.click()
+
+    page.locator(".opblock-summary-path", has_text="/generate/image").click()
+    page.locator("button.try-out__btn").click()
+    page.locator("button.execute").click()
+    status = page.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for(timeout=30_000)
+    page.screenshot(path=str(artifacts / "docs-try-it-out.png"), full_page=True)
+    assert status.inner_text().strip() == "200"
     assert outside == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,14 +15,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import SERVER_MAX_CONCURRENCY, Server
+from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY, Server, serving
 
 pytestmark = pytest.mark.e2e
 
 
 def generate(server: Server, **fields: Any) -> httpx.Response:
     body = {"prompt": "a lighthouse", **fields}
-    return httpx.post(f"{server.url}/generate/image", json=body, timeout=120)
+    return httpx.post(f"{server.url}/generate/image", json=body, headers=AUTH, timeout=120)
 
 
 def test_probes_answer(server: Server) -> None:
@@ -68,12 +71,12 @@ def test_bad_field_is_a_400_naming_it(server: Server) -> None:
 
 
 def test_models_endpoint(server: Server) -> None:
-    [info] = httpx.get(f"{server.url}/models").json()
+    [info] = httpx.get(f"{server.url}/models", headers=AUTH).json()
     assert info["name"] == "sd-tiny"
 
 
 def test_bentoml_python_client_gets_an_image(server: Server) -> None:
-    with bentoml.SyncHTTPClient(server.url) as client:
+    with bentoml.SyncHTTPClient(server.url, token=API_KEY) as client:
         image = client.generate_image(prompt="a lighthouse", seed=8, num_inference_steps=2)
         assert isinstance(image, Image.Image)
         assert json.loads(image.text["parameters"])["num_inference_steps"] == 2
@@ -85,3 +88,146 @@ def test_the_pipeline_is_loaded_once_per_process(server: Server) -> None:
     for seed in range(5):
         assert generate(server, seed=seed).status_code == 200
     assert server.log.read_text().count("loaded pipeline sd-tiny") == 1
+
+
+def raw_request(
+    server: Server, method: str, target: str, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Send ``target`` exactly as written: HTTP clients would normalise dot-segments."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        body = json.dumps({"prompt": "a lighthouse", "seed": 1}) if method == "POST" else None
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        connection.request(method, target, body=body, headers=sent)
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("content-type") or ""
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("POST", "/generate/image"),
+        ("POST", "/generate/image/"),
+        ("POST", "//generate/image"),
+        ("POST", "/generate//image"),
+        ("POST", "/GENERATE/IMAGE"),
+        ("POST", "/docs/../generate/image"),
+        ("POST", "/docs/%2e%2e/generate/image"),
+        ("POST", "/readyz/../generate/image"),
+        ("POST", "/static_content/../generate/image"),
+        ("POST", "/static_content/%2e%2e/generate/image"),
+        ("POST", "/generate%2Fimage"),
+        ("POST", "/generate/%69mage"),
+        ("POST", "/docs.json/../generate/image"),
+        ("POST", "/generate/image?path=/docs"),
+        ("POST", "/generate/image#/docs"),
+        ("POST", "/./generate/image"),
+        ("POST", "http://127.0.0.1/generate/image"),
+        ("GET", "/generate/image"),
+        ("HEAD", "/generate/image"),
+        ("PUT", "/generate/image"),
+        ("OPTIONS", "/generate/image"),
+        ("GET", "/models"),
+        ("GET", "/docs/../models"),
+    ],
+)
+def test_no_trick_reaches_a_generation_or_model_list_without_a_key(
+    server: Server, method: str, target: str
+) -> None:
+    status, _ = raw_request(server, method, target)
+    assert status in (401, 404, 405)
+
+
+def test_method_override_headers_do_not_open_public_paths(server: Server) -> None:
+    override = {"X-HTTP-Method-Override": "GET", "X-Original-URL": "/docs"}
+    assert raw_request(server, "POST", "/generate/image", override)[0] == 401
+
+
+def test_the_right_key_opens_the_same_raw_request(server: Server) -> None:
+    status, content_type = raw_request(server, "POST", "/generate/image", AUTH)
+    assert (status, content_type) == (200, "image/png")
+
+
+@pytest.mark.parametrize(
+    "path", ["/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json"]
+)
+def test_public_paths_need_no_key(server: Server, path: str) -> None:
+    assert httpx.get(f"{server.url}{path}").status_code == 200
+
+
+def test_metrics_expose_the_generation_histogram_by_model(server: Server) -> None:
+    assert generate(server, seed=3).status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'imagegen_generation_seconds_count{model="sd-tiny:' in metrics
+    assert "bentoml_service_request_duration_seconds" in metrics
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "'
+        for _ in range(20):  # 20 x 64 KiB, past the 1 MiB default
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = httpx.post(
+        f"{server.url}/generate/image",
+        content=chunks(),
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 413
+    assert "content-length" not in response.request.headers  # it went chunked
+
+
+def access_lines(server: Server) -> list[dict[str, Any]]:
+    lines = (json.loads(line) for line in server.log.read_text().splitlines() if line[:1] == "{")
+    return [line for line in lines if line.get("logger") == "imagegen.access"]
+
+
+def test_each_request_logs_one_json_line_without_key_or_prompt(server: Server) -> None:
+    response = httpx.post(
+        f"{server.url}/generate/image",
+        json={"prompt": "a very private prompt", "seed": 77},
+        headers={**AUTH, "X-Request-ID": "e2e-log-check"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    deadline = time.monotonic() + 10
+    while not (mine := [x for x in access_lines(server) if x["request_id"] == "e2e-log-check"]):
+        assert time.monotonic() < deadline, "no access line for the request"
+        time.sleep(0.2)
+    [line] = mine
+    assert (line["status"], line["seed"], line["path"]) == (200, 77, "/generate/image")
+    assert line["api_key_id"] and line["model"].startswith("sd-tiny:")
+    log = server.log.read_text()
+    assert API_KEY not in log
+    assert "a very private prompt" not in log
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second server with auth off and a tight rate limit, per client address."""
+    with serving(
+        tmp_path_factory.mktemp("open-server"), api_keys="", rate_limit="3/minute", warmup="false"
+    ) as running:
+        yield running
+
+
+def test_without_keys_auth_is_off_and_says_so(open_server: Server) -> None:
+    assert "auth is off" in open_server.log.read_text()
+    assert httpx.get(f"{open_server.url}/livez").status_code == 200
+
+
+def test_over_the_rate_limit_is_a_429_with_retry_after(open_server: Server) -> None:
+    url = f"{open_server.url}/models"
+    statuses = [httpx.get(url).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    refused = httpx.get(url)
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 20
+    # Probes are never limited.
+    assert httpx.get(f"{open_server.url}/readyz").status_code == 200

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import bentoml
@@ -15,32 +15,14 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-import models.loading
 from imagegen.generation import ImageGenerator
 from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, ImageRequest
+from imagegen.settings import Settings
+from middleware.auth import ApiKeys
 from models.loading import load_model
 from models.store import ensure_embedded
-
-LOADS: list[str] = []
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    """The service app with its lifespan run: ``__init__`` loads and warms up the pipeline."""
-    real = models.loading.AutoPipelineForText2Image.from_pretrained
-
-    def counting_from_pretrained(path: Any, **kwargs: Any) -> Any:
-        LOADS.append(str(path))
-        return real(path, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            models.loading.AutoPipelineForText2Image, "from_pretrained", counting_from_pretrained
-        )
-        from service import ImageGeneration
-
-        with TestClient(ImageGeneration.to_asgi()) as test_client:
-            yield test_client
+from service import mount_middlewares
+from tests.conftest import PIPELINE_LOADS
 
 
 def generate(client: TestClient, **fields: Any) -> Any:
@@ -215,7 +197,7 @@ def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
         started = time.perf_counter()
         assert generate(client, seed=seed).status_code == 200
         latencies.append(time.perf_counter() - started)
-    assert len(LOADS) == 1
+    assert len(PIPELINE_LOADS) == 1
 
     # What every request would cost if the handler reloaded the model (the anti-pattern).
     started = time.perf_counter()
@@ -223,3 +205,40 @@ def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
     reloaded.generate(reloaded.resolve(ImageRequest(prompt="a red apple", seed=0)))
     reload_cost = time.perf_counter() - started
     assert statistics.median(latencies[1:]) < reload_cost
+
+
+class RecordingService:
+    """Stands in for the BentoML service to see what gets mounted, in which order."""
+
+    def __init__(self) -> None:
+        self.mounted: list[str] = []
+
+    def add_asgi_middleware(self, middleware: type, **options: Any) -> None:
+        self.mounted.append(middleware.__name__)
+
+
+def test_middlewares_are_mounted_in_the_documented_order() -> None:
+    service_ = RecordingService()
+    mount_middlewares(service_, Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
+    assert service_.mounted == [
+        "AccessLogMiddleware",
+        "RequestIdMiddleware",
+        "TimingMiddleware",
+        "ApiKeyAuthMiddleware",
+        "RateLimitMiddleware",
+        "BodyLimitMiddleware",
+    ]
+
+
+def test_without_keys_auth_is_off_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    service_ = RecordingService()
+    caplog.set_level("WARNING", logger="imagegen.service")
+    with caplog.at_level("WARNING"):
+        logging.getLogger("imagegen").propagate = True  # let caplog see the project's records
+        try:
+            mount_middlewares(service_, Settings(api_keys=""), ApiKeys.parse([]))
+        finally:
+            logging.getLogger("imagegen").propagate = False
+    assert "ApiKeyAuthMiddleware" not in service_.mounted
+    assert "RateLimitMiddleware" not in service_.mounted
+    assert "auth is off" in caplog.text

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from middleware.rate_limit import RateLimitMiddleware, parse_rate
+from tests.asgi import call, ok_app
+
+
+def test_requests_over_the_rate_get_429_with_retry_after() -> None:
+    limited = RateLimitMiddleware(ok_app, rate="3/minute")
+    statuses = [call(limited).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    refused = call(limited)
+    assert 1 <= int(refused.headers["retry-after"]) <= 20
+    assert "3/minute" in refused.json()["error"]
+
+
+def test_clients_are_limited_separately_by_address() -> None:
+    limited = RateLimitMiddleware(ok_app, rate="1/hour")
+    assert call(limited, client=("10.0.0.1", 1)).status == 200
+    assert call(limited, client=("10.0.0.1", 2)).status == 429
+    assert call(limited, client=("10.0.0.2", 1)).status == 200
+
+
+def test_api_keys_are_limited_separately_whatever_the_address() -> None:
+    limited = RateLimitMiddleware(ok_app, rate="1/hour")
+    for key, expected in [("key-a", 200), ("key-a", 429), ("key-b", 200)]:
+
+        async def app(scope: Scope, receive: Receive, send: Send, key: str = key) -> None:
+            scope["state"]["api_key_id"] = key
+            await limited(scope, receive, send)
+
+        assert call(app).status == expected
+
+
+def test_exempt_paths_are_never_limited() -> None:
+    limited = RateLimitMiddleware(ok_app, rate="1/hour", exempt_paths=frozenset({"/readyz"}))
+    assert [call(limited, "/readyz").status for _ in range(3)] == [200, 200, 200]
+
+
+@pytest.mark.parametrize(
+    ("rate", "parsed"), [("60/minute", (60, 60)), ("1/second", (1, 1)), ("1000/day", (1000, 86400))]
+)
+def test_rates_parse(rate: str, parsed: tuple[int, int]) -> None:
+    assert parse_rate(rate) == parsed
+
+
+@pytest.mark.parametrize(
+    "rate", ["60", "60/min", "0/minute", "-1/minute", "a/minute", "60/minute "]
+)
+def test_malformed_rates_are_refused(rate: str) -> None:
+    with pytest.raises(ValueError, match="60/minute"):
+        RateLimitMiddleware(ok_app, rate=rate)
