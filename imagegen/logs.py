@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
@@ -32,9 +33,10 @@ class ClientErrorFilter(logging.Filter):
         return not isinstance(error, ValidationError | ClientDisconnect)
 
 
-def configure_logging(level: str) -> None:
-    """Idempotent: BentoML imports the service in more than one process."""
-    handler = logging.StreamHandler(sys.stdout)
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """JSON lines to ``stream`` (stdout by default). Idempotent: BentoML imports the service
+    in more than one process."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(
         JsonFormatter(
             "%(levelname)s %(name)s %(message)s",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -17,17 +18,19 @@ BODY = json.dumps({"prompt": "my secret portrait", "negative_prompt": "blur", "s
 
 
 @pytest.fixture
-def log_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+def log_lines() -> Iterator[Any]:
+    """The JSON lines the project's loggers write, parsed."""
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+
     def read() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+        return [json.loads(line) for line in stream.getvalue().splitlines() if line]
 
     yield read
-    configure_logging("INFO")  # back onto the real stdout
+    configure_logging("INFO")
 
 
 def logged(app: Any, **request: Any) -> Any:
-    # Configured here, in the test body: the handler binds the stdout capsys has swapped in.
-    configure_logging("INFO")
     return AccessLogMiddleware(RequestIdMiddleware(app), **request)
 
 
