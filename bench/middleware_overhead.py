@@ -1,7 +1,8 @@
 """What the middleware stack adds per request, on a trivial endpoint.
 
-The same ASGI app is called bare and wrapped in the service's whole stack (access log,
-request id, timing, API-key auth, rate limit, body limit), in-process, so only the
+The same ASGI app is called bare and wrapped in the service's whole stack, as
+``service.mount_middlewares`` mounts it (access log, request id, timing, API-key auth, rate
+limit, body limit), in-process, so only the
 middlewares' own cost is measured, not the network or the server. Access lines are formatted
 as in production and written to /dev/null.
 
@@ -27,12 +28,9 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegen.logs import configure_logging
-from middleware.access_log import AccessLogMiddleware
-from middleware.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, ApiKeys
-from middleware.body_limit import BodyLimitMiddleware
-from middleware.rate_limit import RateLimitMiddleware
-from middleware.request_id import RequestIdMiddleware
-from middleware.timing import TimingMiddleware
+from imagegen.settings import Settings
+from middleware.auth import ApiKeys
+from service import mount_middlewares
 
 KEY = "bench-key"
 BODY = json.dumps({"prompt": "a lighthouse", "seed": 1}).encode()
@@ -42,14 +40,27 @@ async def trivial(scope: Scope, receive: Receive, send: Send) -> None:
     await PlainTextResponse("ok")(scope, receive, send)
 
 
+class MiddlewareStack:
+    """Takes the service's ``add_asgi_middleware`` calls, then wraps any app in them."""
+
+    def __init__(self) -> None:
+        self.middlewares: list[tuple[type, dict[str, Any]]] = []
+
+    def add_asgi_middleware(self, middleware: type, **options: Any) -> None:
+        self.middlewares.append((middleware, options))
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        for middleware, options in reversed(self.middlewares):  # the first added is outermost
+            app = middleware(app, **options)
+        return app
+
+
 def full_stack(app: ASGIApp) -> ASGIApp:
-    """The service's order, outermost first (see service.mount_middlewares)."""
-    app = BodyLimitMiddleware(app, max_bytes=1024 * 1024)
-    app = RateLimitMiddleware(app, rate="1000000000/second", exempt_paths=PUBLIC_PATHS)
-    app = ApiKeyAuthMiddleware(app, keys=ApiKeys.parse([KEY, "other-key-1", "other-key-2"]))
-    app = TimingMiddleware(app)
-    app = RequestIdMiddleware(app)
-    return AccessLogMiddleware(app)
+    """``app`` inside every middleware the service mounts, in its order, all of them on."""
+    stack = MiddlewareStack()
+    settings = Settings(rate_limit="1000000000/second")
+    mount_middlewares(stack, settings, ApiKeys.parse([KEY, "other-key-1", "other-key-2"]))
+    return stack.wrap(app)
 
 
 async def per_request_seconds(app: ASGIApp, requests: int) -> float:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
+from bench.middleware_overhead import MiddlewareStack
 from imagegen.generation import ImageGenerator
 from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, ImageRequest
 from imagegen.settings import Settings
@@ -207,20 +208,10 @@ def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
     assert statistics.median(latencies[1:]) < reload_cost
 
 
-class RecordingService:
-    """Stands in for the BentoML service to see what gets mounted, in which order."""
-
-    def __init__(self) -> None:
-        self.mounted: list[str] = []
-
-    def add_asgi_middleware(self, middleware: type, **options: Any) -> None:
-        self.mounted.append(middleware.__name__)
-
-
 def test_middlewares_are_mounted_in_the_documented_order() -> None:
-    service_ = RecordingService()
-    mount_middlewares(service_, Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
-    assert service_.mounted == [
+    stack = MiddlewareStack()
+    mount_middlewares(stack, Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
+    assert [middleware.__name__ for middleware, _ in stack.middlewares] == [
         "AccessLogMiddleware",
         "RequestIdMiddleware",
         "TimingMiddleware",
@@ -231,14 +222,15 @@ def test_middlewares_are_mounted_in_the_documented_order() -> None:
 
 
 def test_without_keys_auth_is_off_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    service_ = RecordingService()
+    stack = MiddlewareStack()
     caplog.set_level("WARNING", logger="imagegen.service")
     with caplog.at_level("WARNING"):
         logging.getLogger("imagegen").propagate = True  # let caplog see the project's records
         try:
-            mount_middlewares(service_, Settings(api_keys=""), ApiKeys.parse([]))
+            mount_middlewares(stack, Settings(api_keys=""), ApiKeys.parse([]))
         finally:
             logging.getLogger("imagegen").propagate = False
-    assert "ApiKeyAuthMiddleware" not in service_.mounted
-    assert "RateLimitMiddleware" not in service_.mounted
+    mounted = [middleware.__name__ for middleware, _ in stack.middlewares]
+    assert "ApiKeyAuthMiddleware" not in mounted
+    assert "RateLimitMiddleware" not in mounted
     assert "auth is off" in caplog.text

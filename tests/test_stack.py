@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from bench.middleware_overhead import KEY as BENCH_KEY
+from bench.middleware_overhead import full_stack
+from tests.asgi import call, streaming_app
 from tests.conftest import API_KEY
 
 NO_KEY = {"Authorization": ""}  # overrides the client's default key
@@ -87,3 +90,11 @@ def test_the_spec_offers_the_authorize_schemes(client: TestClient) -> None:
     spec = client.get("/docs.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     assert {"bearer": []} in spec["security"]
+
+
+def test_streamed_responses_pass_the_whole_stack_chunk_by_chunk() -> None:
+    chunks = [b"first ", b"second ", b"third"]
+    answer = call(full_stack(streaming_app(chunks)), "/stream", headers={"X-API-Key": BENCH_KEY})
+    bodies = [m["body"] for m in answer.messages if m["type"] == "http.response.body" and m["body"]]
+    assert answer.status == 200
+    assert bodies == chunks
