@@ -5,9 +5,12 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -15,7 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY, Server, serving
+from models.store import ensure_embedded
+from tests.conftest import API_KEY, AUTH, REPO, SERVER_MAX_CONCURRENCY, Server, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -231,3 +235,19 @@ def test_over_the_rate_limit_is_a_429_with_retry_after(open_server: Server) -> N
     assert 1 <= int(refused.headers["retry-after"]) <= 20
     # Probes are never limited.
     assert httpx.get(f"{open_server.url}/readyz").status_code == 200
+
+
+def test_an_unknown_model_stops_the_server_listing_the_stored_ones(tmp_path: Path) -> None:
+    stored = str(ensure_embedded().tag)
+    result = subprocess.run(
+        ["bentoml", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=REPO,
+        env={**os.environ, "IMAGEGEN_MODEL": "sd-missing:v1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "sd-missing:v1" in output
+    assert stored in output
