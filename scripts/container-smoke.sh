@@ -6,6 +6,7 @@
 #
 #   scripts/container-smoke.sh                       # BentoML's default base image
 #   BASE_IMAGE=local/python:3.11-bookworm scripts/container-smoke.sh
+#   BENTOFILE=bentofile.cpu.yaml IMAGE=imagegen:smoke-cpu scripts/container-smoke.sh
 #
 # Without a container registry, make a base image first:
 #   BASE_IMAGE=$(../shared/tools/docker-base.sh | tail -n 1) scripts/container-smoke.sh
@@ -23,16 +24,17 @@ cleanup() { docker rm -f "$container" >/dev/null 2>&1 || true; rm -rf "$workdir"
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; docker logs "$container" 2>&1 | tail -n 40 >&2 || true; exit 1; }
 
-# The bentofile is the source of truth; a base image override is layered on a copy of it.
-buildfile=bentofile.yaml
+# The bentofile (BENTOFILE: the GPU image by default, bentofile.cpu.yaml for the CPU one) is
+# the source of truth; a base image override is layered on a copy of it.
+buildfile=${BENTOFILE:-bentofile.yaml}
 if [ -n "${BASE_IMAGE:-}" ]; then
-  buildfile=$workdir/bentofile.yaml
-  python3 - "$BASE_IMAGE" "$buildfile" <<'PY'
+  python3 - "$buildfile" "$BASE_IMAGE" "$workdir/bentofile.yaml" <<'PY'
 import sys, yaml
-config = yaml.safe_load(open("bentofile.yaml"))
-config.setdefault("docker", {})["base_image"] = sys.argv[1]
-yaml.safe_dump(config, open(sys.argv[2], "w"))
+config = yaml.safe_load(open(sys.argv[1]))
+config.setdefault("docker", {})["base_image"] = sys.argv[2]
+yaml.safe_dump(config, open(sys.argv[3], "w"))
 PY
+  buildfile=$workdir/bentofile.yaml
 fi
 
 echo "== bentoml build ($buildfile)"
