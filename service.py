@@ -10,10 +10,10 @@ from fastapi import FastAPI
 from PIL.Image import Image
 
 from imagegen.docs import docs_router
-from imagegen.encoding import image_response
-from imagegen.errors import ServiceError
+from imagegen.encoding import image_response, images_response
+from imagegen.errors import answers_errors
 from imagegen.logs import configure_logging
-from imagegen.schemas import ImageRequest, ModelInfo
+from imagegen.schemas import ImageRequest, ImagesRequest, ImagesResponse, ModelInfo
 from imagegen.settings import Settings, get_settings
 from middleware.access_log import AccessLogMiddleware
 from middleware.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, ApiKeys
@@ -61,19 +61,27 @@ class ImageGeneration:
     def __is_ready__(self) -> bool:
         return self.ready
 
+    # The handlers return starlette Responses, which BentoML sends as they are; the annotated
+    # types document the 200 bodies for OpenAPI and tell BentoML's Python client how to decode.
     @bentoml.api(route="/generate/image", input_spec=ImageRequest)
+    @answers_errors
     def generate_image(self, **fields: Any) -> Image:
         """Generate one image. Returns its bytes, with the seed used in `X-Seed` and the model
         in `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
-        try:
-            parameters = self.generator.resolve(request)
-            generation = self.generator.generate(parameters)
-        except ServiceError as error:
-            return error.to_response()  # type: ignore[return-value]
-        # BentoML sends a Response as it is; `Image` above documents the 200 body for OpenAPI
-        # and tells BentoML's Python client to decode it.
+        parameters = self.generator.resolve(request)
+        generation = self.generator.generate(parameters)
         return image_response(generation, parameters, request.output_format, request.quality)  # type: ignore[return-value]
+
+    @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
+    @answers_errors
+    def generate_images(self, **fields: Any) -> ImagesResponse:
+        """Generate `num_images` images, base64 in JSON. Image k uses seed `seed + k`, so any
+        one of them comes out identical from `/generate/image` with that seed."""
+        request = ImagesRequest.model_construct(**fields)
+        parameters = self.generator.resolve(request, count=request.num_images)
+        generations = self.generator.generate_series(parameters, request.num_images)
+        return images_response(generations, parameters, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
     def models(self) -> list[ModelInfo]:

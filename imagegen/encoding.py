@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from .generation import Generation
-from .schemas import GenerationParameters, OutputFormat
+from .schemas import (
+    EncodedImage,
+    GenerationParameters,
+    ImagesResponse,
+    OutputFormat,
+    Timings,
+)
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -29,22 +36,49 @@ def encode_image(
     return buffer.getvalue()
 
 
+def total_timings(generations: list[Generation]) -> Timings:
+    return Timings(
+        queue_ms=round(sum(g.queue_seconds for g in generations) * 1000, 1),
+        inference_ms=round(sum(g.inference_seconds for g in generations) * 1000, 1),
+    )
+
+
+def _headers(generations: list[Generation], parameters: GenerationParameters) -> dict[str, str]:
+    timings = total_timings(generations)
+    server_timing = f"queue;dur={timings.queue_ms:.1f}, inference;dur={timings.inference_ms:.1f}"
+    return {
+        "X-Seed": str(parameters.seed),
+        "X-Model": parameters.model,
+        "Server-Timing": server_timing,
+    }
+
+
 def image_response(
     generation: Generation,
     parameters: GenerationParameters,
     output_format: OutputFormat,
     quality: int,
 ) -> Response:
-    timing = (
-        f"queue;dur={generation.queue_seconds * 1000:.1f}, "
-        f"inference;dur={generation.inference_seconds * 1000:.1f}"
-    )
     return Response(
         encode_image(generation.image, parameters, output_format, quality),
         media_type=MEDIA_TYPES[output_format],
-        headers={
-            "X-Seed": str(parameters.seed),
-            "X-Model": parameters.model,
-            "Server-Timing": timing,
-        },
+        headers=_headers([generation], parameters),
     )
+
+
+def images_response(
+    generations: list[Generation],
+    parameters: GenerationParameters,
+    output_format: OutputFormat,
+    quality: int,
+) -> JSONResponse:
+    """Each image encoded as `/generate/image` would (its PNG chunk names its own seed)."""
+    images = []
+    for k, generation in enumerate(generations):
+        own = parameters.model_copy(update={"seed": parameters.seed + k})
+        data = encode_image(generation.image, own, output_format, quality)
+        images.append(
+            EncodedImage(data=base64.b64encode(data).decode(), seed=own.seed, format=output_format)
+        )
+    body = ImagesResponse(images=images, parameters=parameters, timings=total_timings(generations))
+    return JSONResponse(body.model_dump(mode="json"), headers=_headers(generations, parameters))

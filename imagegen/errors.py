@@ -3,9 +3,13 @@ server errors never carry a traceback (that goes to the log)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from starlette.responses import JSONResponse
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 class ServiceError(Exception):
@@ -41,3 +45,16 @@ class OutOfMemory(ServiceError):
 
 class GenerationFailed(ServiceError):
     status_code = 500
+
+
+def answers_errors(handler: Handler) -> Handler:
+    """Turn a :class:`ServiceError` raised by an API handler into its JSON answer."""
+
+    @functools.wraps(handler)
+    def answered(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except ServiceError as error:
+            return error.to_response()
+
+    return answered  # type: ignore[return-value]

@@ -55,8 +55,9 @@ class ImageGenerator:
         self.model = model
         self._lock = threading.Lock()
 
-    def resolve(self, request: ImageRequest) -> GenerationParameters:
-        """Fill blank fields with the model's defaults and check what depends on the model."""
+    def resolve(self, request: ImageRequest, count: int = 1) -> GenerationParameters:
+        """Fill blank fields with the model's defaults and check what depends on the model.
+        A drawn seed leaves room for ``count`` consecutive seeds."""
         info = self.model.info
         if request.model not in (None, info.name, self.model.tag):
             raise InvalidField(
@@ -81,7 +82,7 @@ class ImageGenerator:
                 if request.guidance_scale is None
                 else request.guidance_scale
             ),
-            seed=secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            seed=secrets.randbelow(MAX_SEED + 2 - count) if request.seed is None else request.seed,
             scheduler=request.scheduler or info.default_scheduler,
             model=self.model.tag,
         )
@@ -127,6 +128,14 @@ class ImageGenerator:
             ) from error
         generation_seconds().labels(model=self.model.tag).observe(finished - started)
         return Generation(output.images[0], started - queued, finished - started)
+
+    def generate_series(self, parameters: GenerationParameters, count: int) -> list[Generation]:
+        """``count`` images with seeds ``seed``, ``seed + 1``, ...: each its own pipeline call,
+        so each is exactly the image a single request with its seed gets."""
+        return [
+            self.generate(parameters.model_copy(update={"seed": parameters.seed + k}))
+            for k in range(count)
+        ]
 
     def warm_up(self) -> None:
         """One short generation, so the first client does not pay for lazy initialisation."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from .schedulers import SchedulerName
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
+MAX_IMAGES = 8
 
 IMAGE_REQUEST_EXAMPLE: dict[str, JsonValue] = {
     "prompt": "a lighthouse on a cliff at sunset, oil painting",
@@ -88,6 +89,31 @@ class ImageRequest(BaseModel):
     )
 
 
+class ImagesRequest(ImageRequest):
+    """Body of `POST /generate/images`: the fields of `/generate/image`, and how many images."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {**IMAGE_REQUEST_EXAMPLE, "num_images": 4}}
+    )
+
+    num_images: int = Field(
+        1,
+        ge=1,
+        le=MAX_IMAGES,
+        description="How many images. Image k (from 0) uses seed `seed + k`, so any one of "
+        "them comes out identical from `/generate/image` with that seed.",
+    )
+
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> ImagesRequest:
+        if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
+            raise ValueError(
+                f"`seed` + `num_images` - 1 must be at most {MAX_SEED}, "
+                f"but is {self.seed + self.num_images - 1}"
+            )
+        return self
+
+
 class GenerationParameters(BaseModel):
     """The parameters an image was actually made with, defaults and seed resolved."""
 
@@ -100,6 +126,25 @@ class GenerationParameters(BaseModel):
     seed: int
     scheduler: str
     model: str = Field(description="`name:version` of the model.")
+
+
+class EncodedImage(BaseModel):
+    data: str = Field(description="The encoded image, base64.")
+    seed: int
+    format: OutputFormat
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Time spent waiting for the model, all images.")
+    inference_ms: float = Field(description="Time spent generating, all images.")
+
+
+class ImagesResponse(BaseModel):
+    """Answer of `POST /generate/images`."""
+
+    images: list[EncodedImage]
+    parameters: GenerationParameters = Field(description="As resolved; `seed` is image 0's.")
+    timings: Timings
 
 
 class ModelInfo(BaseModel):

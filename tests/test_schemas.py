@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from imagegen.schedulers import SCHEDULER_NAMES, SCHEDULERS
-from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
+from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest, ImagesRequest
 
 VALID = {"prompt": "a cat"}
 
@@ -93,3 +93,18 @@ def test_every_field_is_documented_with_bounds_where_numeric() -> None:
 def test_scheduler_names_match_the_registry() -> None:
     assert set(SCHEDULER_NAMES) == set(SCHEDULERS)
     assert {"ddim", "euler", "euler_a", "dpm++", "pndm", "lms"} <= set(SCHEDULER_NAMES)
+
+
+def test_images_request_example_is_valid_and_documents_num_images() -> None:
+    schema = ImagesRequest.model_json_schema()
+    ImagesRequest.model_validate(schema["example"])
+    assert schema["properties"]["num_images"]["description"]
+    assert (
+        schema["properties"]["num_images"]["minimum"],
+        schema["properties"]["num_images"]["maximum"],
+    ) == (1, 8)
+
+
+@pytest.mark.parametrize(("seed", "count"), [(MAX_SEED, 1), (MAX_SEED - 7, 8), (0, 8)])
+def test_images_seeds_up_to_the_maximum_are_accepted(seed: int, count: int) -> None:
+    ImagesRequest(prompt="a cat", seed=seed, num_images=count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ from starlette.testclient import TestClient
 
 from bench.middleware_overhead import MiddlewareStack
 from imagegen.generation import ImageGenerator
-from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, ImageRequest
+from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
 from imagegen.settings import Settings
 from middleware.auth import ApiKeys
 from models.loading import load_model
@@ -234,3 +235,61 @@ def test_without_keys_auth_is_off_with_a_warning(caplog: pytest.LogCaptureFixtur
     assert "ApiKeyAuthMiddleware" not in mounted
     assert "RateLimitMiddleware" not in mounted
     assert "auth is off" in caplog.text
+
+
+def images(client: TestClient, **fields: Any) -> Any:
+    return client.post("/generate/images", json={"prompt": "a red apple", **fields})
+
+
+def test_several_images_come_back_with_consecutive_seeds(client: TestClient) -> None:
+    response = images(client, seed=40, num_images=3)
+    assert response.status_code == 200
+    body = response.json()
+    assert [image["seed"] for image in body["images"]] == [40, 41, 42]
+    assert body["parameters"]["seed"] == 40
+    assert response.headers["x-seed"] == "40"
+    assert body["timings"]["inference_ms"] > 0
+
+
+def test_each_image_is_identical_to_the_single_request_with_its_seed(client: TestClient) -> None:
+    body = images(client, seed=40, num_images=3, output_format="webp", quality=70).json()
+    for image in body["images"]:
+        single = generate(client, seed=image["seed"], output_format="webp", quality=70)
+        assert base64.b64decode(image["data"]) == single.content
+
+
+def test_each_png_names_its_own_seed(client: TestClient) -> None:
+    body = images(client, seed=7, num_images=2).json()
+    for image in body["images"]:
+        decoded = Image.open(io.BytesIO(base64.b64decode(image["data"])))
+        assert json.loads(decoded.text["parameters"])["seed"] == image["seed"]
+
+
+def test_a_drawn_seed_leaves_room_for_every_image(client: TestClient) -> None:
+    seeds = [image["seed"] for image in images(client, num_images=8).json()["images"]]
+    assert seeds == list(range(seeds[0], seeds[0] + 8))
+    assert seeds[-1] <= MAX_SEED
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [({"num_images": 0}, "num_images"), ({"num_images": 9}, "num_images")],
+)
+def test_num_images_out_of_bounds_is_a_400(
+    client: TestClient, fields: dict[str, Any], field: str
+) -> None:
+    response = images(client, **fields)
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["loc"] == [field]
+
+
+def test_seeds_past_the_maximum_are_a_400(client: TestClient) -> None:
+    response = images(client, seed=MAX_SEED - 1, num_images=3)
+    assert response.status_code == 400
+    assert "`seed` + `num_images` - 1 must be at most" in response.json()["detail"][0]["msg"]
+
+
+def test_images_model_errors_are_answered_like_single_ones(client: TestClient) -> None:
+    response = images(client, model="sdxl", num_images=2)
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["loc"] == ["model"]
