@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import prometheus_client
 import torch
@@ -38,22 +40,24 @@ def generation_seconds() -> prometheus_client.Histogram:
 @dataclass(frozen=True)
 class Generation:
     image: Image
-    queue_seconds: float  # waiting for the model's lock
+    queue_seconds: float  # waiting for the model's thread
     inference_seconds: float
 
 
 class ImageGenerator:
     """Runs one loaded pipeline.
 
-    Calls are serialised per model: one generation already keeps the device busy, and running
-    them one at a time makes every image independent of what else is in flight. Each call also
-    gets its own scheduler and seeded generator, so nothing per-request is written onto the
-    shared pipeline.
+    Every pipeline call, the warm-up included, runs on one thread of its own. That serialises
+    calls per model (one generation already keeps the device busy, and one at a time makes
+    every image independent of what else is in flight), and it keeps torch's CPU kernels on
+    one OpenMP thread team: calls from a second thread start a second team that competes for
+    the same cores, about 3x slower on two cores. Each call also gets its own scheduler and
+    seeded generator, so nothing per-request is written onto the shared pipeline.
     """
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
-        self._lock = threading.Lock()
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
     def resolve(self, request: ImageRequest, count: int = 1) -> GenerationParameters:
         """Fill blank fields with the model's defaults and check what depends on the model.
@@ -99,22 +103,11 @@ class ImageGenerator:
         # runs on its own shallow copy: the weights are shared, the state is not.
         run = copy.copy(pipeline)
         run.scheduler = scheduler
-        # Seeded on the CPU, so a seed gives the same noise whatever the device.
-        generator = torch.Generator("cpu").manual_seed(parameters.seed)
         queued = time.perf_counter()
+        # The request's context (its id, for log lines) goes along to the runner thread.
+        call = self._runner.submit(copy_context().run, self._call, run, parameters)
         try:
-            with self._lock, torch.inference_mode():
-                started = time.perf_counter()
-                output = run(
-                    prompt=parameters.prompt,
-                    negative_prompt=parameters.negative_prompt,
-                    width=parameters.width,
-                    height=parameters.height,
-                    num_inference_steps=parameters.num_inference_steps,
-                    guidance_scale=parameters.guidance_scale,
-                    generator=generator,
-                )
-                finished = time.perf_counter()
+            output, started, finished = call.result()
         except torch.OutOfMemoryError as error:
             logger.warning("out of device memory at %dx%d", parameters.width, parameters.height)
             torch.cuda.empty_cache()
@@ -128,6 +121,23 @@ class ImageGenerator:
             ) from error
         generation_seconds().labels(model=self.model.tag).observe(finished - started)
         return Generation(output.images[0], started - queued, finished - started)
+
+    @staticmethod
+    def _call(run: Any, parameters: GenerationParameters) -> tuple[Any, float, float]:
+        # Seeded on the CPU, so a seed gives the same noise whatever the device.
+        generator = torch.Generator("cpu").manual_seed(parameters.seed)
+        with torch.inference_mode():
+            started = time.perf_counter()
+            output = run(
+                prompt=parameters.prompt,
+                negative_prompt=parameters.negative_prompt,
+                width=parameters.width,
+                height=parameters.height,
+                num_inference_steps=parameters.num_inference_steps,
+                guidance_scale=parameters.guidance_scale,
+                generator=generator,
+            )
+            return output, started, time.perf_counter()
 
     def generate_series(self, parameters: GenerationParameters, count: int) -> list[Generation]:
         """``count`` images with seeds ``seed``, ``seed + 1``, ...: each its own pipeline call,

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.servers import REPO, Server, bentoml_serve
 from models.store import ensure_embedded
-from tests.conftest import API_KEY, AUTH, REPO, SERVER_MAX_CONCURRENCY, Server, serving
+from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
 
 pytestmark = pytest.mark.e2e
 
@@ -215,9 +216,8 @@ def test_each_request_logs_one_json_line_without_key_or_prompt(server: Server) -
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A second server with auth off and a tight rate limit, per client address."""
-    with serving(
-        tmp_path_factory.mktemp("open-server"), api_keys="", rate_limit="3/minute", warmup="false"
-    ) as running:
+    log = tmp_path_factory.mktemp("open-server") / "bentoml-serve.log"
+    with bentoml_serve(log, api_keys="", rate_limit="3/minute", warmup="false") as running:
         yield running
 
 
