@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import middleware_overhead
+import pytest
+
+from bench import middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -14,3 +16,14 @@ def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["requests_per_round"] == 20
     assert result["bare_us_median"] > 0 and result["stack_us_median"] > 0
+
+
+@pytest.mark.e2e
+def test_serving_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "serving.json"
+    serving.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["quick"] is True
+    for key in ("baseline_p50_ms", "service_p50_ms", "bare_pipeline_p50_ms"):
+        assert result[key] > 0
+    assert result["service_rss_after_requests_mib"] > 0
