@@ -51,11 +51,9 @@ class ImageGeneration:
         from models.loading import load_model
 
         self.ready = False
-        self.generator = ImageGenerator(
-            load_model(self.model, device=settings.device, dtype=settings.dtype)
-        )
+        self.generator = ImageGenerator(load_model(self.model, settings))
         if settings.warmup:
-            self.generator.warm_up()
+            self.generator.warm_up(settings.warmup_shapes)
         self.ready = True
 
     def __is_ready__(self) -> bool:

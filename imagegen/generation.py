@@ -147,6 +147,12 @@ class ImageGenerator:
             for k in range(count)
         ]
 
-    def warm_up(self) -> None:
-        """One short generation, so the first client does not pay for lazy initialisation."""
-        self.generate(self.resolve(ImageRequest(prompt="warm-up", num_inference_steps=1, seed=0)))
+    def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> None:
+        """One short generation per size (the native one by default), so the first clients do
+        not pay for lazy initialisation or, with ``torch.compile``, for compiling their shape."""
+        info = self.model.info
+        for width, height in sizes or [(info.native_width, info.native_height)]:
+            request = ImageRequest(
+                prompt="warm-up", width=width, height=height, num_inference_steps=1, seed=0
+            )
+            self.generate(self.resolve(request))

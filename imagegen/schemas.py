@@ -161,6 +161,7 @@ class ModelInfo(BaseModel):
     default_guidance_scale: float
     default_scheduler: str
     schedulers: list[str] = Field(description="Values the `scheduler` field accepts.")
+    switches: list[str] = Field(description="Performance switches in effect.")
 
 
 class ErrorBody(BaseModel):

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from middleware.rate_limit import parse_rate
 
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
+Switch = Literal["auto", "on", "off"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -35,6 +37,28 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field("INFO", description="Level of this service's own log lines.")
     warmup: bool = Field(True, description="Run one short generation before reporting ready.")
+    warmup_sizes: str = Field(
+        "",
+        pattern=r"^(\d+x\d+(,\d+x\d+)*)?$",
+        description="Sizes to warm up, such as `512x512,768x512` (with `compile`, each is "
+        "compiled at start-up); empty means the model's native size.",
+    )
+    channels_last: Switch = Field(
+        "auto", description="UNet/VAE in channels-last memory format; `auto` is on with CUDA."
+    )
+    compile: CompileMode = Field(
+        "off", description="`torch.compile` the denoiser with this mode; `off` skips it."
+    )
+    attention_slicing: bool = Field(
+        False, description="Compute attention in slices: less memory, slower."
+    )
+    vae_slicing: bool = Field(False, description="Decode a batch one image at a time.")
+    vae_tiling: bool = Field(
+        False, description="Decode large images in tiles, so they fit in less memory."
+    )
+    cpu_offload: bool = Field(
+        False, description="Keep submodels on the CPU until used (CUDA only): less GPU memory."
+    )
     timeout: int = Field(
         600, ge=1, description="Seconds a request may take before the server answers 504."
     )
@@ -56,6 +80,14 @@ class Settings(BaseSettings):
         description="Requests per API key (per client address when auth is off), such as "
         "`60/minute`; unset means no limit.",
     )
+
+    @property
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """``warmup_sizes`` as (width, height) pairs."""
+        return [
+            (int(width), int(height))
+            for width, height in (size.split("x") for size in self.warmup_sizes.split(",") if size)
+        ]
 
     @field_validator("rate_limit")
     @classmethod

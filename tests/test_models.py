@@ -5,11 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import bentoml
+import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+from imagegen.generation import ImageGenerator
+from imagegen.schemas import ImageRequest
+from imagegen.settings import Settings
 from models.__main__ import default_name
 from models.embedded import (
     DEFAULT_STEPS,
@@ -19,7 +25,7 @@ from models.embedded import (
     build_tokenizer,
     embedded_version,
 )
-from models.loading import choose_device, choose_dtype, load_model
+from models.loading import LoadedModel, choose_device, choose_dtype, load_model
 from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,3 +145,66 @@ def test_auto_device_is_cpu_without_a_gpu() -> None:
 )
 def test_dtype_choice(setting: str, device: str, dtype: torch.dtype) -> None:
     assert choose_dtype(setting, torch.device(device)) == dtype
+
+
+def _pixels(loaded: LoadedModel) -> np.ndarray:
+    generator = ImageGenerator(loaded)
+    request = ImageRequest(prompt="a red apple", seed=3)
+    return np.asarray(generator.generate(generator.resolve(request)).image).astype(int)
+
+
+def test_defaults_turn_no_switch_on_without_a_gpu() -> None:
+    assert load_model(ensure_embedded(), Settings()).info.switches == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "switch"),
+    [
+        ({"channels_last": "on"}, "channels_last"),
+        ({"attention_slicing": True}, "attention_slicing"),
+        ({"vae_slicing": True}, "vae_slicing"),
+        ({"vae_tiling": True}, "vae_tiling"),
+    ],
+)
+def test_a_switch_applies_and_keeps_the_image(
+    setting: dict[str, Any], switch: str, tiny_model: LoadedModel
+) -> None:
+    loaded = load_model(ensure_embedded(), Settings(**setting))
+    assert loaded.info.switches == [switch]
+    assert np.abs(_pixels(loaded) - _pixels(tiny_model)).max() <= 1
+
+
+def test_channels_last_changes_the_memory_format() -> None:
+    loaded = load_model(ensure_embedded(), Settings(channels_last="on"))
+    weight = loaded.pipeline.unet.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_vae_switches_reach_the_vae() -> None:
+    vae = load_model(ensure_embedded(), Settings(vae_slicing=True, vae_tiling=True)).pipeline.vae
+    assert (vae.use_slicing, vae.use_tiling) == (True, True)
+
+
+def test_compile_wraps_the_denoiser() -> None:
+    loaded = load_model(ensure_embedded(), Settings(compile="reduce-overhead"))
+    assert loaded.info.switches == ["compile:reduce-overhead"]
+    assert isinstance(loaded.pipeline.unet, torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_cpu_offload_needs_cuda() -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        load_model(ensure_embedded(), Settings(device="cpu", cpu_offload=True))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "shapes"),
+    [("", []), ("512x512", [(512, 512)]), ("64x96,128x64", [(64, 96), (128, 64)])],
+)
+def test_warmup_sizes_parse(sizes: str, shapes: list[tuple[int, int]]) -> None:
+    assert Settings(warmup_sizes=sizes).warmup_shapes == shapes
+
+
+@pytest.mark.parametrize("sizes", ["512", "512x", "512x512,", "512*512"])
+def test_malformed_warmup_sizes_are_refused(sizes: str) -> None:
+    with pytest.raises(ValidationError, match="warmup_sizes"):
+        Settings(warmup_sizes=sizes)
