@@ -9,7 +9,8 @@
     python -m bench.serving [--quick] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/serving.json). Requests are sequential
-and on loopback. Cross-request batching and the GPU runs are not measured here yet.
+and on loopback. Cross-request batching (not built yet) and the GPU runs (no GPU here) are
+not measured.
 """
 
 from __future__ import annotations

@@ -191,6 +191,13 @@ def test_compile_wraps_the_denoiser() -> None:
     assert isinstance(loaded.pipeline.unet, torch._dynamo.eval_frame.OptimizedModule)
 
 
+def test_a_compiled_model_warms_up_and_generates_the_same_image(tiny_model: LoadedModel) -> None:
+    # Really compiles (inductor, about a minute on two cores): the path a GPU deployment takes.
+    compiled = load_model(ensure_embedded(), Settings(compile="default"))
+    ImageGenerator(compiled).warm_up([(64, 64)])
+    assert np.abs(_pixels(compiled) - _pixels(tiny_model)).max() <= 1
+
+
 def test_cpu_offload_needs_cuda() -> None:
     with pytest.raises(ValueError, match="CUDA"):
         load_model(ensure_embedded(), Settings(device="cpu", cpu_offload=True))
