@@ -85,17 +85,22 @@ class AccessLogMiddleware:
                 body = {"error": "Internal server error.", "request_id": state.get("request_id")}
                 await JSONResponse(body, status_code=500)(scope, receive, observing_send)
 
+        line["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        if self.log_prompts:
+            line.update(_prompts(bytes(captured)))
+        self._log(scope, line, failure)
+
+    @staticmethod
+    def _log(scope: Scope, line: dict[str, Any], failure: BaseException | None) -> None:
+        state = scope["state"]
         client = scope.get("client")
         line.update(
             request_id=state.get("request_id"),
             method=scope["method"],
             path=scope["path"],
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
             client=client[0] if client else None,
             api_key_id=state.get("api_key_id"),
         )
-        if self.log_prompts:
-            line.update(_prompts(bytes(captured)))
         if failure is None:
             ACCESS_LOGGER.info("request", extra=line)
         else:

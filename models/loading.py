@@ -99,13 +99,26 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
         torch_dtype,
         time.perf_counter() - started,
     )
+    info = describe(stored, pipeline, torch_device, torch_dtype, switches)
+    return LoadedModel(info=info, pipeline=pipeline)
+
+
+def describe(
+    stored: bentoml.Model,
+    pipeline: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    switches: list[str],
+) -> ModelInfo:
+    """What ``GET /models`` says of a loaded pipeline; its defaults come from the store. The
+    device is the one it runs on (under CPU offload its weights wait on the CPU)."""
     metadata = stored.info.metadata
-    info = ModelInfo(
+    return ModelInfo(
         name=stored.tag.name,
         version=str(stored.tag.version),
         pipeline=type(pipeline).__name__,
-        device=str(torch_device),
-        dtype=str(torch_dtype).removeprefix("torch."),
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
         native_width=metadata["native_width"],
         native_height=metadata["native_height"],
         default_steps=metadata["default_steps"],
@@ -114,4 +127,3 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
         schedulers=compatible_schedulers(pipeline.scheduler),
         switches=switches,
     )
-    return LoadedModel(info=info, pipeline=pipeline)
