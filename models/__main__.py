@@ -1,6 +1,7 @@
 """Put pipelines into the BentoML model store.
 
     python -m models embedded                 # build and store sd-tiny (no download)
+    python -m models sd15-random              # SD 1.5's architecture, random weights
     python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--dtype D]
 
 SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory.
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoPipelineForText2Image
 
+from . import sd15
 from .store import ensure_embedded, save_pipeline
 
 
@@ -45,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("embedded", help="build and store the embedded sd-tiny model")
+    commands.add_parser("sd15-random", help="build and store SD 1.5's architecture, random weights")
     imports = commands.add_parser("import", help="import a diffusers pipeline into the store")
     imports.add_argument("source", help="hub id or local directory of a diffusers pipeline")
     imports.add_argument("--name", help="model name in the store (default: from SOURCE)")
@@ -63,7 +66,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    tag = str(ensure_embedded().tag) if args.command == "embedded" else import_pipeline(args)
+    if args.command == "embedded":
+        tag = str(ensure_embedded().tag)
+    elif args.command == "sd15-random":
+        model = save_pipeline(
+            sd15.build_sd15_pipeline(),
+            sd15.NAME,
+            source="random weights, SD 1.5 architecture",
+            steps=sd15.DEFAULT_STEPS,
+            guidance_scale=sd15.DEFAULT_GUIDANCE_SCALE,
+        )
+        tag = str(model.tag)
+    else:
+        tag = import_pipeline(args)
     sys.stdout.write(f"{tag}\n")
 
 

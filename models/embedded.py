@@ -100,19 +100,27 @@ def _seeded(build: Any, *args: Any, **kwargs: Any) -> Any:
         return build(*args, **kwargs)
 
 
-def build_embedded_pipeline() -> StableDiffusionPipeline:
-    """The ``sd-tiny`` pipeline, identical weights on every call."""
+def build_pipeline(
+    text_encoder: dict[str, Any], unet: dict[str, Any], vae: dict[str, Any]
+) -> StableDiffusionPipeline:
+    """A Stable Diffusion pipeline of the given component configs, seeded weights, the byte-level
+    tokenizer and SD 1.x's scheduler."""
     tokenizer = build_tokenizer()
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, **TEXT_ENCODER
+        vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, **text_encoder
     )
     return StableDiffusionPipeline(
-        vae=_seeded(AutoencoderKL, **VAE),
+        vae=_seeded(AutoencoderKL, **vae),
         text_encoder=_seeded(CLIPTextModel, text_config),
         tokenizer=tokenizer,
-        unet=_seeded(UNet2DConditionModel, **UNET),
+        unet=_seeded(UNet2DConditionModel, **unet),
         scheduler=PNDMScheduler(**SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_embedded_pipeline() -> StableDiffusionPipeline:
+    """The ``sd-tiny`` pipeline, identical weights on every call."""
+    return build_pipeline(TEXT_ENCODER, UNET, VAE)

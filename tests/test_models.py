@@ -11,11 +11,14 @@ import bentoml
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from pydantic import ValidationError
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from imagegen.generation import ImageGenerator
 from imagegen.schemas import ImageRequest
 from imagegen.settings import Settings
+from models import sd15
 from models.__main__ import default_name
 from models.embedded import (
     DEFAULT_STEPS,
@@ -215,3 +218,28 @@ def test_warmup_sizes_parse(sizes: str, shapes: list[tuple[int, int]]) -> None:
 def test_malformed_warmup_sizes_are_refused(sizes: str) -> None:
     with pytest.raises(ValidationError, match="warmup_sizes"):
         Settings(warmup_sizes=sizes)
+
+
+@pytest.mark.parametrize(
+    ("build", "config", "parameters"),
+    [
+        # Stable Diffusion 1.5's published sizes.
+        (UNet2DConditionModel, sd15.UNET, 859_520_964),
+        (AutoencoderKL, sd15.VAE, 83_653_863),
+    ],
+)
+def test_sd15_random_has_sd15s_architecture(
+    build: Any, config: dict[str, Any], parameters: int
+) -> None:
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = build(**config)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_sd15_text_encoder_matches_clip_vit_l_but_for_the_vocabulary() -> None:
+    tokenizer = build_tokenizer()
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **sd15.TEXT_ENCODER))
+    clip_vit_l_text = 123_060_480  # with its 49,408-token vocabulary
+    vocabulary_gap = (49_408 - len(tokenizer)) * sd15.TEXT_ENCODER["hidden_size"]
+    assert sum(p.numel() for p in model.parameters()) == clip_vit_l_text - vocabulary_gap
