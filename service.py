@@ -69,7 +69,7 @@ class ImageGeneration:
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
         parameters = self.generator.resolve(request)
         generation = self.generator.generate(parameters)
-        return image_response(generation, parameters, request.output_format, request.quality)  # type: ignore[return-value]
+        return image_response(generation, request.output_format, request.quality)  # type: ignore[return-value]
 
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
     @answers_errors
@@ -79,7 +79,7 @@ class ImageGeneration:
         request = ImagesRequest.model_construct(**fields)
         parameters = self.generator.resolve(request, count=request.num_images)
         generations = self.generator.generate_series(parameters, request.num_images)
-        return images_response(generations, parameters, request.output_format, request.quality)  # type: ignore[return-value]
+        return images_response(generations, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
     def models(self) -> list[ModelInfo]:

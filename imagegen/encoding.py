@@ -43,8 +43,7 @@ def total_timings(generations: list[Generation]) -> Timings:
     )
 
 
-def _headers(generations: list[Generation], parameters: GenerationParameters) -> dict[str, str]:
-    timings = total_timings(generations)
+def _headers(parameters: GenerationParameters, timings: Timings) -> dict[str, str]:
     server_timing = f"queue;dur={timings.queue_ms:.1f}, inference;dur={timings.inference_ms:.1f}"
     return {
         "X-Seed": str(parameters.seed),
@@ -53,32 +52,30 @@ def _headers(generations: list[Generation], parameters: GenerationParameters) ->
     }
 
 
-def image_response(
-    generation: Generation,
-    parameters: GenerationParameters,
-    output_format: OutputFormat,
-    quality: int,
-) -> Response:
+def image_response(generation: Generation, output_format: OutputFormat, quality: int) -> Response:
+    parameters = generation.parameters
     return Response(
         encode_image(generation.image, parameters, output_format, quality),
         media_type=MEDIA_TYPES[output_format],
-        headers=_headers([generation], parameters),
+        headers=_headers(parameters, total_timings([generation])),
     )
 
 
 def images_response(
-    generations: list[Generation],
-    parameters: GenerationParameters,
-    output_format: OutputFormat,
-    quality: int,
+    generations: list[Generation], output_format: OutputFormat, quality: int
 ) -> JSONResponse:
-    """Each image encoded as `/generate/image` would (its PNG chunk names its own seed)."""
-    images = []
-    for k, generation in enumerate(generations):
-        own = parameters.model_copy(update={"seed": parameters.seed + k})
-        data = encode_image(generation.image, own, output_format, quality)
-        images.append(
-            EncodedImage(data=base64.b64encode(data).decode(), seed=own.seed, format=output_format)
+    """Each image encoded as `/generate/image` would (its PNG chunk names its own seed); the
+    resolved parameters are image 0's."""
+    images = [
+        EncodedImage(
+            data=base64.b64encode(
+                encode_image(g.image, g.parameters, output_format, quality)
+            ).decode(),
+            seed=g.parameters.seed,
+            format=output_format,
         )
-    body = ImagesResponse(images=images, parameters=parameters, timings=total_timings(generations))
-    return JSONResponse(body.model_dump(mode="json"), headers=_headers(generations, parameters))
+        for g in generations
+    ]
+    parameters, timings = generations[0].parameters, total_timings(generations)
+    body = ImagesResponse(images=images, parameters=parameters, timings=timings)
+    return JSONResponse(body.model_dump(mode="json"), headers=_headers(parameters, timings))

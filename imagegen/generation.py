@@ -40,6 +40,7 @@ def generation_seconds() -> prometheus_client.Histogram:
 @dataclass(frozen=True)
 class Generation:
     image: Image
+    parameters: GenerationParameters  # what this image was made with, its own seed included
     queue_seconds: float  # waiting for the model's thread
     inference_seconds: float
 
@@ -120,7 +121,7 @@ class ImageGenerator:
                 "Image generation failed; the server log has the details."
             ) from error
         generation_seconds().labels(model=self.model.tag).observe(finished - started)
-        return Generation(output.images[0], started - queued, finished - started)
+        return Generation(output.images[0], parameters, started - queued, finished - started)
 
     @staticmethod
     def _call(run: Any, parameters: GenerationParameters) -> tuple[Any, float, float]:

@@ -55,8 +55,8 @@ def test_encoding_is_byte_stable(image: Image.Image, output_format: str) -> None
 
 
 def test_response_names_seed_model_type_and_timings(image: Image.Image) -> None:
-    generation = Generation(image, queue_seconds=0.25, inference_seconds=1.5)
-    response = image_response(generation, PARAMETERS, "webp", 80)
+    generation = Generation(image, PARAMETERS, queue_seconds=0.25, inference_seconds=1.5)
+    response = image_response(generation, "webp", 80)
     assert response.headers["content-type"] == MEDIA_TYPES["webp"]
     assert response.headers["x-seed"] == "42"
     assert response.headers["x-model"] == "sd-tiny:v1"
