@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -12,8 +13,17 @@ from PIL.Image import Image
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
 from imagegen.errors import answers_errors
+from imagegen.generation import Failure, Generation, ImageGenerator
 from imagegen.logs import configure_logging
-from imagegen.schemas import ImageRequest, ImagesRequest, ImagesResponse, ModelInfo
+from imagegen.parameters import resolve, series
+from imagegen.rendering import render
+from imagegen.schemas import (
+    GenerationParameters,
+    ImageRequest,
+    ImagesRequest,
+    ImagesResponse,
+    ModelInfo,
+)
 from imagegen.settings import Settings, get_settings
 from middleware.access_log import AccessLogMiddleware
 from middleware.auth import PUBLIC_PATHS, ApiKeyAuthMiddleware, ApiKeys
@@ -33,31 +43,61 @@ api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@bentoml.asgi_app(routes)
 @bentoml.service(
-    name="imagegen",
-    traffic={"timeout": settings.timeout, "max_concurrency": settings.max_concurrency},
-    # The access log middleware below writes the one access line per request.
+    name="imagegen-pipeline",
+    traffic={"timeout": settings.timeout},
     logging={"access": {"enabled": False}},
 )
-class ImageGeneration:
-    """Text-to-image generation with a diffusers pipeline."""
+class Pipeline:
+    """Holds the diffusers pipeline; reached only through `ImageGeneration`. Its `render` API
+    is where BentoML's adaptive batching merges concurrent requests (the dispatcher sits on
+    the HTTP endpoint of a batchable API, so batching needs this second service)."""
 
     # Declared here so `bentoml build` packs it; resolving it builds sd-tiny on first use.
     model = StoredPipeline(settings.model)
 
     def __init__(self) -> None:
-        from imagegen.generation import ImageGenerator
         from models.loading import load_model
 
         self.ready = False
-        self.generator = ImageGenerator(load_model(self.model, settings))
+        self.generator = ImageGenerator(
+            load_model(self.model, settings), max_batch_size=settings.max_batch_size
+        )
         if settings.warmup:
             self.generator.warm_up(settings.warmup_shapes)
         self.ready = True
 
     def __is_ready__(self) -> bool:
         return self.ready
+
+    @bentoml.api(**settings.batching)
+    def render(self, batch: list[GenerationParameters]) -> list[Generation | Failure]:
+        """One outcome per item: its image, or the failure of its pipeline call."""
+        return self.generator.generate_batch(batch)
+
+    @bentoml.api
+    def model_info(self) -> ModelInfo:
+        return self.generator.model.info
+
+
+@bentoml.asgi_app(routes)
+@bentoml.service(
+    name="imagegen",
+    traffic={"timeout": settings.timeout, "max_concurrency": settings.max_concurrency},
+    # Handlers wait on the pipeline service; one thread per admitted request lets concurrent
+    # requests reach its batching together.
+    threads=settings.max_concurrency,
+    # The access log middleware below writes the one access line per request.
+    logging={"access": {"enabled": False}},
+)
+class ImageGeneration:
+    """Text-to-image generation with a diffusers pipeline."""
+
+    pipeline = bentoml.depends(Pipeline)
+
+    @functools.cached_property
+    def model_info(self) -> ModelInfo:
+        return self.pipeline.model_info()
 
     # The handlers return starlette Responses, which BentoML sends as they are; the annotated
     # types document the 200 bodies for OpenAPI and tell BentoML's Python client how to decode.
@@ -67,9 +107,8 @@ class ImageGeneration:
         """Generate one image. Returns its bytes, with the seed used in `X-Seed` and the model
         in `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
-        parameters = self.generator.resolve(request)
-        generation = self.generator.generate(parameters)
-        return image_response(generation, request.output_format, request.quality)  # type: ignore[return-value]
+        rendering = render(self.pipeline, [resolve(request, self.model_info)])
+        return image_response(rendering, request.output_format, request.quality)  # type: ignore[return-value]
 
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
     @answers_errors
@@ -77,14 +116,14 @@ class ImageGeneration:
         """Generate `num_images` images, base64 in JSON. Image k uses seed `seed + k`, so any
         one of them comes out identical from `/generate/image` with that seed."""
         request = ImagesRequest.model_construct(**fields)
-        parameters = self.generator.resolve(request, count=request.num_images)
-        generations = self.generator.generate_series(parameters, request.num_images)
-        return images_response(generations, request.output_format, request.quality)  # type: ignore[return-value]
+        first = resolve(request, self.model_info, count=request.num_images)
+        rendering = render(self.pipeline, series(first, request.num_images))
+        return images_response(rendering, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
     def models(self) -> list[ModelInfo]:
         """The loaded models, their defaults and the schedulers they accept."""
-        return [self.generator.model.info]
+        return [self.model_info]
 
 
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))

@@ -31,6 +31,7 @@ import psutil
 
 from bench.servers import Server, bentoml_serve, running
 from imagegen.generation import ImageGenerator
+from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest
 from models.loading import load_model
 from models.store import ensure_embedded
@@ -50,7 +51,7 @@ def p50_seconds(server: Server, requests: int) -> float:
 
 def bare_p50_seconds(requests: int) -> float:
     generator = ImageGenerator(load_model(ensure_embedded()))
-    parameters = generator.resolve(ImageRequest.model_validate(BODY))
+    parameters = resolve(ImageRequest.model_validate(BODY), generator.model.info)
     generator.generate(parameters)  # warm-up, as the service does
     latencies = []
     for _ in range(requests):

@@ -9,13 +9,12 @@ from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 from starlette.responses import JSONResponse, Response
 
-from .generation import Generation
+from .rendering import Rendering
 from .schemas import (
     EncodedImage,
     GenerationParameters,
     ImagesResponse,
     OutputFormat,
-    Timings,
 )
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -36,33 +35,29 @@ def encode_image(
     return buffer.getvalue()
 
 
-def total_timings(generations: list[Generation]) -> Timings:
-    return Timings(
-        queue_ms=round(sum(g.queue_seconds for g in generations) * 1000, 1),
-        inference_ms=round(sum(g.inference_seconds for g in generations) * 1000, 1),
-    )
-
-
-def _headers(parameters: GenerationParameters, timings: Timings) -> dict[str, str]:
+def _headers(parameters: GenerationParameters, rendering: Rendering) -> dict[str, str]:
+    timings = rendering.timings
     server_timing = f"queue;dur={timings.queue_ms:.1f}, inference;dur={timings.inference_ms:.1f}"
     return {
         "X-Seed": str(parameters.seed),
         "X-Model": parameters.model,
+        "X-Batch-Size": str(rendering.batch_size),
         "Server-Timing": server_timing,
     }
 
 
-def image_response(generation: Generation, output_format: OutputFormat, quality: int) -> Response:
+def image_response(rendering: Rendering, output_format: OutputFormat, quality: int) -> Response:
+    (generation,) = rendering.generations
     parameters = generation.parameters
     return Response(
         encode_image(generation.image, parameters, output_format, quality),
         media_type=MEDIA_TYPES[output_format],
-        headers=_headers(parameters, total_timings([generation])),
+        headers=_headers(parameters, rendering),
     )
 
 
 def images_response(
-    generations: list[Generation], output_format: OutputFormat, quality: int
+    rendering: Rendering, output_format: OutputFormat, quality: int
 ) -> JSONResponse:
     """Each image encoded as `/generate/image` would (its PNG chunk names its own seed); the
     resolved parameters are image 0's."""
@@ -74,8 +69,8 @@ def images_response(
             seed=g.parameters.seed,
             format=output_format,
         )
-        for g in generations
+        for g in rendering.generations
     ]
-    parameters, timings = generations[0].parameters, total_timings(generations)
-    body = ImagesResponse(images=images, parameters=parameters, timings=timings)
-    return JSONResponse(body.model_dump(mode="json"), headers=_headers(parameters, timings))
+    parameters = rendering.generations[0].parameters
+    body = ImagesResponse(images=images, parameters=parameters, timings=rendering.timings)
+    return JSONResponse(body.model_dump(mode="json"), headers=_headers(parameters, rendering))

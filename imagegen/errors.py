@@ -43,8 +43,20 @@ class OutOfMemory(ServiceError):
     headers: ClassVar[dict[str, str]] = {"Retry-After": "10"}
 
 
+class Overloaded(ServiceError):
+    """More requests wait for the model than it can serve within the configured latency."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+
+
 class GenerationFailed(ServiceError):
     status_code = 500
+
+    def __init__(
+        self, message: str = "Image generation failed; the server log has the details."
+    ) -> None:
+        super().__init__(message)
 
 
 def answers_errors(handler: Handler) -> Handler:

@@ -1,26 +1,28 @@
-"""Turn a request into an image with one loaded pipeline, safely under concurrency."""
+"""Turn generation parameters into images with one loaded pipeline: images that can share a
+pipeline call share one, and nothing leaks between concurrent requests."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import secrets
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
-from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import prometheus_client
 import torch
 from PIL.Image import Image
+from pydantic import BaseModel, ConfigDict
 
 from models.loading import LoadedModel
 
-from .errors import GenerationFailed, InvalidField, OutOfMemory
+from .errors import GenerationFailed, OutOfMemory, ServiceError
+from .parameters import resolve
 from .schedulers import build_scheduler
-from .schemas import MAX_SEED, GenerationParameters, ImageRequest
+from .schemas import GenerationParameters, ImageRequest
 
 logger = logging.getLogger(__name__)
 
@@ -31,122 +33,161 @@ def generation_seconds() -> prometheus_client.Histogram:
     # multiprocess directory only after the service module is imported.
     return prometheus_client.Histogram(
         "imagegen_generation_seconds",
-        "Time the pipeline spends generating one request's image.",
+        "Time of one pipeline call, which makes the images of one batch.",
         labelnames=["model"],
         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
     )
 
 
-@dataclass(frozen=True)
-class Generation:
+class Generation(BaseModel):
+    """One image and how it was made. Crosses from the pipeline service to the public one."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
     image: Image
     parameters: GenerationParameters  # what this image was made with, its own seed included
-    queue_seconds: float  # waiting for the model's thread
-    inference_seconds: float
+    started: float  # perf_counter, in the pipeline's process, when its pipeline call began
+    finished: float
+    batch_size: int  # images made by that call
+
+
+class Failure(BaseModel):
+    """A pipeline call that failed, for each of its images: the error their requests get."""
+
+    error: Literal["OutOfMemory", "GenerationFailed"]
+    message: str
+
+    @classmethod
+    def of(cls, error: OutOfMemory | GenerationFailed) -> Failure:
+        return cls(error=type(error).__name__, message=error.message)
+
+    def exception(self) -> ServiceError:
+        errors: dict[str, type[ServiceError]] = {
+            "OutOfMemory": OutOfMemory,
+            "GenerationFailed": GenerationFailed,
+        }
+        return errors[self.error](self.message)
+
+
+BatchKey = tuple[str, int, int, int, float, str]
+
+
+def batch_key(parameters: GenerationParameters) -> BatchKey:
+    """What the images of one pipeline call share: diffusers takes one size, step count,
+    scheduler and guidance scale per call (the exact scale, not only guidance on or off);
+    prompts, negative prompts and seeds are per image."""
+    p = parameters
+    return (p.model, p.width, p.height, p.num_inference_steps, p.guidance_scale, p.scheduler)
+
+
+def plan_calls(batch: Sequence[GenerationParameters], max_batch_size: int) -> list[list[int]]:
+    """Indices into ``batch`` for each pipeline call: items with the same key, in order, at
+    most ``max_batch_size`` per call."""
+    groups: dict[BatchKey, list[int]] = {}
+    for index, parameters in enumerate(batch):
+        groups.setdefault(batch_key(parameters), []).append(index)
+    return [
+        indices[start : start + max_batch_size]
+        for indices in groups.values()
+        for start in range(0, len(indices), max_batch_size)
+    ]
 
 
 class ImageGenerator:
     """Runs one loaded pipeline.
 
     Every pipeline call, the warm-up included, runs on one thread of its own. That serialises
-    calls per model (one generation already keeps the device busy, and one at a time makes
-    every image independent of what else is in flight), and it keeps torch's CPU kernels on
+    calls per model (one call already keeps the device busy) and keeps torch's CPU kernels on
     one OpenMP thread team: calls from a second thread start a second team that competes for
     the same cores, about 3x slower on two cores. Each call also gets its own scheduler and
-    seeded generator, so nothing per-request is written onto the shared pipeline.
+    one seeded generator per image, so nothing per-request is written onto the shared pipeline
+    and every image keeps its own seed inside a batch.
     """
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, max_batch_size: int = 1) -> None:
         self.model = model
+        self.max_batch_size = max_batch_size
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
-    def resolve(self, request: ImageRequest, count: int = 1) -> GenerationParameters:
-        """Fill blank fields with the model's defaults and check what depends on the model.
-        A drawn seed leaves room for ``count`` consecutive seeds."""
-        info = self.model.info
-        if request.model not in (None, info.name, self.model.tag):
-            raise InvalidField(
-                f"`model` must be one of the loaded models ({self.model.tag}), "
-                f"but is {request.model!r}.",
-                field="model",
-            )
-        if request.scheduler is not None and request.scheduler not in info.schedulers:
-            raise InvalidField(
-                f"`scheduler` must be one of {', '.join(info.schedulers)} for {info.name}, "
-                f"but is {request.scheduler!r}.",
-                field="scheduler",
-            )
-        return GenerationParameters(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.width or info.native_width,
-            height=request.height or info.native_height,
-            num_inference_steps=request.num_inference_steps or info.default_steps,
-            guidance_scale=(
-                info.default_guidance_scale
-                if request.guidance_scale is None
-                else request.guidance_scale
-            ),
-            seed=secrets.randbelow(MAX_SEED + 2 - count) if request.seed is None else request.seed,
-            scheduler=request.scheduler or info.default_scheduler,
-            model=self.model.tag,
-        )
-
     def generate(self, parameters: GenerationParameters) -> Generation:
+        """One image, alone in its pipeline call."""
+        (outcome,) = self.generate_batch([parameters])
+        if isinstance(outcome, Failure):
+            raise outcome.exception()
+        return outcome
+
+    def generate_batch(self, batch: Sequence[GenerationParameters]) -> list[Generation | Failure]:
+        """One outcome per item, in order. Items that share a :func:`batch_key` run as one
+        pipeline call (up to ``max_batch_size``); a failed call fails only its own items."""
+        outcomes: dict[int, Generation | Failure] = {}
+        for indices in plan_calls(batch, self.max_batch_size):
+            group = [batch[index] for index in indices]
+            try:
+                made: Sequence[Generation | Failure] = self._generate_together(group)
+            except (OutOfMemory, GenerationFailed) as error:
+                made = [Failure.of(error)] * len(group)
+            outcomes.update(zip(indices, made, strict=True))
+        return [outcomes[index] for index in range(len(batch))]
+
+    def _generate_together(self, group: list[GenerationParameters]) -> list[Generation]:
+        """One pipeline call for images that share a batch key."""
+        first = group[0]
         pipeline = self.model.pipeline
         scheduler = (
             # The model's own scheduler may be outside the registry: copy it as it is.
             type(pipeline.scheduler).from_config(pipeline.scheduler.config)
-            if parameters.scheduler == self.model.info.default_scheduler
-            else build_scheduler(parameters.scheduler, pipeline.scheduler)
+            if first.scheduler == self.model.info.default_scheduler
+            else build_scheduler(first.scheduler, pipeline.scheduler)
         )
         # __call__ writes per-call state onto the pipeline (guidance, step counts), so each call
         # runs on its own shallow copy: the weights are shared, the state is not.
         run = copy.copy(pipeline)
         run.scheduler = scheduler
-        queued = time.perf_counter()
         # The request's context (its id, for log lines) goes along to the runner thread.
-        call = self._runner.submit(copy_context().run, self._call, run, parameters)
+        call = self._runner.submit(copy_context().run, self._call, run, group)
         try:
             output, started, finished = call.result()
         except torch.OutOfMemoryError as error:
-            logger.warning("out of device memory at %dx%d", parameters.width, parameters.height)
+            logger.warning(
+                "out of device memory: %d images at %dx%d", len(group), first.width, first.height
+            )
             torch.cuda.empty_cache()
             raise OutOfMemory(
                 "The accelerator is out of memory; retry later or ask for a smaller image."
             ) from error
         except Exception as error:
-            logger.exception("generation failed (seed %d)", parameters.seed)
-            raise GenerationFailed(
-                "Image generation failed; the server log has the details."
-            ) from error
+            logger.exception("generation failed (seeds %s)", [p.seed for p in group])
+            raise GenerationFailed() from error
         generation_seconds().labels(model=self.model.tag).observe(finished - started)
-        return Generation(output.images[0], parameters, started - queued, finished - started)
+        return [
+            Generation(
+                image=image,
+                parameters=parameters,
+                started=started,
+                finished=finished,
+                batch_size=len(group),
+            )
+            for image, parameters in zip(output.images, group, strict=True)
+        ]
 
     @staticmethod
-    def _call(run: Any, parameters: GenerationParameters) -> tuple[Any, float, float]:
-        # Seeded on the CPU, so a seed gives the same noise whatever the device.
-        generator = torch.Generator("cpu").manual_seed(parameters.seed)
+    def _call(run: Any, group: list[GenerationParameters]) -> tuple[Any, float, float]:
+        first = group[0]
+        # Seeded on the CPU, so a seed gives the same noise whatever the device; one generator
+        # per image, so an image's noise does not depend on what it is batched with.
+        generators = [torch.Generator("cpu").manual_seed(p.seed) for p in group]
         with torch.inference_mode():
             started = time.perf_counter()
             output = run(
-                prompt=parameters.prompt,
-                negative_prompt=parameters.negative_prompt,
-                width=parameters.width,
-                height=parameters.height,
-                num_inference_steps=parameters.num_inference_steps,
-                guidance_scale=parameters.guidance_scale,
-                generator=generator,
+                prompt=[p.prompt for p in group],
+                negative_prompt=[p.negative_prompt for p in group],
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                generator=generators,
             )
             return output, started, time.perf_counter()
-
-    def generate_series(self, parameters: GenerationParameters, count: int) -> list[Generation]:
-        """``count`` images with seeds ``seed``, ``seed + 1``, ...: each its own pipeline call,
-        so each is exactly the image a single request with its seed gets."""
-        return [
-            self.generate(parameters.model_copy(update={"seed": parameters.seed + k}))
-            for k in range(count)
-        ]
 
     def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> None:
         """One short generation per size (the native one by default), so the first clients do
@@ -156,4 +197,4 @@ class ImageGenerator:
             request = ImageRequest(
                 prompt="warm-up", width=width, height=height, num_inference_steps=1, seed=0
             )
-            self.generate(self.resolve(request))
+            self.generate(resolve(request, info))

@@ -135,8 +135,14 @@ class EncodedImage(BaseModel):
 
 
 class Timings(BaseModel):
-    queue_ms: float = Field(description="Time spent waiting for the model, all images.")
-    inference_ms: float = Field(description="Time spent generating, all images.")
+    queue_ms: float = Field(
+        description="Time not spent generating: waiting for the model and for a batch to "
+        "fill, and passing between the service's processes."
+    )
+    inference_ms: float = Field(
+        description="From the start of the first pipeline call that made one of these images "
+        "to the end of the last; a call may be shared with other requests' images."
+    )
 
 
 class ImagesResponse(BaseModel):
@@ -162,6 +168,10 @@ class ModelInfo(BaseModel):
     default_scheduler: str
     schedulers: list[str] = Field(description="Values the `scheduler` field accepts.")
     switches: list[str] = Field(description="Performance switches in effect.")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
 
 
 class ErrorBody(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,7 +63,20 @@ class Settings(BaseSettings):
         600, ge=1, description="Seconds a request may take before the server answers 504."
     )
     max_concurrency: int = Field(
-        8, ge=1, description="Requests in flight per service; more are answered 429."
+        16, ge=1, description="Requests in flight per service; more are answered 429."
+    )
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Most images in one pipeline call: concurrent requests of the same shape "
+        "are batched by BentoML's adaptive batching up to this; 1 turns batching off.",
+    )
+    max_latency_ms: int = Field(
+        60_000,
+        ge=100,
+        description="Adaptive batching's latency bound: how long it may hold requests to fill "
+        "a batch, and past which a waiting request is shed with 503.",
     )
     api_keys: str = Field(
         "", description="Comma-separated API keys; none (and no keys file) turns auth off."
@@ -88,6 +101,18 @@ class Settings(BaseSettings):
             (int(width), int(height))
             for width, height in (size.split("x") for size in self.warmup_sizes.split(",") if size)
         ]
+
+    @property
+    def batching(self) -> dict[str, Any]:
+        """``@bentoml.api`` arguments of the batched pipeline API (BentoML's smallest batch
+        size is 2, so batch size 1 is a plain API)."""
+        if self.max_batch_size == 1:
+            return {"batchable": False}
+        return {
+            "batchable": True,
+            "max_batch_size": self.max_batch_size,
+            "max_latency_ms": self.max_latency_ms,
+        }
 
     @field_validator("rate_limit")
     @classmethod

@@ -43,7 +43,7 @@ class LoadedModel:
 
     @property
     def tag(self) -> str:
-        return f"{self.info.name}:{self.info.version}"
+        return self.info.tag
 
 
 def apply_switches(pipeline: Any, settings: Settings, device: torch.device) -> list[str]:

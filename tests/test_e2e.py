@@ -15,6 +15,7 @@ from typing import Any
 
 import bentoml
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -45,13 +46,49 @@ def test_generates_a_png_with_seed_and_model_headers(server: Server) -> None:
     assert json.loads(image.text["parameters"])["seed"] == 21
 
 
-def test_concurrent_requests_return_the_images_of_sequential_ones(server: Server) -> None:
-    seeds = [1, 2, 3, 4]
-    sequential = [generate(server, seed=seed).content for seed in seeds]
+def concurrently(server: Server, seeds: list[int]) -> list[httpx.Response]:
     with ThreadPoolExecutor(max_workers=len(seeds)) as pool:
-        concurrent = list(pool.map(lambda seed: generate(server, seed=seed), seeds))
-    assert [response.status_code for response in concurrent] == [200] * len(seeds)
+        responses = list(pool.map(lambda seed: generate(server, seed=seed), seeds))
+    assert [response.status_code for response in responses] == [200] * len(seeds)
+    return responses
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)), dtype=int)
+
+
+def test_concurrent_requests_are_batched_and_keep_their_own_images(server: Server) -> None:
+    """Batched, each request still gets the image of its own seed: its lone image within
+    1/255 per pixel. Bounded: at most three rounds to see BentoML's dispatcher batch."""
+    seeds = list(range(1, SERVER_MAX_CONCURRENCY + 1))
+    alone = {seed: pixels(generate(server, seed=seed).content) for seed in seeds}
+    batch_sizes = set()
+    for _ in range(3):
+        for seed, response in zip(seeds, concurrently(server, seeds), strict=True):
+            assert response.headers["x-seed"] == str(seed)
+            assert np.abs(pixels(response.content) - alone[seed]).max() <= 1
+            batch_sizes.add(int(response.headers["x-batch-size"]))
+        if max(batch_sizes) > 1:
+            break
+    assert max(batch_sizes) > 1, "no request was batched"
+
+
+@pytest.fixture(scope="module")
+def unbatched_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Batching off, auth off."""
+    log = tmp_path_factory.mktemp("unbatched-server") / "bentoml-serve.log"
+    with bentoml_serve(log, api_keys="", max_batch_size="1") as running:
+        yield running
+
+
+def test_unbatched_concurrent_requests_return_the_bytes_of_sequential_ones(
+    unbatched_server: Server,
+) -> None:
+    seeds = [1, 2, 3, 4]
+    sequential = [generate(unbatched_server, seed=seed).content for seed in seeds]
+    concurrent = concurrently(unbatched_server, seeds)
     assert [response.content for response in concurrent] == sequential
+    assert {response.headers["x-batch-size"] for response in concurrent} == {"1"}
     assert len(set(sequential)) == len(seeds)
 
 

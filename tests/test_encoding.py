@@ -8,6 +8,7 @@ from PIL import Image
 
 from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
 from imagegen.generation import Generation
+from imagegen.rendering import Rendering
 from imagegen.schemas import GenerationParameters
 
 PARAMETERS = GenerationParameters(
@@ -54,10 +55,25 @@ def test_encoding_is_byte_stable(image: Image.Image, output_format: str) -> None
     )
 
 
-def test_response_names_seed_model_type_and_timings(image: Image.Image) -> None:
-    generation = Generation(image, PARAMETERS, queue_seconds=0.25, inference_seconds=1.5)
-    response = image_response(generation, "webp", 80)
+def test_response_names_seed_model_type_batch_and_timings(image: Image.Image) -> None:
+    generation = Generation(
+        image=image, parameters=PARAMETERS, started=10.0, finished=11.5, batch_size=4
+    )
+    response = image_response(Rendering([generation], seconds=1.75), "webp", 80)
     assert response.headers["content-type"] == MEDIA_TYPES["webp"]
     assert response.headers["x-seed"] == "42"
     assert response.headers["x-model"] == "sd-tiny:v1"
+    assert response.headers["x-batch-size"] == "4"
     assert response.headers["server-timing"] == "queue;dur=250.0, inference;dur=1500.0"
+
+
+def test_several_images_time_from_the_first_call_to_the_last(image: Image.Image) -> None:
+    calls = [(10.0, 11.0), (11.0, 12.5)]
+    rendering = Rendering(
+        [
+            Generation(image=image, parameters=PARAMETERS, started=s, finished=f, batch_size=1)
+            for s, f in calls
+        ],
+        seconds=3.0,
+    )
+    assert rendering.timings.model_dump() == {"queue_ms": 500.0, "inference_ms": 2500.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -10,20 +11,25 @@ import pytest
 import torch
 
 from imagegen.errors import GenerationFailed, InvalidField, OutOfMemory
-from imagegen.generation import ImageGenerator
+from imagegen.generation import Failure, Generation, ImageGenerator, plan_calls
+from imagegen.parameters import resolve
 from imagegen.schedulers import SCHEDULER_NAMES
-from imagegen.schemas import MAX_SEED, ImageRequest
+from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest
 from models.loading import LoadedModel
 
 
-def pixels(generator: ImageGenerator, **fields: Any) -> np.ndarray:
+def parameters(generator: ImageGenerator, **fields: Any) -> GenerationParameters:
     request = ImageRequest.model_validate({"prompt": "a red apple", **fields})
-    return np.asarray(generator.generate(generator.resolve(request)).image)
+    return resolve(request, generator.model.info)
+
+
+def pixels(generator: ImageGenerator, **fields: Any) -> np.ndarray:
+    return np.asarray(generator.generate(parameters(generator, **fields)).image)
 
 
 def test_blank_fields_take_the_model_defaults(generator: ImageGenerator) -> None:
     info = generator.model.info
-    parameters = generator.resolve(ImageRequest(prompt="a cat"))
+    parameters = resolve(ImageRequest(prompt="a cat"), generator.model.info)
     assert (parameters.width, parameters.height) == (info.native_width, info.native_height)
     assert parameters.num_inference_steps == info.default_steps
     assert parameters.guidance_scale == info.default_guidance_scale
@@ -33,7 +39,7 @@ def test_blank_fields_take_the_model_defaults(generator: ImageGenerator) -> None
 
 
 def test_blank_seed_is_drawn_per_request(generator: ImageGenerator) -> None:
-    seeds = {generator.resolve(ImageRequest(prompt="a cat")).seed for _ in range(5)}
+    seeds = {resolve(ImageRequest(prompt="a cat"), generator.model.info).seed for _ in range(5)}
     assert len(seeds) > 1
 
 
@@ -41,7 +47,7 @@ def test_given_fields_win_over_defaults(generator: ImageGenerator) -> None:
     request = ImageRequest(
         prompt="a cat", width=96, height=72, num_inference_steps=2, guidance_scale=0, seed=7
     )
-    parameters = generator.resolve(request)
+    parameters = resolve(request, generator.model.info)
     assert (parameters.width, parameters.height, parameters.num_inference_steps) == (96, 72, 2)
     assert (parameters.guidance_scale, parameters.seed) == (0.0, 7)
 
@@ -100,14 +106,14 @@ def test_concurrent_requests_get_the_images_of_sequential_ones(
 
 def test_unknown_model_is_rejected_with_the_loaded_one(generator: ImageGenerator) -> None:
     with pytest.raises(InvalidField, match=generator.model.tag) as caught:
-        generator.resolve(ImageRequest(prompt="a cat", model="sdxl"))
+        resolve(ImageRequest(prompt="a cat", model="sdxl"), generator.model.info)
     assert caught.value.field == "model"
 
 
 @pytest.mark.parametrize("name", ["sd-tiny", "full tag"])
 def test_the_loaded_model_may_be_named(generator: ImageGenerator, name: str) -> None:
     model = generator.model.tag if name == "full tag" else name
-    assert generator.resolve(ImageRequest(prompt="a cat", model=model)).model == (
+    assert resolve(ImageRequest(prompt="a cat", model=model), generator.model.info).model == (
         generator.model.tag
     )
 
@@ -116,21 +122,25 @@ def test_scheduler_the_model_does_not_accept_is_rejected_with_the_valid_ones(
     tiny_model: LoadedModel,
 ) -> None:
     info = tiny_model.info.model_copy(update={"schedulers": ["ddim", "pndm"]})
-    generator = ImageGenerator(LoadedModel(info=info, pipeline=tiny_model.pipeline))
     with pytest.raises(InvalidField, match="ddim, pndm") as caught:
-        generator.resolve(ImageRequest(prompt="a cat", scheduler="euler"))
+        resolve(ImageRequest(prompt="a cat", scheduler="euler"), info)
     assert caught.value.field == "scheduler"
 
 
 class FailingPipeline:
-    """Stands in for a pipeline whose call raises, to inject faults."""
+    """Stands in for a pipeline whose call raises (at one width only, when given), to inject
+    faults."""
 
-    def __init__(self, real: Any, error: BaseException) -> None:
-        self.scheduler = real.scheduler
-        self.error = error
+    def __init__(self, real: Any, error: BaseException, width: int | None = None) -> None:
+        self.real, self.scheduler = real, real.scheduler
+        self.error, self.width = error, width
 
-    def __call__(self, **_: Any) -> Any:
-        raise self.error
+    def __call__(self, **call: Any) -> Any:
+        if self.width in (None, call["width"]):
+            raise self.error
+        run = copy.copy(self.real)
+        run.scheduler = self.scheduler
+        return run(**call)
 
 
 def test_out_of_memory_is_a_503_with_retry_after(
@@ -143,7 +153,7 @@ def test_out_of_memory_is_a_503_with_retry_after(
         )
     )
     with pytest.raises(OutOfMemory) as caught:
-        failing.generate(failing.resolve(ImageRequest(prompt="a cat")))
+        failing.generate(resolve(ImageRequest(prompt="a cat"), failing.model.info))
     response = caught.value.to_response()
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) > 0
@@ -160,7 +170,7 @@ def test_a_failure_inside_generation_is_a_500_without_internals(
         )
     )
     with pytest.raises(GenerationFailed) as caught:
-        failing.generate(failing.resolve(ImageRequest(prompt="a cat", seed=9)))
+        failing.generate(resolve(ImageRequest(prompt="a cat", seed=9), failing.model.info))
     response = caught.value.to_response()
     assert response.status_code == 500
     assert b"secret internals" not in response.body
@@ -170,3 +180,69 @@ def test_a_failure_inside_generation_is_a_500_without_internals(
 
 def test_warm_up_generates(generator: ImageGenerator) -> None:
     generator.warm_up()
+
+
+def test_calls_group_matching_shapes_in_order_up_to_the_batch_size(
+    generator: ImageGenerator,
+) -> None:
+    batch = [
+        parameters(generator, seed=0),
+        parameters(generator, seed=1, width=96),
+        parameters(generator, seed=2, prompt="a pear", negative_prompt="a bowl"),
+        parameters(generator, seed=3, guidance_scale=3.0),
+        parameters(generator, seed=4),
+        parameters(generator, seed=5, scheduler="ddim"),
+        parameters(generator, seed=6),
+    ]
+    # Prompts and seeds may differ inside a call; size, guidance scale and scheduler may not.
+    assert plan_calls(batch, max_batch_size=8) == [[0, 2, 4, 6], [1], [3], [5]]
+    assert plan_calls(batch, max_batch_size=3) == [[0, 2, 4], [6], [1], [3], [5]]
+    assert plan_calls(batch, max_batch_size=1) == [[0], [2], [4], [6], [1], [3], [5]]
+
+
+def test_a_batched_image_matches_its_unbatched_image_within_one_level(
+    tiny_model: LoadedModel,
+) -> None:
+    batching = ImageGenerator(tiny_model, max_batch_size=8)
+    batch = [parameters(batching, seed=seed, prompt=f"a red apple {seed}") for seed in range(4)]
+    outcomes = batching.generate_batch(batch)
+    assert all(isinstance(o, Generation) and o.batch_size == 4 for o in outcomes)
+    batched = [np.asarray(o.image, dtype=int) for o in outcomes if isinstance(o, Generation)]
+    alone = [np.asarray(batching.generate(p).image, dtype=int) for p in batch]
+    for one, other in zip(batched, alone, strict=True):
+        assert np.abs(one - other).max() <= 1  # 1/255 per pixel
+    assert len({image.tobytes() for image in batched}) == 4  # each kept its own seed
+
+
+def test_batch_size_one_gives_exactly_the_single_images(tiny_model: LoadedModel) -> None:
+    unbatched = ImageGenerator(tiny_model, max_batch_size=1)
+    batch = [parameters(unbatched, seed=seed) for seed in range(3)]
+    outcomes = unbatched.generate_batch(batch)
+    for outcome, item in zip(outcomes, batch, strict=True):
+        assert isinstance(outcome, Generation) and outcome.batch_size == 1
+        assert outcome.image.tobytes() == unbatched.generate(item).image.tobytes()
+
+
+def test_a_mixed_batch_answers_every_item_in_its_order(tiny_model: LoadedModel) -> None:
+    batching = ImageGenerator(tiny_model, max_batch_size=8)
+    batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]
+    batch.append(parameters(batching, seed=3, width=96))
+    outcomes = batching.generate_batch(batch)
+    assert [o.parameters for o in outcomes if isinstance(o, Generation)] == batch
+    assert [o.image.size for o in outcomes if isinstance(o, Generation)] == [
+        (96, 64),
+        (64, 64),
+        (96, 64),
+    ]
+
+
+def test_a_failed_call_fails_only_its_own_items(tiny_model: LoadedModel) -> None:
+    oom = torch.OutOfMemoryError("CUDA OOM")
+    failing_wide = FailingPipeline(tiny_model.pipeline, oom, width=96)
+    batching = ImageGenerator(
+        LoadedModel(info=tiny_model.info, pipeline=failing_wide), max_batch_size=8
+    )
+    batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]
+    failed, made = batching.generate_batch(batch)
+    assert isinstance(failed, Failure) and isinstance(failed.exception(), OutOfMemory)
+    assert isinstance(made, Generation) and made.image.size == (64, 64)

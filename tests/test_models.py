@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from imagegen.generation import ImageGenerator
-from imagegen.schemas import ImageRequest
 from imagegen.settings import Settings
 from models import sd15
 from models.__main__ import default_name
@@ -30,6 +29,7 @@ from models.embedded import (
 )
 from models.loading import LoadedModel, choose_device, choose_dtype, load_model
 from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
+from tests.test_generation import pixels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,9 +151,7 @@ def test_dtype_choice(setting: str, device: str, dtype: torch.dtype) -> None:
 
 
 def _pixels(loaded: LoadedModel) -> np.ndarray:
-    generator = ImageGenerator(loaded)
-    request = ImageRequest(prompt="a red apple", seed=3)
-    return np.asarray(generator.generate(generator.resolve(request)).image).astype(int)
+    return pixels(ImageGenerator(loaded), seed=3).astype(int)
 
 
 def test_defaults_turn_no_switch_on_without_a_gpu() -> None:

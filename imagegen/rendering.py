@@ -1,0 +1,63 @@
+"""The public service's side of the pipeline service: ask it for a batch of images and turn
+what can go wrong on the way into answers for the client."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from bentoml.exceptions import BentoMLException
+
+from .errors import GenerationFailed, Overloaded
+from .generation import Failure, Generation
+from .schemas import GenerationParameters, Timings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """The images of one request and how long the request waited for them."""
+
+    generations: list[Generation]
+    seconds: float  # from asking the pipeline service to having every image
+
+    @property
+    def timings(self) -> Timings:
+        # From the first pipeline call's start to the last one's end, measured in the pipeline
+        # service; the rest of the wait is queueing, batching and the hop between processes.
+        inference = max(g.finished for g in self.generations) - min(
+            g.started for g in self.generations
+        )
+        return Timings(
+            queue_ms=round(max(self.seconds - inference, 0) * 1000, 1),
+            inference_ms=round(inference * 1000, 1),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """The largest pipeline call this request's images were part of."""
+        return max(g.batch_size for g in self.generations)
+
+
+def render(pipeline: Any, batch: list[GenerationParameters]) -> Rendering:
+    """``batch`` from the pipeline service, which may run it together with other requests'."""
+    sent = time.perf_counter()
+    try:
+        outcomes = pipeline.render(batch)
+    except BentoMLException as error:
+        if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+            # BentoML's batch queue sheds what has waited past the max latency.
+            raise Overloaded("The model's queue is full; retry later.") from error
+        logger.error("the pipeline service failed: %s", error)
+        raise GenerationFailed() from error
+    except Exception as error:
+        logger.exception("no answer from the pipeline service")
+        raise GenerationFailed() from error
+    for outcome in outcomes:
+        if isinstance(outcome, Failure):
+            raise outcome.exception()
+    return Rendering(outcomes, time.perf_counter() - sent)

@@ -1,0 +1,102 @@
+"""What the public service makes of the pipeline service's answers; fakes stand in for it."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from bentoml.exceptions import BentoMLException
+from PIL import Image
+
+from imagegen.errors import GenerationFailed, OutOfMemory, Overloaded, ServiceError
+from imagegen.generation import Failure, Generation
+from imagegen.rendering import render
+from imagegen.schemas import GenerationParameters
+
+PARAMETERS = GenerationParameters(
+    prompt="a cat",
+    negative_prompt="",
+    width=64,
+    height=64,
+    num_inference_steps=4,
+    guidance_scale=7.5,
+    seed=1,
+    scheduler="pndm",
+    model="sd-tiny:v1",
+)
+
+
+class Answering:
+    """A pipeline service that answers every batch with ``outcomes`` or raises ``error``."""
+
+    def __init__(self, outcomes: list[Any] | None = None, error: Exception | None = None):
+        self.outcomes, self.error = outcomes, error
+
+    def render(self, batch: list[GenerationParameters]) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.outcomes is not None
+        return self.outcomes
+
+
+def generation(started: float, finished: float) -> Generation:
+    image = Image.new("RGB", (64, 64))
+    return Generation(
+        image=image, parameters=PARAMETERS, started=started, finished=finished, batch_size=2
+    )
+
+
+def test_the_images_come_back_in_order_with_their_batch_size() -> None:
+    outcomes = [generation(1.0, 2.0), generation(1.0, 2.0)]
+    rendering = render(Answering(outcomes), [PARAMETERS, PARAMETERS])
+    assert rendering.generations == outcomes
+    assert rendering.batch_size == 2
+    assert rendering.timings.inference_ms == 1000.0
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (Failure(error="OutOfMemory", message="out of memory"), OutOfMemory),
+        (Failure(error="GenerationFailed", message="failed"), GenerationFailed),
+    ],
+)
+def test_a_failed_item_is_answered_as_its_error(
+    failure: Failure, expected: type[ServiceError]
+) -> None:
+    with pytest.raises(expected, match=failure.message):
+        render(Answering([generation(1.0, 2.0), failure]), [PARAMETERS, PARAMETERS])
+
+
+def test_a_shed_request_is_a_503_with_retry_after() -> None:
+    shed = BentoMLException("process is overloaded", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
+    with pytest.raises(Overloaded) as caught:
+        render(Answering(error=shed), [PARAMETERS])
+    response = caught.value.to_response()
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BentoMLException("boom /opt/secret", error_code=HTTPStatus.INTERNAL_SERVER_ERROR),
+        ConnectionResetError("socket /opt/secret closed"),
+    ],
+)
+def test_a_broken_hop_is_a_500_that_keeps_its_cause_in_the_log(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(GenerationFailed) as caught:
+        render(Answering(error=error), [PARAMETERS])
+    assert b"secret" not in caught.value.to_response().body
+    assert "/opt/secret" in caplog.text
+
+
+def test_failures_cross_processes_as_data() -> None:
+    """Outcomes travel between the services through BentoML's serialisation: a Failure is
+    plain data that rebuilds its error on the other side."""
+    failure = Failure.of(OutOfMemory("out of memory"))
+    rebuilt = Failure.model_validate(failure.model_dump())
+    assert isinstance(rebuilt.exception(), OutOfMemory)
