@@ -73,6 +73,18 @@ def test_concurrent_requests_are_batched_and_keep_their_own_images(server: Serve
     assert max(batch_sizes) > 1, "no request was batched"
 
 
+def test_sustained_concurrent_load_loses_no_request(server: Server) -> None:
+    """Past the 100 requests after which BentoML's client to a dependency, by default,
+    replaces its connections under the requests in flight."""
+
+    def one(seed: int) -> int:
+        return generate(server, seed=seed, num_inference_steps=1).status_code
+
+    with ThreadPoolExecutor(max_workers=SERVER_MAX_CONCURRENCY) as pool:
+        statuses = list(pool.map(one, range(150)))
+    assert statuses == [200] * 150
+
+
 @pytest.fixture(scope="module")
 def unbatched_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Batching off, auth off."""
