@@ -9,8 +9,7 @@
     python -m bench.serving [--quick] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/serving.json). Requests are sequential
-and on loopback. Cross-request batching (not built yet) and the GPU runs (no GPU here) are
-not measured.
+and on loopback; concurrency and batching are bench/batching.py's.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import middleware_overhead, serving
+from bench import batching, middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -27,3 +27,14 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     for key in ("baseline_p50_ms", "service_p50_ms", "bare_pipeline_p50_ms"):
         assert result[key] > 0
     assert result["service_rss_after_requests_mib"] > 0
+
+
+@pytest.mark.e2e
+def test_batching_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "batching.json"
+    batching.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["quick"] is True
+    for setting in ("off", "on"):
+        assert set(result[setting]) == {"1", "4"}
+        assert all(level["images_per_s"] > 0 for level in result[setting].values())
