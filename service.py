@@ -13,10 +13,10 @@ from PIL.Image import Image
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
 from imagegen.errors import answers_errors
-from imagegen.generation import Failure, Generation, ImageGenerator
 from imagegen.logs import configure_logging
+from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve, series
-from imagegen.rendering import render
+from imagegen.rendering import pipeline_ready, render
 from imagegen.schemas import (
     GenerationParameters,
     ImageRequest,
@@ -61,6 +61,8 @@ class Pipeline:
     model = StoredPipeline(settings.model)
 
     def __init__(self) -> None:
+        # Imported here: only this service's process needs torch and diffusers.
+        from imagegen.generation import ImageGenerator
         from models.loading import load_model
 
         self.ready = False
@@ -98,6 +100,9 @@ class ImageGeneration:
     """Text-to-image generation with a diffusers pipeline."""
 
     pipeline = bentoml.depends(Pipeline)
+
+    async def __is_ready__(self) -> bool:
+        return await pipeline_ready(self.pipeline)
 
     @functools.cached_property
     def model_info(self) -> ModelInfo:

@@ -79,7 +79,10 @@ def running(
             process.wait()
 
 
-def bentoml_serve(log: Path, **settings: str) -> AbstractContextManager[Server]:
+def bentoml_serve(
+    log: Path, *, ready_path: str = "/readyz", **settings: str
+) -> AbstractContextManager[Server]:
     """``bentoml serve`` as the README runs it, with ``IMAGEGEN_*`` settings on top."""
     env = {f"IMAGEGEN_{name.upper()}": value for name, value in settings.items()}
-    return running(["bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"], log, env=env)
+    command = ["bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"]
+    return running(command, log, env=env, ready_path=ready_path)

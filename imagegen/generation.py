@@ -10,16 +10,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import prometheus_client
 import torch
-from PIL.Image import Image
-from pydantic import BaseModel, ConfigDict
 
 from models.loading import LoadedModel
 
-from .errors import GenerationFailed, OutOfMemory, ServiceError
+from .errors import GenerationFailed, OutOfMemory
+from .outcomes import Failure, Generation
 from .parameters import resolve
 from .schedulers import build_scheduler
 from .schemas import GenerationParameters, ImageRequest
@@ -37,36 +36,6 @@ def generation_seconds() -> prometheus_client.Histogram:
         labelnames=["model"],
         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
     )
-
-
-class Generation(BaseModel):
-    """One image and how it was made. Crosses from the pipeline service to the public one."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
-
-    image: Image
-    parameters: GenerationParameters  # what this image was made with, its own seed included
-    started: float  # perf_counter, in the pipeline's process, when its pipeline call began
-    finished: float
-    batch_size: int  # images made by that call
-
-
-class Failure(BaseModel):
-    """A pipeline call that failed, for each of its images: the error their requests get."""
-
-    error: Literal["OutOfMemory", "GenerationFailed"]
-    message: str
-
-    @classmethod
-    def of(cls, error: OutOfMemory | GenerationFailed) -> Failure:
-        return cls(error=type(error).__name__, message=error.message)
-
-    def exception(self) -> ServiceError:
-        errors: dict[str, type[ServiceError]] = {
-            "OutOfMemory": OutOfMemory,
-            "GenerationFailed": GenerationFailed,
-        }
-        return errors[self.error](self.message)
 
 
 BatchKey = tuple[str, int, int, int, float, str]

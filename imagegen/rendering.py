@@ -12,7 +12,7 @@ from typing import Any
 from bentoml.exceptions import BentoMLException
 
 from .errors import GenerationFailed, Overloaded
-from .generation import Failure, Generation
+from .outcomes import Failure, Generation
 from .schemas import GenerationParameters, Timings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,24 @@ class Rendering:
     def batch_size(self) -> int:
         """The largest pipeline call this request's images were part of."""
         return max(g.batch_size for g in self.generations)
+
+
+PROBE_TIMEOUT_S = 1
+
+
+async def pipeline_ready(pipeline: Any) -> bool:
+    """Whether the pipeline service has loaded its model, asked with a short timeout.
+
+    BentoML's own /readyz probe of a dependency raises, instead of answering "not ready",
+    while the dependency is still loading; its timeout middleware then holds the probe open
+    until the traffic timeout (and a shutdown waits for it). Asked here first, /readyz stays a
+    prompt 503 until the model is in memory."""
+    if not hasattr(pipeline, "is_ready"):  # an in-process instance, as in tests
+        return bool(pipeline.__is_ready__())
+    try:
+        return bool(await pipeline.is_ready(PROBE_TIMEOUT_S))
+    except Exception:  # not accepting connections yet, or still loading
+        return False
 
 
 def render(pipeline: Any, batch: list[GenerationParameters]) -> Rendering:

@@ -6,7 +6,7 @@ between concurrent requests would mix their runs up; every request gets its own.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from diffusers import (
     DDIMScheduler,
@@ -21,9 +21,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-SchedulerName = Literal[
-    "ddim", "ddpm", "euler", "euler_a", "heun", "dpm++", "dpm++_karras", "pndm", "lms", "unipc"
-]
+from .schemas import SchedulerName
 
 # name -> (class, config overrides); overrides pick the well-known variant of a class.
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {

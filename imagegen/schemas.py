@@ -6,9 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from .schedulers import SchedulerName
-
 OutputFormat = Literal["png", "jpeg", "webp"]
+# The names imagegen.schedulers builds; a model accepts those compatible with its own.
+SchedulerName = Literal[
+    "ddim", "ddpm", "euler", "euler_a", "heun", "dpm++", "dpm++_karras", "pndm", "lms", "unipc"
+]
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGES = 8

@@ -10,7 +10,8 @@ from typing import Any
 
 from diffusers import StableDiffusionPipeline
 
-from .embedded import MAX_TOKENS, build_pipeline
+from .build import build_pipeline
+from .embedded import MAX_TOKENS
 
 NAME = "sd15-random"
 DEFAULT_STEPS = 50

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml.exceptions import NotFound
 from bentoml.models import BentoModel
-from diffusers import DiffusionPipeline
 
-from .embedded import (
-    DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_STEPS,
-    EMBEDDED_NAME,
-    build_embedded_pipeline,
-    embedded_version,
-)
+from .embedded import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, EMBEDDED_NAME, embedded_version
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +74,8 @@ def ensure_embedded() -> bentoml.Model:
     try:
         return bentoml.models.get(tag)
     except NotFound:
+        from .build import build_embedded_pipeline  # torch only where a pipeline is built
+
         logger.info("building the embedded model %s", tag)
         return save_pipeline(
             build_embedded_pipeline(),

@@ -6,6 +6,7 @@ import http.client
 import io
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -284,6 +285,24 @@ def test_over_the_rate_limit_is_a_429_with_retry_after(open_server: Server) -> N
     assert 1 <= int(refused.headers["retry-after"]) <= 20
     # Probes are never limited.
     assert httpx.get(f"{open_server.url}/readyz").status_code == 200
+
+
+def test_readyz_answers_promptly_while_the_model_loads_and_shutdown_is_clean(
+    tmp_path: Path,
+) -> None:
+    """Left to BentoML's own probe of the pipeline service, a /readyz sent while the model
+    loads was held open until the traffic timeout, and the server's shutdown waited for it."""
+    log = tmp_path / "bentoml-serve.log"
+    with bentoml_serve(log, ready_path="/livez", api_keys="") as server:
+        deadline = time.monotonic() + 120
+        statuses = [httpx.get(f"{server.url}/readyz", timeout=5).status_code]
+        while statuses[-1] != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.2)
+            statuses.append(httpx.get(f"{server.url}/readyz", timeout=5).status_code)
+    assert set(statuses) <= {503, 200}
+    # Stopped by SIGTERM within bench.servers' grace period, not killed after it.
+    assert server.process.returncode != -signal.SIGKILL
 
 
 def test_an_unknown_model_stops_the_server_listing_the_stored_ones(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
-from imagegen.generation import Generation
+from imagegen.outcomes import Generation
 from imagegen.rendering import Rendering
 from imagegen.schemas import GenerationParameters
 

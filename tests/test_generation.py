@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from imagegen.errors import GenerationFailed, InvalidField, OutOfMemory
-from imagegen.generation import Failure, Generation, ImageGenerator, plan_calls
+from imagegen.generation import ImageGenerator, plan_calls
+from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve
 from imagegen.schedulers import SCHEDULER_NAMES
 from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest

@@ -19,14 +19,8 @@ from imagegen.generation import ImageGenerator
 from imagegen.settings import Settings
 from models import sd15
 from models.__main__ import default_name
-from models.embedded import (
-    DEFAULT_STEPS,
-    EMBEDDED_NAME,
-    MAX_TOKENS,
-    build_embedded_pipeline,
-    build_tokenizer,
-    embedded_version,
-)
+from models.build import build_embedded_pipeline, build_tokenizer
+from models.embedded import DEFAULT_STEPS, EMBEDDED_NAME, MAX_TOKENS, embedded_version
 from models.loading import LoadedModel, choose_device, choose_dtype, load_model
 from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
 from tests.test_generation import pixels

@@ -10,7 +10,7 @@ from bentoml.exceptions import BentoMLException
 from PIL import Image
 
 from imagegen.errors import GenerationFailed, OutOfMemory, Overloaded, ServiceError
-from imagegen.generation import Failure, Generation
+from imagegen.outcomes import Failure, Generation
 from imagegen.rendering import render
 from imagegen.schemas import GenerationParameters
 

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -306,3 +308,14 @@ def test_images_model_errors_are_answered_like_single_ones(client: TestClient) -
     response = images(client, model="sdxl", num_images=2)
     assert response.status_code == 400
     assert response.json()["detail"][0]["loc"] == ["model"]
+
+
+def test_the_service_module_imports_no_ml_library() -> None:
+    """Every `bentoml serve` process imports it; only the pipeline service's loads torch, so
+    the public process stays small and quick to start."""
+    libraries = "{'torch', 'diffusers', 'transformers'}"
+    probe = f"import sys, service; print(sorted({libraries} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,42 @@
+"""What the pipeline service answers for each image of a batch. Plain data, no torch: the
+public service receives these through BentoML's serialisation without loading any ML library."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from PIL.Image import Image
+from pydantic import BaseModel, ConfigDict
+
+from .errors import GenerationFailed, OutOfMemory, ServiceError
+from .schemas import GenerationParameters
+
+
+class Generation(BaseModel):
+    """One image and how it was made. Crosses from the pipeline service to the public one."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    image: Image
+    parameters: GenerationParameters  # what this image was made with, its own seed included
+    started: float  # perf_counter, in the pipeline's process, when its pipeline call began
+    finished: float
+    batch_size: int  # images made by that call
+
+
+class Failure(BaseModel):
+    """A pipeline call that failed, for each of its images: the error their requests get."""
+
+    error: Literal["OutOfMemory", "GenerationFailed"]
+    message: str
+
+    @classmethod
+    def of(cls, error: OutOfMemory | GenerationFailed) -> Failure:
+        return cls(error=type(error).__name__, message=error.message)
+
+    def exception(self) -> ServiceError:
+        errors: dict[str, type[ServiceError]] = {
+            "OutOfMemory": OutOfMemory,
+            "GenerationFailed": GenerationFailed,
+        }
+        return errors[self.error](self.message)
