@@ -13,11 +13,7 @@ Prints a table and writes JSON (default bench/results/batching.json).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from bench.reporting import machine, report
 from bench.servers import Server, bentoml_serve
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4}
@@ -78,7 +75,7 @@ def measure(quick: bool, batch_size: int, workdir: Path) -> dict[str, Any]:
         "max_batch_size": batch_size,
         "off": measure_server(workdir, 1, clients, requests),
         "on": measure_server(workdir, batch_size, clients, requests),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "machine": machine(),
     }
 
 
@@ -106,10 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="imagegen-bench-") as workdir:
         result = measure(args.quick, args.batch_size, Path(workdir))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(table(result))
-    return result
+    return report(result, args.json, table)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bench.reporting import machine, report
 from imagegen.logs import configure_logging
 from imagegen.settings import Settings
 from middleware.auth import ApiKeys
@@ -104,9 +104,18 @@ def measure(requests: int, rounds: int) -> dict[str, Any]:
         "bare_us_median": round(bare_us, 1),
         "stack_us_median": round(stack_us, 1),
         "added_us_median": round(stack_us - bare_us, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "python": platform.python_version(),
     }
+
+
+def table(result: dict[str, Any]) -> str:
+    return (
+        "| per request (median of rounds) | µs |\n|---|---|\n"
+        f"| trivial endpoint, bare | {result['bare_us_median']} |\n"
+        f"| same, full middleware stack | {result['stack_us_median']} |\n"
+        f"| **added by the stack** | **{result['added_us_median']}** |\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,15 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         configure_logging("INFO", stream=devnull)
         result = measure(args.requests, args.rounds)
 
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(
-        "| per request (median of rounds) | µs |\n|---|---|\n"
-        f"| trivial endpoint, bare | {result['bare_us_median']} |\n"
-        f"| same, full middleware stack | {result['stack_us_median']} |\n"
-        f"| **added by the stack** | **{result['added_us_median']}** |\n"
-    )
-    return result
+    return report(result, args.json, table)
 
 
 if __name__ == "__main__":

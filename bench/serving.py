@@ -15,9 +15,6 @@ and on loopback; concurrency and batching are bench/batching.py's.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.reporting import machine, report
 from bench.servers import Server, bentoml_serve, running
 from imagegen.generation import ImageGenerator
 from imagegen.parameters import resolve
@@ -96,7 +94,7 @@ def measure(quick: bool, workdir: Path) -> dict[str, Any]:
         result["service_p50_ms"] / result["bare_pipeline_p50_ms"], 2
     )
     result["baseline_over_service"] = round(result["baseline_p50_ms"] / result["service_p50_ms"], 2)
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, no GPU"
+    result["machine"] = machine()
     return result
 
 
@@ -121,10 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="imagegen-bench-") as workdir:
         result = measure(args.quick, Path(workdir))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(table(result))
-    return result
+    return report(result, args.json, table)
 
 
 if __name__ == "__main__":

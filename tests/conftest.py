@@ -23,10 +23,23 @@ from starlette.testclient import TestClient
 import models.loading
 from bench.servers import Server, bentoml_serve
 from imagegen.generation import ImageGenerator
+from imagegen.schemas import GenerationParameters
 from models.loading import LoadedModel, load_model
 from models.store import ensure_embedded
 
 SERVER_MAX_CONCURRENCY = 4
+# Parameters of one generation, for tests that need them but no pipeline.
+PARAMETERS = GenerationParameters(
+    prompt="a cat",
+    negative_prompt="a dog",
+    width=64,
+    height=64,
+    num_inference_steps=4,
+    guidance_scale=7.5,
+    seed=42,
+    scheduler="euler",
+    model="sd-tiny:v1",
+)
 ARTIFACTS = Path(os.environ.get("IMAGEGEN_TEST_ARTIFACTS", "test-artifacts"))
 
 

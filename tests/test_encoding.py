@@ -9,19 +9,7 @@ from PIL import Image
 from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
 from imagegen.outcomes import Generation
 from imagegen.rendering import Rendering
-from imagegen.schemas import GenerationParameters
-
-PARAMETERS = GenerationParameters(
-    prompt="a cat",
-    negative_prompt="a dog",
-    width=64,
-    height=64,
-    num_inference_steps=4,
-    guidance_scale=7.5,
-    seed=42,
-    scheduler="euler",
-    model="sd-tiny:v1",
-)
+from tests.conftest import PARAMETERS
 
 
 @pytest.fixture

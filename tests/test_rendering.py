@@ -13,18 +13,7 @@ from imagegen.errors import GenerationFailed, OutOfMemory, Overloaded, ServiceEr
 from imagegen.outcomes import Failure, Generation
 from imagegen.rendering import render
 from imagegen.schemas import GenerationParameters
-
-PARAMETERS = GenerationParameters(
-    prompt="a cat",
-    negative_prompt="",
-    width=64,
-    height=64,
-    num_inference_steps=4,
-    guidance_scale=7.5,
-    seed=1,
-    scheduler="pndm",
-    model="sd-tiny:v1",
-)
+from tests.conftest import PARAMETERS
 
 
 class Answering:
