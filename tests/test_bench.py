@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import batching, middleware_overhead, serving
+from bench import batching, gpu, middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -38,3 +38,13 @@ def test_batching_benchmark_runs(tmp_path: Path) -> None:
     for setting in ("off", "on"):
         assert set(result[setting]) == {"1", "4"}
         assert all(level["images_per_s"] > 0 for level in result[setting].values())
+
+
+def test_gpu_benchmark_runs_in_its_quick_mode_on_any_device(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    gpu.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["switches"]) == set(gpu.QUICK_SWITCHES)
+    for rows in result["switches"].values():
+        assert [(row["steps"], row["batch"]) for row in rows] == [(3, 1), (3, 2)]
+        assert all(row["it_per_s"] > 0 and row["s_per_image"] > 0 for row in rows)
