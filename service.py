@@ -122,8 +122,9 @@ class ImageGeneration:
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
     @answers_errors
     def generate_images(self, **fields: Any) -> ImagesResponse:
-        """Generate `num_images` images, base64 in JSON. Image k uses seed `seed + k`, so any
-        one of them comes out identical from `/generate/image` with that seed."""
+        """Generate `num_images` images, base64 in JSON, as one batch. Image k uses seed
+        `seed + k`, so `/generate/image` with that seed regenerates it: byte-identical with
+        batching off, within 1/255 per pixel with it on."""
         request = ImagesRequest.model_construct(**fields)
         first = resolve(request, self.model_info, count=request.num_images)
         rendering = render(self.pipeline, series(first, request.num_images))

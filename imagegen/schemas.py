@@ -102,8 +102,9 @@ class ImagesRequest(ImageRequest):
         1,
         ge=1,
         le=MAX_IMAGES,
-        description="How many images. Image k (from 0) uses seed `seed + k`, so any one of "
-        "them comes out identical from `/generate/image` with that seed.",
+        description="How many images, generated as one batch. Image k (from 0) uses seed "
+        "`seed + k`, so `/generate/image` with that seed regenerates it (within 1/255 per "
+        "pixel; byte-identical with batching off).",
     )
 
     @model_validator(mode="after")
