@@ -15,6 +15,7 @@ from .schemas import (
     GenerationParameters,
     ImagesResponse,
     OutputFormat,
+    Timings,
 )
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -35,13 +36,12 @@ def encode_image(
     return buffer.getvalue()
 
 
-def _headers(parameters: GenerationParameters, rendering: Rendering) -> dict[str, str]:
-    timings = rendering.timings
+def _headers(parameters: GenerationParameters, timings: Timings, batch_size: int) -> dict[str, str]:
     server_timing = f"queue;dur={timings.queue_ms:.1f}, inference;dur={timings.inference_ms:.1f}"
     return {
         "X-Seed": str(parameters.seed),
         "X-Model": parameters.model,
-        "X-Batch-Size": str(rendering.batch_size),
+        "X-Batch-Size": str(batch_size),
         "Server-Timing": server_timing,
     }
 
@@ -52,7 +52,7 @@ def image_response(rendering: Rendering, output_format: OutputFormat, quality: i
     return Response(
         encode_image(generation.image, parameters, output_format, quality),
         media_type=MEDIA_TYPES[output_format],
-        headers=_headers(parameters, rendering),
+        headers=_headers(parameters, rendering.timings, rendering.batch_size),
     )
 
 
@@ -71,6 +71,7 @@ def images_response(
         )
         for g in rendering.generations
     ]
-    parameters = rendering.generations[0].parameters
-    body = ImagesResponse(images=images, parameters=parameters, timings=rendering.timings)
-    return JSONResponse(body.model_dump(mode="json"), headers=_headers(parameters, rendering))
+    parameters, timings = rendering.generations[0].parameters, rendering.timings
+    body = ImagesResponse(images=images, parameters=parameters, timings=timings)
+    headers = _headers(parameters, timings, rendering.batch_size)
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)
