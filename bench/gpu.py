@@ -4,7 +4,8 @@ switch, at 25 and 50 steps, batch 1 and 8.
 On a GPU the default run is Stable Diffusion 1.5's architecture with random weights (store it
 first with `python -m models sd15-random`) at 512x512 in float16:
 
-    python -m bench.gpu [--model NAME] [--steps 25 50] [--batches 1 8] [--repeats 3] [--json PATH]
+    python -m bench.gpu [--model NAME] [--steps 25 50] [--batches 1 8] [--repeats 3]
+                        [--switches off compile ...] [--json PATH]
     python -m bench.gpu --quick      # sd-tiny at 64x64 on any device, to check that it runs
 
 Each configuration loads the model the way the service does (`models.loading.load_model` with
@@ -84,6 +85,8 @@ def measure_switch(
     rows = []
     for step_count in steps:
         for batch in batches:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             calls = [timed_call(loaded, size, step_count, batch) for _ in range(repeats)]
             seconds = statistics.median(call[0] for call in calls)
             rows.append(
@@ -107,7 +110,7 @@ def measure_switch(
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    switches = QUICK_SWITCHES if args.quick else tuple(SWITCHES)
+    switches = args.switches or (QUICK_SWITCHES if args.quick else tuple(SWITCHES))
     if not torch.cuda.is_available():  # CPU offload needs CUDA
         switches = tuple(name for name in switches if name != "cpu_offload")
     dtype = "auto" if args.quick else "float16"
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, nargs="+", help="step counts (default: 25 50)")
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: 1 8)")
     parser.add_argument("--repeats", type=int, help="timed calls per cell (default: 3)")
+    parser.add_argument(
+        "--switches", nargs="+", choices=SWITCHES, help="rows to measure (default: all)"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/gpu.json"))
     args = parser.parse_args(argv)
     quick = args.quick

@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         "compiled at start-up); empty means the model's native size.",
     )
     channels_last: Switch = Field(
-        "auto", description="UNet/VAE in channels-last memory format; `auto` is on with CUDA."
+        "off",
+        description="UNet/VAE in channels-last memory format; `auto` is on with CUDA. Off by "
+        "default: it measured slower on an H200 (README, GPU benchmark).",
     )
     compile: CompileMode = Field(
         "off", description="`torch.compile` the denoiser with this mode; `off` skips it."
