@@ -4,11 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null; then
-  # The /docs test drives Debian's Chromium; Playwright's own browser download is not used.
+# System packages a fresh Debian lacks: Chromium for the browser tests (Playwright's own browser
+# download is not used), libatomic1 for Playwright's bundled Node.js driver, and a C++ compiler
+# with Python's headers for torch.compile's CPU backend (the compile test).
+system_packages=(chromium libatomic1 g++ python3-dev)
+missing=()
+for package in "${system_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   sudo_if_needed=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo_if_needed apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq \
+    "${missing[@]}" >/dev/null
 fi
 
 python3 -m venv .venv
