@@ -8,7 +8,7 @@ first with `python -m models sd15-random`) at 512x512 in float16:
                         [--switches off compile ...] [--json PATH]
     python -m bench.gpu --quick      # sd-tiny at 64x64 on any device, to check that it runs
 
-Each configuration loads the model the way the service does (`models.loading.load_model` with
+Each configuration loads the model the way the service does (`imagegen.loading.load_model` with
 the switch set as its setting), warms up every batch size (compiling it, with `compile`), then
 times `--repeats` pipeline calls per (steps, batch) and keeps the median. it/s counts denoising
 steps per second between the first and the last step's end (what diffusers' progress bar
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from bench.reporting import machine, report
+from imagegen.loading import LoadedModel, load_model
 from imagegen.settings import Settings
-from models.loading import LoadedModel, load_model
 from models.store import find_model
 
 # Each row: the service's settings for it. "off" is every switch off; the others turn one on.

@@ -1,8 +1,8 @@
 """What the middleware stack adds per request, on a trivial endpoint.
 
 The same ASGI app is called bare and wrapped in the service's whole stack, as
-``service.mount_middlewares`` mounts it (access log, request id, timing, API-key auth, rate
-limit, body limit), in-process, so only the
+``imagegen.stack.middleware_stack`` lists it (access log, request id, error body, timing,
+API-key auth, rate limit, admission, JSON bodies, body limit), in-process, so only the
 middlewares' own cost is measured, not the network or the server. Access lines are formatted
 as in production and written to /dev/null.
 
@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bench.reporting import machine, report
 from imagegen.logs import configure_logging
 from imagegen.settings import Settings
+from imagegen.stack import middleware_stack, wrap
 from middleware.auth import ApiKeys
-from service import mount_middlewares
 
 KEY = "bench-key"
 BODY = json.dumps({"prompt": "a lighthouse", "seed": 1}).encode()
@@ -40,27 +40,11 @@ async def trivial(scope: Scope, receive: Receive, send: Send) -> None:
     await PlainTextResponse("ok")(scope, receive, send)
 
 
-class MiddlewareStack:
-    """Takes the service's ``add_asgi_middleware`` calls, then wraps any app in them."""
-
-    def __init__(self) -> None:
-        self.middlewares: list[tuple[type, dict[str, Any]]] = []
-
-    def add_asgi_middleware(self, middleware: type, **options: Any) -> None:
-        self.middlewares.append((middleware, options))
-
-    def wrap(self, app: ASGIApp) -> ASGIApp:
-        for middleware, options in reversed(self.middlewares):  # the first added is outermost
-            app = middleware(app, **options)
-        return app
-
-
 def full_stack(app: ASGIApp) -> ASGIApp:
     """``app`` inside every middleware the service mounts, in its order, all of them on."""
-    stack = MiddlewareStack()
     settings = Settings(rate_limit="1000000000/second")
-    mount_middlewares(stack, settings, ApiKeys.parse([KEY, "other-key-1", "other-key-2"]))
-    return stack.wrap(app)
+    keys = ApiKeys.parse([KEY, "other-key-1", "other-key-2"])
+    return wrap(app, middleware_stack(settings, keys))
 
 
 async def per_request_seconds(app: ASGIApp, requests: int) -> float:

@@ -27,10 +27,10 @@ import psutil
 
 from bench.reporting import machine, report
 from bench.servers import Server, bentoml_serve, running
-from imagegen.generation import ImageGenerator
+from imagegen.generation import PipelineRunner
+from imagegen.loading import load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest
-from models.loading import load_model
 from models.store import ensure_embedded
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 1}
@@ -47,13 +47,13 @@ def p50_seconds(server: Server, requests: int) -> float:
 
 
 def bare_p50_seconds(requests: int) -> float:
-    generator = ImageGenerator(load_model(ensure_embedded()))
-    parameters = resolve(ImageRequest.model_validate(BODY), generator.model.info)
-    generator.generate(parameters)  # warm-up, as the service does
+    runner = PipelineRunner(load_model(ensure_embedded()))
+    parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
+    runner.generate(parameters)  # warm-up, as the service does
     latencies = []
     for _ in range(requests):
         started = time.perf_counter()
-        generator.generate(parameters)
+        runner.generate(parameters)
         latencies.append(time.perf_counter() - started)
     return statistics.median(latencies)
 

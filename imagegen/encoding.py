@@ -9,7 +9,7 @@ from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 from starlette.responses import JSONResponse, Response
 
-from .rendering import Rendering
+from .remote import Generated
 from .schemas import (
     EncodedImage,
     GenerationParameters,
@@ -46,18 +46,18 @@ def _headers(parameters: GenerationParameters, timings: Timings, batch_size: int
     }
 
 
-def image_response(rendering: Rendering, output_format: OutputFormat, quality: int) -> Response:
-    (generation,) = rendering.generations
+def image_response(generated: Generated, output_format: OutputFormat, quality: int) -> Response:
+    (generation,) = generated.generations
     parameters = generation.parameters
     return Response(
         encode_image(generation.image, parameters, output_format, quality),
         media_type=MEDIA_TYPES[output_format],
-        headers=_headers(parameters, rendering.timings, rendering.batch_size),
+        headers=_headers(parameters, generated.timings, generated.batch_size),
     )
 
 
 def images_response(
-    rendering: Rendering, output_format: OutputFormat, quality: int
+    generated: Generated, output_format: OutputFormat, quality: int
 ) -> JSONResponse:
     """Each image encoded as `/generate/image` would (its PNG chunk names its own seed); the
     resolved parameters are image 0's."""
@@ -69,9 +69,9 @@ def images_response(
             seed=g.parameters.seed,
             format=output_format,
         )
-        for g in rendering.generations
+        for g in generated.generations
     ]
-    parameters, timings = rendering.generations[0].parameters, rendering.timings
+    parameters, timings = generated.generations[0].parameters, generated.timings
     body = ImagesResponse(images=images, parameters=parameters, timings=timings)
-    headers = _headers(parameters, timings, rendering.batch_size)
+    headers = _headers(parameters, timings, generated.batch_size)
     return JSONResponse(body.model_dump(mode="json"), headers=headers)

@@ -54,9 +54,12 @@ class GenerationFailed(ServiceError):
     status_code = 500
 
     def __init__(
-        self, message: str = "Image generation failed; the server log has the details."
+        self,
+        message: str = "Image generation failed; the server log has the details.",
+        *,
+        field: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, field=field)
 
 
 def answers_errors(handler: Handler) -> Handler:

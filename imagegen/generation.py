@@ -12,16 +12,17 @@ from contextvars import copy_context
 from functools import cache
 from typing import Any
 
+import bentoml
 import prometheus_client
 import torch
 
-from models.loading import LoadedModel
-
-from .errors import GenerationFailed, OutOfMemory
+from .errors import GenerationFailed, InvalidField, OutOfMemory
+from .loading import LoadedModel, load_model
 from .outcomes import Failure, Generation
 from .parameters import resolve
 from .schedulers import build_scheduler
 from .schemas import GenerationParameters, ImageRequest
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def plan_calls(batch: Sequence[GenerationParameters], max_batch_size: int) -> li
     ]
 
 
-class ImageGenerator:
+class PipelineRunner:
     """Runs one loaded pipeline.
 
     Every pipeline call, the warm-up included, runs on one thread of its own. That serialises
@@ -89,7 +90,14 @@ class ImageGenerator:
         """One outcome per item, in order. Items that share a :func:`batch_key` run as one
         pipeline call (up to ``max_batch_size``); a failed call fails only its own items."""
         outcomes: dict[int, Generation | Failure] = {}
-        for indices in plan_calls(batch, self.max_batch_size):
+        for index, parameters in enumerate(batch):
+            try:
+                self.check_prompts(parameters)
+            except InvalidField as error:
+                outcomes[index] = Failure.of(error)
+        runnable = [index for index in range(len(batch)) if index not in outcomes]
+        for planned in plan_calls([batch[index] for index in runnable], self.max_batch_size):
+            indices = [runnable[position] for position in planned]
             group = [batch[index] for index in indices]
             try:
                 made: Sequence[Generation | Failure] = self._generate_together(group)
@@ -97,6 +105,22 @@ class ImageGenerator:
                 made = [Failure.of(error)] * len(group)
             outcomes.update(zip(indices, made, strict=True))
         return [outcomes[index] for index in range(len(batch))]
+
+    def check_prompts(self, parameters: GenerationParameters) -> None:
+        """CLIP reads a fixed number of tokens and drops the rest without a word; a prompt
+        longer than that is refused, naming the limit, rather than silently cut."""
+        tokenizer = getattr(self.model.pipeline, "tokenizer", None)
+        if tokenizer is None:
+            return
+        limit = tokenizer.model_max_length
+        for field in ("prompt", "negative_prompt"):
+            tokens = len(tokenizer(getattr(parameters, field)).input_ids)
+            if tokens > limit:
+                raise InvalidField(
+                    f"`{field}` must be at most {limit} tokens for {self.model.info.name} "
+                    f"(what its text encoder reads), but is {tokens} tokens.",
+                    field=field,
+                )
 
     def _generate_together(self, group: list[GenerationParameters]) -> list[Generation]:
         """One pipeline call for images that share a batch key."""
@@ -167,3 +191,11 @@ class ImageGenerator:
                 prompt="warm-up", width=width, height=height, num_inference_steps=1, seed=0
             )
             self.generate(resolve(request, info))
+
+
+def load_runner(stored: bentoml.Model, settings: Settings) -> PipelineRunner:
+    """The service's one runner: the model loaded, then warmed up when ``settings`` say so."""
+    runner = PipelineRunner(load_model(stored, settings), max_batch_size=settings.max_batch_size)
+    if settings.warmup:
+        runner.warm_up(settings.warmup_shapes)
+    return runner

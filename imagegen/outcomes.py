@@ -8,7 +8,7 @@ from typing import Literal
 from PIL.Image import Image
 from pydantic import BaseModel, ConfigDict
 
-from .errors import GenerationFailed, OutOfMemory, ServiceError
+from .errors import GenerationFailed, InvalidField, OutOfMemory, ServiceError
 from .schemas import GenerationParameters
 
 
@@ -25,18 +25,20 @@ class Generation(BaseModel):
 
 
 class Failure(BaseModel):
-    """A pipeline call that failed, for each of its images: the error their requests get."""
+    """An image that was refused or whose pipeline call failed: the error its request gets."""
 
-    error: Literal["OutOfMemory", "GenerationFailed"]
+    error: Literal["OutOfMemory", "GenerationFailed", "InvalidField"]
     message: str
+    field: str | None = None  # the request field an InvalidField names
 
     @classmethod
-    def of(cls, error: OutOfMemory | GenerationFailed) -> Failure:
-        return cls(error=type(error).__name__, message=error.message)
+    def of(cls, error: OutOfMemory | GenerationFailed | InvalidField) -> Failure:
+        return cls(error=type(error).__name__, message=error.message, field=error.field)
 
     def exception(self) -> ServiceError:
         errors: dict[str, type[ServiceError]] = {
             "OutOfMemory": OutOfMemory,
             "GenerationFailed": GenerationFailed,
+            "InvalidField": InvalidField,
         }
-        return errors[self.error](self.message)
+        return errors[self.error](self.message, field=self.field)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .field_errors import restated
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # The names imagegen.schedulers builds; a model accepts those compatible with its own.
@@ -64,6 +75,7 @@ class ImageRequest(BaseModel):
         None,
         ge=0,
         le=30,
+        allow_inf_nan=False,
         description="How closely to follow the prompt; 0 or 1 turns classifier-free guidance "
         "off. Leave blank for the model's default.",
     )
@@ -90,6 +102,15 @@ class ImageRequest(BaseModel):
         "`GET /models` lists them.",
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sentences(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        # Every client sees messages that name the field, the rule and the value.
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise restated(error) from None
+
 
 class ImagesRequest(ImageRequest):
     """Body of `POST /generate/images`: the fields of `/generate/image`, and how many images."""
@@ -110,9 +131,10 @@ class ImagesRequest(ImageRequest):
     @model_validator(mode="after")
     def _seeds_fit(self) -> ImagesRequest:
         if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
-            raise ValueError(
+            raise PydanticCustomError(
+                "seed_range",
                 f"`seed` + `num_images` - 1 must be at most {MAX_SEED}, "
-                f"but is {self.seed + self.num_images - 1}"
+                f"but is {self.seed + self.num_images - 1}.",
             )
         return self
 
@@ -177,8 +199,19 @@ class ModelInfo(BaseModel):
         return f"{self.name}:{self.version}"
 
 
-class ErrorBody(BaseModel):
-    """Every error answer: one sentence, and the offending field when there is one."""
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where the error is: the field's name.")
+    msg: str = Field(description="What is wrong, as a sentence.")
+    type: str = Field(description="The rule broken, such as `multiple_of` or `missing`.")
 
-    error: str
-    field: str | None = None
+
+class ErrorBody(BaseModel):
+    """Every error answer, whatever its status."""
+
+    error: str = Field(
+        description="One sentence; for a bad field it names the field, the rule and the value."
+    )
+    request_id: str = Field(description="Also in `X-Request-ID` and on the server's log line.")
+    detail: list[FieldError] | None = Field(
+        None, description="For a request that breaks the schema: one entry per broken rule."
+    )

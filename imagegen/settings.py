@@ -6,10 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from middleware.rate_limit import parse_rate
 
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
@@ -92,8 +90,16 @@ class Settings(BaseSettings):
     )
     rate_limit: str | None = Field(
         None,
-        description="Requests per API key (per client address when auth is off), such as "
-        "`60/minute`; unset means no limit.",
+        pattern=r"^[1-9][0-9]*/(second|minute|hour|day)$",
+        description="Requests per API key (per client address when auth is off) in any "
+        "window of that length, such as `60/minute`; unset means no limit.",
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        pattern=r"^(memory|redis|rediss|redis\+cluster|redis\+sentinel)://",
+        description="Where the rate limit's windows live, a `limits` storage URL: "
+        "`memory://` (this process), or `redis://host:port/db` to share them across workers "
+        "and replicas.",
     )
 
     @property
@@ -115,13 +121,6 @@ class Settings(BaseSettings):
             "max_batch_size": self.max_batch_size,
             "max_latency_ms": self.max_latency_ms,
         }
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _rate_limit_format(cls, rate: str | None) -> str | None:
-        if rate is not None:
-            parse_rate(rate)
-        return rate
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,8 @@ with ``log_prompts``: they can hold personal data.
 
 An exception that escapes the app is logged here once, traceback included, on the same line,
 and answered with a JSON 500 when no response has started; it is not re-raised, so the server
-does not log it a second time. Probe and metrics paths are not logged: they are polled.
+does not log it a second time. Probes and metrics (``middleware.paths``) are not logged:
+they are polled.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .paths import is_probe
+
 ACCESS_LOGGER = logging.getLogger("imagegen.access")
-PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 # Prompts are at most a few kB; the capture stops there whatever the body size.
 PROMPT_CAPTURE_BYTES = 16 * 1024
 
@@ -39,15 +41,12 @@ def _prompts(body: bytes) -> dict[str, Any]:
 
 
 class AccessLogMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, log_prompts: bool = False, skip_paths: frozenset[str] = PROBE_PATHS
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, log_prompts: bool = False) -> None:
         self.app = app
         self.log_prompts = log_prompts
-        self.skip_paths = skip_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.skip_paths:
+        if scope["type"] != "http" or is_probe(scope):
             await self.app(scope, receive, send)
             return
 

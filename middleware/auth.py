@@ -1,11 +1,9 @@
 """API-key authentication: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
-Every path needs a key except the probes, metrics and the docs (read with GET or HEAD) and
-CORS preflights. The public check runs on the path exactly as the router will match it, and
-is an allow-list of exact paths plus the Swagger assets' folder, so a slash, dot-segment,
-percent-encoding, case or method trick can only turn a public path into a private one, never
-the reverse. Keys are kept as SHA-256 digests and compared in constant time against every
-known key; the id logged for a key is a prefix of its digest.
+Every path needs a key except the public ones (``middleware.paths``: probes, metrics and the
+docs, read with GET or HEAD) and CORS preflights. Keys are kept as SHA-256 digests and
+compared in constant time against every known key; the id logged for a key is a prefix of its
+digest.
 """
 
 from __future__ import annotations
@@ -19,8 +17,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PUBLIC_PATHS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json"})
-PUBLIC_ASSETS = "/static_content/"  # Swagger UI's scripts and styles, served by BentoML
+from .paths import is_public
+
 SHA256_PREFIX = "sha256:"
 
 
@@ -75,28 +73,13 @@ class ApiKeys:
         return matched.hex()[:12] if matched is not None else None
 
 
-def route_path(scope: Scope) -> str:
-    """The path the router matches: Starlette strips ``root_path`` the same way."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if not root_path or not path.startswith(root_path):
-        return path
-    if path == root_path:
-        return ""
-    return path[len(root_path) :] if path[len(root_path)] == "/" else path
-
-
-def is_public(scope: Scope, headers: Headers) -> bool:
-    method = scope["method"]
-    if method == "OPTIONS":  # a CORS preflight carries no credentials by design
-        return "origin" in headers and "access-control-request-method" in headers
-    if method not in ("GET", "HEAD"):
-        return False
-    path = route_path(scope)
-    if path in PUBLIC_PATHS:
-        return True
-    segments = path.removeprefix(PUBLIC_ASSETS).split("/")
-    return path.startswith(PUBLIC_ASSETS) and all(s not in ("", ".", "..") for s in segments)
+def is_preflight(scope: Scope, headers: Headers) -> bool:
+    """A CORS preflight, which carries no credentials by design."""
+    return (
+        scope["method"] == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+    )
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -118,7 +101,7 @@ class ApiKeyAuthMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if is_public(scope, headers):
+        if is_public(scope) or is_preflight(scope, headers):
             await self.app(scope, receive, send)
             return
 

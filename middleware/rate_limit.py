@@ -1,55 +1,57 @@
-"""Per-client rate limit: a token bucket per API key id, or per client address without auth.
+"""Per-client rate limit: a moving window per API key id, or per client address without auth.
 
-``rate`` reads like ``60/minute``: a bucket holds that many tokens and refills at that rate, so
-a client may burst up to the whole allowance and then goes at the steady rate. Over it, 429
-with ``Retry-After``. Buckets live in this process's memory (one per key or address).
+``rate`` is a `limits` rate such as ``60/minute``: at most that many requests in any window of
+that length. Over it, 429 with ``Retry-After`` (when the oldest request leaves the window).
+``storage`` is a `limits` storage URL: ``memory://`` keeps the windows in this process and
+drops each one when it expires; ``redis://host:port`` shares them across workers and replicas
+(it needs ``pip install "limits[async-redis]"``). Public paths are never limited.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import time
 
-import token_bucket
+from limits import RateLimitItem, parse
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-RATE = re.compile(r"(?P<count>\d+)/(?P<unit>second|minute|hour|day)")
-SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+from .paths import is_public
 
 
-def parse_rate(rate: str) -> tuple[int, int]:
-    """``60/minute`` -> (60, 60): requests allowed, per that many seconds."""
-    parsed = RATE.fullmatch(rate)
-    if parsed is None or int(parsed["count"]) < 1:
+def parse_rate(rate: str) -> RateLimitItem:
+    """``60/minute`` (or ``60 per minute``; ``second``, ``hour``, ``day``...) as a `limits` item."""
+    try:
+        limit = parse(rate)
+    except ValueError:
+        limit = None
+    if limit is None or limit.amount < 1 or rate != rate.strip() or ";" in rate:
         raise ValueError(f"a rate limit must look like `60/minute`, but is {rate!r}")
-    return int(parsed["count"]), SECONDS[parsed["unit"]]
+    return limit
 
 
 class RateLimitMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, rate: str, exempt_paths: frozenset[str] = frozenset()
-    ) -> None:
-        capacity, period = parse_rate(rate)
+    def __init__(self, app: ASGIApp, *, rate: str, storage: str = "memory://") -> None:
         self.app = app
         self.rate = rate
-        self.exempt_paths = exempt_paths
-        self.tokens_per_second = capacity / period
-        self.buckets = token_bucket.MemoryStorage()
-        self.limiter = token_bucket.Limiter(self.tokens_per_second, capacity, self.buckets)
+        self.limit = parse_rate(rate)
+        # The asyncio flavour of the storage, so a Redis round trip never blocks the loop.
+        self.limiter = MovingWindowRateLimiter(storage_from_string(f"async+{storage}"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+        if scope["type"] != "http" or is_public(scope):
             await self.app(scope, receive, send)
             return
         key_id = scope.get("state", {}).get("api_key_id")
         client = scope.get("client")
         bucket = f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"
-        if self.limiter.consume(bucket):
+        if await self.limiter.hit(self.limit, bucket):
             await self.app(scope, receive, send)
             return
-        missing = 1 - self.buckets.get_token_count(bucket)
-        retry_after = max(1, math.ceil(missing / self.tokens_per_second))
+        window = await self.limiter.get_window_stats(self.limit, bucket)
+        retry_after = max(1, math.ceil(window.reset_time - time.time()))
         response = JSONResponse(
             {"error": f"Rate limit of {self.rate} exceeded; retry in {retry_after} s."},
             status_code=429,

@@ -1,19 +1,19 @@
-"""Load a stored pipeline once onto the best device and describe what it serves."""
+"""Load a stored pipeline once onto the best device, with the performance switches asked for.
+
+Knows nothing of requests: ``imagegen.loading`` turns a loaded pipeline into what the service
+serves.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import bentoml
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
-
-from imagegen.schedulers import compatible_schedulers, name_of
-from imagegen.schemas import ModelInfo
-from imagegen.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -35,95 +35,78 @@ def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A pipeline in memory with the defaults it applies to blank request fields."""
+class Switches:
+    """How a pipeline is laid out and run, never what it computes."""
 
-    info: ModelInfo
+    channels_last: str = "off"  # on, off, or auto: on with CUDA
+    compile: str = "off"  # off, or a torch.compile mode
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
     pipeline: DiffusionPipeline
+    device: torch.device  # the one it runs on (under CPU offload its weights wait on the CPU)
+    dtype: torch.dtype
+    switches: list[str]  # the switches in effect
 
-    @property
-    def tag(self) -> str:
-        return self.info.tag
 
-
-def apply_switches(pipeline: Any, settings: Settings, device: torch.device) -> list[str]:
-    """The performance switches ``settings`` turns on, applied; returns their names."""
+def apply_switches(pipeline: Any, switches: Switches, device: torch.device) -> list[str]:
+    """The performance switches turned on, applied; returns their names."""
     applied = []
-    if settings.channels_last == "on" or (
-        settings.channels_last == "auto" and device.type == "cuda"
+    if switches.channels_last == "on" or (
+        switches.channels_last == "auto" and device.type == "cuda"
     ):
-        # Convolutions in NHWC: faster with cuDNN in half precision.
+        # Convolutions in NHWC, which cuDNN may run faster in half precision (measured slower
+        # on an H200 with SD 1.5: README, GPU benchmark).
         for module in (pipeline.unet, pipeline.vae):
             module.to(memory_format=torch.channels_last)
         applied.append("channels_last")
-    if settings.attention_slicing:
+    if switches.attention_slicing:
         pipeline.enable_attention_slicing()
         applied.append("attention_slicing")
-    if settings.vae_slicing:
+    if switches.vae_slicing:
         pipeline.vae.enable_slicing()
         applied.append("vae_slicing")
-    if settings.vae_tiling:
+    if switches.vae_tiling:
         pipeline.vae.enable_tiling()
         applied.append("vae_tiling")
-    if settings.compile != "off":
+    if switches.compile != "off":
         # Compiled lazily on the first call per shape: the warm-up sizes pay for it at start-up.
-        pipeline.unet = torch.compile(pipeline.unet, mode=settings.compile)
-        applied.append(f"compile:{settings.compile}")
+        pipeline.unet = torch.compile(pipeline.unet, mode=switches.compile)
+        applied.append(f"compile:{switches.compile}")
     return applied
 
 
-def load_model(stored: bentoml.Model, settings: Settings | None = None) -> LoadedModel:
-    """``from_pretrained`` from the model store onto the configured device, with the configured
-    dtype and performance switches: the one load of the process."""
-    settings = settings or get_settings()
-    torch_device = choose_device(settings.device)
-    torch_dtype = choose_dtype(settings.dtype, torch_device)
-    if settings.cpu_offload and torch_device.type != "cuda":
+def load_pipeline(
+    path: str | Path, *, device: str = "auto", dtype: str = "auto", switches: Switches | None = None
+) -> LoadedPipeline:
+    """``from_pretrained`` onto the chosen device and dtype, with ``switches`` applied."""
+    switches = switches or Switches()
+    torch_device = choose_device(device)
+    torch_dtype = choose_dtype(dtype, torch_device)
+    if switches.cpu_offload and torch_device.type != "cuda":
         raise ValueError(
             f"IMAGEGEN_CPU_OFFLOAD needs a CUDA device, but the device is {torch_device}"
         )
     started = time.perf_counter()
-    pipeline = AutoPipelineForText2Image.from_pretrained(stored.path, dtype=torch_dtype)
-    if settings.cpu_offload:
+    pipeline = AutoPipelineForText2Image.from_pretrained(path, dtype=torch_dtype)
+    if switches.cpu_offload:
         pipeline.enable_model_cpu_offload(device=torch_device)
     else:
         pipeline.to(torch_device)
     pipeline.set_progress_bar_config(disable=True)
-    switches = apply_switches(pipeline, settings, torch_device)
-    if settings.cpu_offload:
-        switches.append("cpu_offload")
+    applied = apply_switches(pipeline, switches, torch_device)
+    if switches.cpu_offload:
+        applied.append("cpu_offload")
     logger.info(
         "loaded pipeline %s on %s (%s) in %.2fs",
-        stored.tag,
+        path,
         torch_device,
         torch_dtype,
         time.perf_counter() - started,
     )
-    info = describe(stored, pipeline, torch_device, torch_dtype, switches)
-    return LoadedModel(info=info, pipeline=pipeline)
-
-
-def describe(
-    stored: bentoml.Model,
-    pipeline: Any,
-    device: torch.device,
-    dtype: torch.dtype,
-    switches: list[str],
-) -> ModelInfo:
-    """What ``GET /models`` says of a loaded pipeline; its defaults come from the store. The
-    device is the one it runs on (under CPU offload its weights wait on the CPU)."""
-    metadata = stored.info.metadata
-    return ModelInfo(
-        name=stored.tag.name,
-        version=str(stored.tag.version),
-        pipeline=type(pipeline).__name__,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-        native_width=metadata["native_width"],
-        native_height=metadata["native_height"],
-        default_steps=metadata["default_steps"],
-        default_guidance_scale=metadata["default_guidance_scale"],
-        default_scheduler=name_of(pipeline.scheduler),
-        schedulers=compatible_schedulers(pipeline.scheduler),
-        switches=switches,
-    )
+    return LoadedPipeline(pipeline, torch_device, torch_dtype, applied)

@@ -22,9 +22,9 @@ from starlette.testclient import TestClient
 
 import models.loading
 from bench.servers import Server, bentoml_serve
-from imagegen.generation import ImageGenerator
+from imagegen.generation import PipelineRunner
+from imagegen.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
-from models.loading import LoadedModel, load_model
 from models.store import ensure_embedded
 
 SERVER_MAX_CONCURRENCY = 4
@@ -50,8 +50,8 @@ def tiny_model() -> LoadedModel:
 
 
 @pytest.fixture
-def generator(tiny_model: LoadedModel) -> ImageGenerator:
-    return ImageGenerator(tiny_model)
+def runner(tiny_model: LoadedModel) -> PipelineRunner:
+    return PipelineRunner(tiny_model)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
 from imagegen.outcomes import Generation
-from imagegen.rendering import Rendering
+from imagegen.remote import Generated
 from tests.conftest import PARAMETERS
 
 
@@ -47,7 +47,7 @@ def test_response_names_seed_model_type_batch_and_timings(image: Image.Image) ->
     generation = Generation(
         image=image, parameters=PARAMETERS, started=10.0, finished=11.5, batch_size=4
     )
-    response = image_response(Rendering([generation], seconds=1.75), "webp", 80)
+    response = image_response(Generated([generation], seconds=1.75), "webp", 80)
     assert response.headers["content-type"] == MEDIA_TYPES["webp"]
     assert response.headers["x-seed"] == "42"
     assert response.headers["x-model"] == "sd-tiny:v1"
@@ -57,11 +57,11 @@ def test_response_names_seed_model_type_batch_and_timings(image: Image.Image) ->
 
 def test_several_images_time_from_the_first_call_to_the_last(image: Image.Image) -> None:
     calls = [(10.0, 11.0), (11.0, 12.5)]
-    rendering = Rendering(
+    generated = Generated(
         [
             Generation(image=image, parameters=PARAMETERS, started=s, finished=f, batch_size=1)
             for s, f in calls
         ],
         seconds=3.0,
     )
-    assert rendering.timings.model_dump() == {"queue_ms": 500.0, "inference_ms": 2500.0}
+    assert generated.timings.model_dump() == {"queue_ms": 500.0, "inference_ms": 2500.0}

@@ -11,111 +11,109 @@ import pytest
 import torch
 
 from imagegen.errors import GenerationFailed, InvalidField, OutOfMemory
-from imagegen.generation import ImageGenerator, plan_calls
+from imagegen.generation import PipelineRunner, plan_calls
+from imagegen.loading import LoadedModel
 from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve
 from imagegen.schedulers import SCHEDULER_NAMES
 from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest
-from models.loading import LoadedModel
 
 
-def parameters(generator: ImageGenerator, **fields: Any) -> GenerationParameters:
+def parameters(runner: PipelineRunner, **fields: Any) -> GenerationParameters:
     request = ImageRequest.model_validate({"prompt": "a red apple", **fields})
-    return resolve(request, generator.model.info)
+    return resolve(request, runner.model.info)
 
 
-def pixels(generator: ImageGenerator, **fields: Any) -> np.ndarray:
-    return np.asarray(generator.generate(parameters(generator, **fields)).image)
+def pixels(runner: PipelineRunner, **fields: Any) -> np.ndarray:
+    return np.asarray(runner.generate(parameters(runner, **fields)).image)
 
 
-def test_blank_fields_take_the_model_defaults(generator: ImageGenerator) -> None:
-    info = generator.model.info
-    parameters = resolve(ImageRequest(prompt="a cat"), generator.model.info)
+def test_blank_fields_take_the_model_defaults(runner: PipelineRunner) -> None:
+    info = runner.model.info
+    parameters = resolve(ImageRequest(prompt="a cat"), runner.model.info)
     assert (parameters.width, parameters.height) == (info.native_width, info.native_height)
     assert parameters.num_inference_steps == info.default_steps
     assert parameters.guidance_scale == info.default_guidance_scale
     assert parameters.scheduler == info.default_scheduler
-    assert parameters.model == generator.model.tag
+    assert parameters.model == runner.model.tag
     assert 0 <= parameters.seed <= MAX_SEED
 
 
-def test_blank_seed_is_drawn_per_request(generator: ImageGenerator) -> None:
-    seeds = {resolve(ImageRequest(prompt="a cat"), generator.model.info).seed for _ in range(5)}
+def test_blank_seed_is_drawn_per_request(runner: PipelineRunner) -> None:
+    seeds = {resolve(ImageRequest(prompt="a cat"), runner.model.info).seed for _ in range(5)}
     assert len(seeds) > 1
 
 
-def test_given_fields_win_over_defaults(generator: ImageGenerator) -> None:
+def test_given_fields_win_over_defaults(runner: PipelineRunner) -> None:
     request = ImageRequest(
         prompt="a cat", width=96, height=72, num_inference_steps=2, guidance_scale=0, seed=7
     )
-    parameters = resolve(request, generator.model.info)
+    parameters = resolve(request, runner.model.info)
     assert (parameters.width, parameters.height, parameters.num_inference_steps) == (96, 72, 2)
     assert (parameters.guidance_scale, parameters.seed) == (0.0, 7)
 
 
-def test_image_has_the_requested_size(generator: ImageGenerator) -> None:
-    assert pixels(generator, width=96, height=72, seed=1).shape == (72, 96, 3)
+def test_image_has_the_requested_size(runner: PipelineRunner) -> None:
+    assert pixels(runner, width=96, height=72, seed=1).shape == (72, 96, 3)
 
 
-def test_same_seed_gives_the_same_image(generator: ImageGenerator) -> None:
-    assert np.array_equal(pixels(generator, seed=5), pixels(generator, seed=5))
+def test_same_seed_gives_the_same_image(runner: PipelineRunner) -> None:
+    assert np.array_equal(pixels(runner, seed=5), pixels(runner, seed=5))
 
 
-def test_another_seed_gives_another_image(generator: ImageGenerator) -> None:
-    assert not np.array_equal(pixels(generator, seed=5), pixels(generator, seed=6))
+def test_another_seed_gives_another_image(runner: PipelineRunner) -> None:
+    assert not np.array_equal(pixels(runner, seed=5), pixels(runner, seed=6))
 
 
-def test_the_prompt_changes_the_image(generator: ImageGenerator) -> None:
-    assert not np.array_equal(
-        pixels(generator, seed=5), pixels(generator, seed=5, prompt="a green pear")
-    )
+def test_the_prompt_changes_the_image(runner: PipelineRunner) -> None:
+    assert not np.array_equal(pixels(runner, seed=5), pixels(runner, seed=5, prompt="a green pear"))
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
-def test_every_scheduler_generates(generator: ImageGenerator, scheduler: str) -> None:
-    image = pixels(generator, seed=3, scheduler=scheduler)
+def test_every_scheduler_generates(runner: PipelineRunner, scheduler: str) -> None:
+    image = pixels(runner, seed=3, scheduler=scheduler)
     assert image.shape == (64, 64, 3)
     assert image.std() > 0
 
 
-def test_schedulers_change_the_image(generator: ImageGenerator) -> None:
+def test_schedulers_change_the_image(runner: PipelineRunner) -> None:
     assert not np.array_equal(
-        pixels(generator, seed=3, scheduler="euler_a"), pixels(generator, seed=3, scheduler="ddim")
+        pixels(runner, seed=3, scheduler="euler_a"), pixels(runner, seed=3, scheduler="ddim")
     )
 
 
 def test_a_request_scheduler_leaves_the_shared_pipeline_alone(
-    generator: ImageGenerator,
+    runner: PipelineRunner,
 ) -> None:
-    shared = generator.model.pipeline
+    shared = runner.model.pipeline
     scheduler_before, config_before = shared.scheduler, dict(shared.config)
-    pixels(generator, seed=3, scheduler="euler_a", guidance_scale=3.0)
+    pixels(runner, seed=3, scheduler="euler_a", guidance_scale=3.0)
     assert shared.scheduler is scheduler_before
     assert dict(shared.config) == config_before
     assert not hasattr(shared, "_guidance_scale")
 
 
 def test_concurrent_requests_get_the_images_of_sequential_ones(
-    generator: ImageGenerator,
+    runner: PipelineRunner,
 ) -> None:
     seeds = [1, 2, 3, 4]
-    sequential = [pixels(generator, seed=seed) for seed in seeds]
+    sequential = [pixels(runner, seed=seed) for seed in seeds]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        concurrent = list(pool.map(lambda seed: pixels(generator, seed=seed), seeds))
+        concurrent = list(pool.map(lambda seed: pixels(runner, seed=seed), seeds))
     assert all(np.array_equal(a, b) for a, b in zip(sequential, concurrent, strict=True))
 
 
-def test_unknown_model_is_rejected_with_the_loaded_one(generator: ImageGenerator) -> None:
-    with pytest.raises(InvalidField, match=generator.model.tag) as caught:
-        resolve(ImageRequest(prompt="a cat", model="sdxl"), generator.model.info)
+def test_unknown_model_is_rejected_with_the_loaded_one(runner: PipelineRunner) -> None:
+    with pytest.raises(InvalidField, match=runner.model.tag) as caught:
+        resolve(ImageRequest(prompt="a cat", model="sdxl"), runner.model.info)
     assert caught.value.field == "model"
 
 
 @pytest.mark.parametrize("name", ["sd-tiny", "full tag"])
-def test_the_loaded_model_may_be_named(generator: ImageGenerator, name: str) -> None:
-    model = generator.model.tag if name == "full tag" else name
-    assert resolve(ImageRequest(prompt="a cat", model=model), generator.model.info).model == (
-        generator.model.tag
+def test_the_loaded_model_may_be_named(runner: PipelineRunner, name: str) -> None:
+    model = runner.model.tag if name == "full tag" else name
+    assert resolve(ImageRequest(prompt="a cat", model=model), runner.model.info).model == (
+        runner.model.tag
     )
 
 
@@ -147,7 +145,7 @@ class FailingPipeline:
 def test_out_of_memory_is_a_503_with_retry_after(
     tiny_model: LoadedModel,
 ) -> None:
-    failing = ImageGenerator(
+    failing = PipelineRunner(
         LoadedModel(
             info=tiny_model.info,
             pipeline=FailingPipeline(tiny_model.pipeline, torch.OutOfMemoryError("CUDA OOM")),
@@ -164,7 +162,7 @@ def test_out_of_memory_is_a_503_with_retry_after(
 def test_a_failure_inside_generation_is_a_500_without_internals(
     tiny_model: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    failing = ImageGenerator(
+    failing = PipelineRunner(
         LoadedModel(
             info=tiny_model.info,
             pipeline=FailingPipeline(tiny_model.pipeline, RuntimeError("secret internals")),
@@ -179,21 +177,21 @@ def test_a_failure_inside_generation_is_a_500_without_internals(
     assert "secret internals" in caplog.text  # the log keeps the cause
 
 
-def test_warm_up_generates(generator: ImageGenerator) -> None:
-    generator.warm_up()
+def test_warm_up_generates(runner: PipelineRunner) -> None:
+    runner.warm_up()
 
 
 def test_calls_group_matching_shapes_in_order_up_to_the_batch_size(
-    generator: ImageGenerator,
+    runner: PipelineRunner,
 ) -> None:
     batch = [
-        parameters(generator, seed=0),
-        parameters(generator, seed=1, width=96),
-        parameters(generator, seed=2, prompt="a pear", negative_prompt="a bowl"),
-        parameters(generator, seed=3, guidance_scale=3.0),
-        parameters(generator, seed=4),
-        parameters(generator, seed=5, scheduler="ddim"),
-        parameters(generator, seed=6),
+        parameters(runner, seed=0),
+        parameters(runner, seed=1, width=96),
+        parameters(runner, seed=2, prompt="a pear", negative_prompt="a bowl"),
+        parameters(runner, seed=3, guidance_scale=3.0),
+        parameters(runner, seed=4),
+        parameters(runner, seed=5, scheduler="ddim"),
+        parameters(runner, seed=6),
     ]
     # Prompts and seeds may differ inside a call; size, guidance scale and scheduler may not.
     assert plan_calls(batch, max_batch_size=8) == [[0, 2, 4, 6], [1], [3], [5]]
@@ -204,7 +202,7 @@ def test_calls_group_matching_shapes_in_order_up_to_the_batch_size(
 def test_a_batched_image_matches_its_unbatched_image_within_one_level(
     tiny_model: LoadedModel,
 ) -> None:
-    batching = ImageGenerator(tiny_model, max_batch_size=8)
+    batching = PipelineRunner(tiny_model, max_batch_size=8)
     batch = [parameters(batching, seed=seed, prompt=f"a red apple {seed}") for seed in range(4)]
     outcomes = batching.generate_batch(batch)
     assert all(isinstance(o, Generation) and o.batch_size == 4 for o in outcomes)
@@ -216,7 +214,7 @@ def test_a_batched_image_matches_its_unbatched_image_within_one_level(
 
 
 def test_batch_size_one_gives_exactly_the_single_images(tiny_model: LoadedModel) -> None:
-    unbatched = ImageGenerator(tiny_model, max_batch_size=1)
+    unbatched = PipelineRunner(tiny_model, max_batch_size=1)
     batch = [parameters(unbatched, seed=seed) for seed in range(3)]
     outcomes = unbatched.generate_batch(batch)
     for outcome, item in zip(outcomes, batch, strict=True):
@@ -225,7 +223,7 @@ def test_batch_size_one_gives_exactly_the_single_images(tiny_model: LoadedModel)
 
 
 def test_a_mixed_batch_answers_every_item_in_its_order(tiny_model: LoadedModel) -> None:
-    batching = ImageGenerator(tiny_model, max_batch_size=8)
+    batching = PipelineRunner(tiny_model, max_batch_size=8)
     batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]
     batch.append(parameters(batching, seed=3, width=96))
     outcomes = batching.generate_batch(batch)
@@ -240,7 +238,7 @@ def test_a_mixed_batch_answers_every_item_in_its_order(tiny_model: LoadedModel) 
 def test_a_failed_call_fails_only_its_own_items(tiny_model: LoadedModel) -> None:
     oom = torch.OutOfMemoryError("CUDA OOM")
     failing_wide = FailingPipeline(tiny_model.pipeline, oom, width=96)
-    batching = ImageGenerator(
+    batching = PipelineRunner(
         LoadedModel(info=tiny_model.info, pipeline=failing_wide), max_batch_size=8
     )
     batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]

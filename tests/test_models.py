@@ -15,13 +15,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from pydantic import ValidationError
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from imagegen.generation import ImageGenerator
+from imagegen.generation import PipelineRunner
+from imagegen.loading import LoadedModel, load_model
 from imagegen.settings import Settings
 from models import sd15
 from models.__main__ import default_name
 from models.build import build_embedded_pipeline, build_tokenizer
 from models.embedded import DEFAULT_STEPS, EMBEDDED_NAME, MAX_TOKENS, embedded_version
-from models.loading import LoadedModel, choose_device, choose_dtype, load_model
+from models.loading import choose_device, choose_dtype
 from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
 from tests.test_generation import pixels
 
@@ -145,7 +146,7 @@ def test_dtype_choice(setting: str, device: str, dtype: torch.dtype) -> None:
 
 
 def _pixels(loaded: LoadedModel) -> np.ndarray:
-    return pixels(ImageGenerator(loaded), seed=3).astype(int)
+    return pixels(PipelineRunner(loaded), seed=3).astype(int)
 
 
 def test_defaults_turn_no_switch_on_without_a_gpu() -> None:
@@ -189,7 +190,7 @@ def test_compile_wraps_the_denoiser() -> None:
 def test_a_compiled_model_warms_up_and_generates_the_same_image(tiny_model: LoadedModel) -> None:
     # Really compiles (inductor, about a minute on two cores): the path a GPU deployment takes.
     compiled = load_model(ensure_embedded(), Settings(compile="default"))
-    ImageGenerator(compiled).warm_up([(64, 64)])
+    PipelineRunner(compiled).warm_up([(64, 64)])
     assert np.abs(_pixels(compiled) - _pixels(tiny_model)).max() <= 1
 
 

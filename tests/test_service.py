@@ -19,15 +19,15 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-from bench.middleware_overhead import MiddlewareStack
-from imagegen.generation import ImageGenerator
+from imagegen.generation import PipelineRunner
+from imagegen.loading import load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
-from imagegen.settings import Settings
+from imagegen.settings import Settings, get_settings
+from imagegen.stack import middleware_stack
 from middleware.auth import ApiKeys
-from models.loading import load_model
 from models.store import ensure_embedded
-from service import mount_middlewares
+from service import ImageGeneration, api_keys
 from tests.conftest import PIPELINE_LOADS
 
 
@@ -38,7 +38,6 @@ def generate(client: TestClient, **fields: Any) -> Any:
 def test_ready_after_load_and_warm_up(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200
     assert client.get("/livez").status_code == 200
-    assert bentoml.get_current_service().pipeline.ready
 
 
 def test_png_response_carries_seed_model_and_parameters(client: TestClient) -> None:
@@ -114,7 +113,7 @@ def test_unknown_model_400_lists_the_loaded_ones(client: TestClient) -> None:
     assert response.status_code == 400
     body = response.json()
     assert body["detail"][0]["loc"] == ["model"]
-    assert bentoml.get_current_service().pipeline.generator.model.tag in body["error"]
+    assert bentoml.get_current_service().generator.runner.model.tag in body["error"]
 
 
 def test_malformed_json_is_a_400(client: TestClient) -> None:
@@ -144,7 +143,7 @@ def test_models_lists_the_loaded_model_and_its_defaults(client: TestClient) -> N
 def test_out_of_memory_is_a_503_and_the_service_keeps_serving(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = bentoml.get_current_service().pipeline.generator.model.pipeline
+    pipeline = bentoml.get_current_service().generator.runner.model.pipeline
 
     def out_of_memory(*_: Any, **__: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -161,7 +160,7 @@ def test_out_of_memory_is_a_503_and_the_service_keeps_serving(
 def test_unexpected_failure_is_a_500_without_traceback(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = bentoml.get_current_service().pipeline.generator.model.pipeline
+    pipeline = bentoml.get_current_service().generator.runner.model.pipeline
 
     def broken(*_: Any, **__: Any) -> Any:
         raise ValueError("internal detail /opt/secret/path")
@@ -207,35 +206,43 @@ def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
 
     # What every request would cost if the handler reloaded the model (the anti-pattern).
     started = time.perf_counter()
-    reloaded = ImageGenerator(load_model(ensure_embedded()))
+    reloaded = PipelineRunner(load_model(ensure_embedded()))
     reloaded.generate(resolve(ImageRequest(prompt="a red apple", seed=0), reloaded.model.info))
     reload_cost = time.perf_counter() - started
     assert statistics.median(latencies[1:]) < reload_cost
 
 
 def test_middlewares_are_mounted_in_the_documented_order() -> None:
-    stack = MiddlewareStack()
-    mount_middlewares(stack, Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
-    assert [middleware.__name__ for middleware, _ in stack.middlewares] == [
+    stack = middleware_stack(Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
+    assert [middleware.cls.__name__ for middleware in stack] == [  # type: ignore[attr-defined]
         "AccessLogMiddleware",
         "RequestIdMiddleware",
+        "ErrorBodyMiddleware",
         "TimingMiddleware",
         "ApiKeyAuthMiddleware",
         "RateLimitMiddleware",
+        "AdmissionMiddleware",
+        "JsonBodyMiddleware",
         "BodyLimitMiddleware",
     ]
 
 
+def test_the_service_mounts_that_stack() -> None:
+    mounted = [cls.__name__ for cls, _ in ImageGeneration.middlewares]  # type: ignore[attr-defined]
+    assert mounted == [
+        middleware.cls.__name__  # type: ignore[attr-defined]
+        for middleware in middleware_stack(get_settings(), api_keys)
+    ]
+
+
 def test_without_keys_auth_is_off_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    stack = MiddlewareStack()
-    caplog.set_level("WARNING", logger="imagegen.service")
     with caplog.at_level("WARNING"):
         logging.getLogger("imagegen").propagate = True  # let caplog see the project's records
         try:
-            mount_middlewares(stack, Settings(api_keys=""), ApiKeys.parse([]))
+            stack = middleware_stack(Settings(api_keys=""), ApiKeys.parse([]))
         finally:
             logging.getLogger("imagegen").propagate = False
-    mounted = [middleware.__name__ for middleware, _ in stack.middlewares]
+    mounted = [middleware.cls.__name__ for middleware in stack]  # type: ignore[attr-defined]
     assert "ApiKeyAuthMiddleware" not in mounted
     assert "RateLimitMiddleware" not in mounted
     assert "auth is off" in caplog.text

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from bench.middleware_overhead import KEY as BENCH_KEY
-from bench.middleware_overhead import full_stack
+from imagegen.settings import Settings
+from imagegen.stack import middleware_stack, wrap
+from middleware.auth import ApiKeys
 from tests.asgi import call, streaming_app
 from tests.conftest import API_KEY
 
@@ -94,7 +95,8 @@ def test_the_spec_offers_the_authorize_schemes(client: TestClient) -> None:
 
 def test_streamed_responses_pass_the_whole_stack_chunk_by_chunk() -> None:
     chunks = [b"first ", b"second ", b"third"]
-    answer = call(full_stack(streaming_app(chunks)), "/stream", headers={"X-API-Key": BENCH_KEY})
+    stack = middleware_stack(Settings(rate_limit="100/second"), ApiKeys.parse([API_KEY]))
+    answer = call(wrap(streaming_app(chunks), stack), "/stream", headers={"X-API-Key": API_KEY})
     bodies = [m["body"] for m in answer.messages if m["type"] == "http.response.body" and m["body"]]
     assert answer.status == 200
     assert bodies == chunks

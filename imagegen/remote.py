@@ -1,5 +1,5 @@
-"""The public service's side of the pipeline service: ask it for a batch of images and turn
-what can go wrong on the way into answers for the client."""
+"""The public service's side of the hop to the generator service: ask it for a batch of images
+and turn what can go wrong on the way into answers for the client."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Rendering:
+class Generated:
     """The images of one request and how long the request waited for them."""
 
     generations: list[Generation]
-    seconds: float  # from asking the pipeline service to having every image
+    seconds: float  # from asking the generator service to having every image
 
     @property
     def timings(self) -> Timings:
-        # From the first pipeline call's start to the last one's end, measured in the pipeline
+        # From the first pipeline call's start to the last one's end, measured in the generator
         # service; the rest of the wait is queueing, batching and the hop between processes.
         inference = max(g.finished for g in self.generations) - min(
             g.started for g in self.generations
@@ -46,36 +46,36 @@ class Rendering:
 PROBE_TIMEOUT_S = 1
 
 
-async def pipeline_ready(pipeline: Any) -> bool:
-    """Whether the pipeline service has loaded its model, asked with a short timeout.
+async def generator_ready(generator: Any) -> bool:
+    """Whether the generator service has loaded its model, asked with a short timeout.
 
     BentoML's own /readyz probe of a dependency raises, instead of answering "not ready",
     while the dependency is still loading; its timeout middleware then holds the probe open
     until the traffic timeout (and a shutdown waits for it). Asked here first, /readyz stays a
     prompt 503 until the model is in memory."""
-    if not hasattr(pipeline, "is_ready"):  # an in-process instance, as in tests
-        return bool(pipeline.__is_ready__())
+    if not hasattr(generator, "is_ready"):  # an in-process instance, as in tests, exists
+        return True  # only once its __init__ has loaded the model
     try:
-        return bool(await pipeline.is_ready(PROBE_TIMEOUT_S))
+        return bool(await generator.is_ready(PROBE_TIMEOUT_S))
     except Exception:  # not accepting connections yet, or still loading
         return False
 
 
-def render(pipeline: Any, batch: list[GenerationParameters]) -> Rendering:
-    """``batch`` from the pipeline service, which may run it together with other requests'."""
+def generate(generator: Any, batch: list[GenerationParameters]) -> Generated:
+    """``batch`` from the generator service, which may run it together with other requests'."""
     sent = time.perf_counter()
     try:
-        outcomes = pipeline.render(batch)
+        outcomes = generator.generate(batch)
     except BentoMLException as error:
         if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
             # BentoML's batch queue sheds what has waited past the max latency.
             raise Overloaded("The model's queue is full; retry later.") from error
-        logger.error("the pipeline service failed: %s", error)
+        logger.error("the generator service failed: %s", error)
         raise GenerationFailed() from error
     except Exception as error:
-        logger.exception("no answer from the pipeline service")
+        logger.exception("no answer from the generator service")
         raise GenerationFailed() from error
     for outcome in outcomes:
         if isinstance(outcome, Failure):
             raise outcome.exception()
-    return Rendering(outcomes, time.perf_counter() - sent)
+    return Generated(outcomes, time.perf_counter() - sent)

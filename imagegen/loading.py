@@ -1,0 +1,61 @@
+"""The served model: a stored pipeline loaded with the service's settings, and what
+``GET /models`` says of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import bentoml
+from diffusers import DiffusionPipeline
+
+from models.loading import LoadedPipeline, Switches, load_pipeline
+
+from .schedulers import compatible_schedulers, name_of
+from .schemas import ModelInfo
+from .settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline in memory with the defaults it applies to blank request fields."""
+
+    info: ModelInfo
+    pipeline: DiffusionPipeline
+
+    @property
+    def tag(self) -> str:
+        return self.info.tag
+
+
+def switches(settings: Settings) -> Switches:
+    return Switches(**{field.name: getattr(settings, field.name) for field in fields(Switches)})
+
+
+def load_model(stored: bentoml.Model, settings: Settings | None = None) -> LoadedModel:
+    """The one load of the process: from the model store onto the configured device, with the
+    configured dtype and performance switches."""
+    settings = settings or get_settings()
+    loaded = load_pipeline(
+        stored.path, device=settings.device, dtype=settings.dtype, switches=switches(settings)
+    )
+    return LoadedModel(info=describe(stored, loaded), pipeline=loaded.pipeline)
+
+
+def describe(stored: bentoml.Model, loaded: LoadedPipeline) -> ModelInfo:
+    """What ``GET /models`` says of a loaded pipeline; its defaults come from the store."""
+    metadata = stored.info.metadata
+    pipeline = loaded.pipeline
+    return ModelInfo(
+        name=stored.tag.name,
+        version=str(stored.tag.version),
+        pipeline=type(pipeline).__name__,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        native_width=metadata["native_width"],
+        native_height=metadata["native_height"],
+        default_steps=metadata["default_steps"],
+        default_guidance_scale=metadata["default_guidance_scale"],
+        default_scheduler=name_of(pipeline.scheduler),
+        schedulers=compatible_schedulers(pipeline.scheduler),
+        switches=loaded.switches,
+    )

@@ -1,0 +1,76 @@
+"""The service's middleware stack as data: the service mounts it, and the tests and the
+overhead benchmark wrap apps in exactly the same list."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp
+
+from middleware.access_log import AccessLogMiddleware
+from middleware.admission import AdmissionMiddleware
+from middleware.auth import ApiKeyAuthMiddleware, ApiKeys
+from middleware.body_limit import BodyLimitMiddleware
+from middleware.content_type import JsonBodyMiddleware
+from middleware.error_body import ErrorBodyMiddleware
+from middleware.rate_limit import RateLimitMiddleware
+from middleware.request_id import RequestIdMiddleware
+from middleware.timing import TimingMiddleware
+
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
+    """Outermost first. BentoML runs its metrics and tracing outside these, its own timeout and
+    concurrency limit (looser, a backstop) outside too, and CORS inside them (so preflights
+    pass auth as public).
+
+    1. access log: sees the final status and bytes of everything inside, the request id and
+       the key id auth records;
+    2. request id: set before anything else logs;
+    3. error body: every error answer inside becomes one JSON shape carrying that id;
+    4. timing: `total` covers auth, limits and the handler;
+    5. auth, then 6. the per-key rate limit, which needs the key id;
+    7. admission: requests in flight and the timeout, for requests that passed the above;
+    8. JSON bodies only, then 9. the body limit: neither reads a refused body.
+    """
+    stack = [
+        Middleware(AccessLogMiddleware, log_prompts=settings.log_prompts),
+        Middleware(RequestIdMiddleware),
+        Middleware(ErrorBodyMiddleware),
+        Middleware(TimingMiddleware),
+    ]
+    if len(api_keys):
+        stack.append(Middleware(ApiKeyAuthMiddleware, keys=api_keys))
+    else:
+        logger.warning(
+            "no API keys configured (IMAGEGEN_API_KEYS, IMAGEGEN_API_KEYS_FILE): auth is off"
+        )
+    if settings.rate_limit:
+        stack.append(
+            Middleware(
+                RateLimitMiddleware,
+                rate=settings.rate_limit,
+                storage=settings.rate_limit_storage,
+            )
+        )
+    stack += [
+        Middleware(
+            AdmissionMiddleware,
+            max_concurrency=settings.max_concurrency,
+            timeout=settings.timeout,
+        ),
+        Middleware(JsonBodyMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+    ]
+    return stack
+
+
+def wrap(app: ASGIApp, stack: list[Middleware]) -> ASGIApp:
+    """``app`` inside ``stack``, the first entry outermost, as the server mounts it."""
+    for middleware in reversed(stack):
+        app = middleware.cls(app, *middleware.args, **middleware.kwargs)
+    return app

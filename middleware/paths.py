@@ -1,0 +1,42 @@
+"""The one list of paths the middlewares treat specially, matched one way.
+
+Probes and metrics are polled by machines: they need no key, are never limited or logged, and
+must answer under any load. The docs are public too. Everything is matched on the path exactly
+as the router will match it, for GET and HEAD only, so a slash, dot-segment, percent-encoding,
+case or method trick can only turn a public path into a private one, never the reverse.
+"""
+
+from __future__ import annotations
+
+from starlette.types import Scope
+
+PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+PUBLIC_PATHS = PROBE_PATHS | {"/", "/docs", "/docs.json"}
+PUBLIC_ASSETS = "/static_content/"  # Swagger UI's scripts and styles, served by BentoML
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: Starlette strips ``root_path`` the same way."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
+def is_probe(scope: Scope) -> bool:
+    return scope["method"] in READ_METHODS and route_path(scope) in PROBE_PATHS
+
+
+def is_public(scope: Scope) -> bool:
+    """A read of a probe, the docs or a Swagger asset."""
+    if scope["method"] not in READ_METHODS:
+        return False
+    path = route_path(scope)
+    if path in PUBLIC_PATHS:
+        return True
+    segments = path.removeprefix(PUBLIC_ASSETS).split("/")
+    return path.startswith(PUBLIC_ASSETS) and all(s not in ("", ".", "..") for s in segments)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from middleware.content_type import JsonBodyMiddleware
+from tests.asgi import call, echo_body_app
+
+BODY = b'{"prompt": "a cat"}'
+
+
+def post(content_type: str | None, chunks: tuple[bytes, ...] = (BODY,)) -> tuple[int, bytes]:
+    headers = {"Content-Length": str(sum(map(len, chunks)))}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    answer = call(JsonBodyMiddleware(echo_body_app), method="POST", headers=headers, chunks=chunks)
+    return answer.status, answer.body
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_bodies_pass(content_type: str) -> None:
+    assert post(content_type) == (200, BODY)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        # What a cross-origin page may send without a CORS preflight:
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",  # no boundary: BentoML's parser answered 500
+        "multipart/form-data; boundary=x",
+        # and what else is not JSON:
+        "application/vnd.bentoml+pickle",
+        "application/octet-stream",
+        None,
+    ],
+)
+def test_any_other_body_is_a_415_before_the_app_reads_it(content_type: str | None) -> None:
+    status, body = post(content_type)
+    assert status == 415
+    assert b"must be JSON" in body
+
+
+def test_a_chunked_body_needs_json_too() -> None:
+    answer = call(
+        JsonBodyMiddleware(echo_body_app),
+        method="POST",
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "text/plain"},
+        chunks=(b"a", b"b"),
+    )
+    assert answer.status == 415
+
+
+def test_requests_without_a_body_pass() -> None:
+    answer = call(JsonBodyMiddleware(echo_body_app), method="POST", headers={"Content-Length": "0"})
+    assert answer.status == 200
+    assert call(JsonBodyMiddleware(echo_body_app), "/models").status == 200
