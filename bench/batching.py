@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from bench.reporting import machine, report
-from bench.servers import Server, bentoml_serve
+from harness.servers import Server, bentoml_serve
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4}
 CLIENTS = (1, 4, 8, 16)

@@ -26,7 +26,7 @@ import httpx
 import psutil
 
 from bench.reporting import machine, report
-from bench.servers import Server, bentoml_serve, running
+from harness.servers import Server, bentoml_serve, running
 from imagegen.generation import PipelineRunner
 from imagegen.loading import load_model
 from imagegen.parameters import resolve

@@ -8,17 +8,43 @@ spec is BentoML's with this service's own title and description.
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from . import __version__
+from .schemas import ErrorBody
+
 API_DESCRIPTION = """Text-to-image generation with a diffusers pipeline loaded once per process.
 
 `POST /generate/image` answers the image bytes, with the seed used in `X-Seed` and the model in
-`X-Model`. `GET /models` lists the loaded models, their defaults and accepted schedulers.
-Errors are JSON: `error`, and `detail` naming each offending field."""
+`X-Model`; `POST /generate/images` answers several images as base64 in JSON. `GET /models`
+lists the loaded models, their defaults and accepted schedulers. Request bodies are JSON
+(`Content-Type: application/json`). Every error is a JSON object: an `error` sentence naming
+the field, the rule and the value, the `request_id`, and for schema violations `detail`, one
+entry per broken rule."""
+
+SCHEMAS = "#/components/schemas/"
+# BentoML's own error schemas, replaced by ErrorBody, the shape every error really has.
+BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+# What each status means on the generation endpoints; GETs answer only some of them.
+ERROR_STATUSES: dict[int, str] = {
+    400: "A field breaks its rule, an unknown field, a scheduler or model the server does not "
+    "have, a prompt longer than the text encoder reads, or malformed JSON.",
+    401: "A missing or wrong API key.",
+    413: "The body is larger than `IMAGEGEN_MAX_BODY_BYTES`.",
+    415: "The body is not `application/json`.",
+    429: "Too many requests in flight, or over the rate limit: retry after `Retry-After`.",
+    500: "The generation failed; the server log has the details, under the request id.",
+    503: "Out of accelerator memory, the model's queue is full, or the model is still loading: "
+    "retry after `Retry-After`.",
+    504: "The request took longer than `IMAGEGEN_TIMEOUT`.",
+}
+GET_ERROR_STATUSES = (401, 429, 500, 504)
 
 # Assets are served by BentoML under /static_content.
 SWAGGER_PAGE = """<!DOCTYPE html>
@@ -54,6 +80,53 @@ SECURITY_SCHEMES = {
 }
 
 
+def renamed_schemas(document: dict[str, Any]) -> dict[str, Any]:
+    """BentoML names request and response schemas ``<Model>IODescriptor``, as keys, references
+    and titles; users know them as ``<Model>``."""
+    renamed: dict[str, Any] = json.loads(json.dumps(document).replace('IODescriptor"', '"'))
+    return renamed
+
+
+def error_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
+    body = {"application/json": {"schema": {"$ref": f"{SCHEMAS}ErrorBody"}}}
+    return {
+        str(status): {
+            "description": ERROR_STATUSES[status],
+            "content": body,
+            **({"headers": RETRY_AFTER} if status in (429, 503) else {}),
+        }
+        for status in statuses
+    }
+
+
+def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
+    """BentoML's spec with this service's title, version, error answers and schema names."""
+    document = renamed_schemas(document)
+    document["info"] = {"title": "imagegen", "description": API_DESCRIPTION, "version": __version__}
+    document.pop("servers", None)  # BentoML's "." reads as a server named "."; none means this one
+    schemas = document["components"]["schemas"]
+    for name in (*BENTOML_ERROR_SCHEMAS, "TaskStatusResponse"):
+        schemas.pop(name, None)
+    schemas.update(ErrorBody.model_json_schema(ref_template=SCHEMAS + "{model}").pop("$defs"))
+    schemas["ErrorBody"] = ErrorBody.model_json_schema(ref_template=SCHEMAS + "{model}")
+    schemas["ErrorBody"].pop("$defs", None)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method == "post":
+                statuses = tuple(s for s in ERROR_STATUSES if auth or s != 401)
+            elif path == "/models":
+                statuses = tuple(s for s in GET_ERROR_STATUSES if auth or s != 401)
+            else:
+                continue  # BentoML's probes and metrics, documented as BentoML has them
+            operation["summary"] = operation["description"].split(".")[0].strip()
+            kept = {k: v for k, v in operation["responses"].items() if int(k) < 400}
+            operation["responses"] = {**kept, **error_responses(statuses)}
+    if auth:
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
+        document["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    return document
+
+
 def docs_router(service: Any, *, auth: bool) -> APIRouter:
     """Routes for ``/``, ``/docs`` and ``/docs.json`` of a BentoML ``service``; with ``auth``
     the spec declares the API-key schemes, which gives Swagger UI its Authorize button."""
@@ -61,16 +134,7 @@ def docs_router(service: Any, *, auth: bool) -> APIRouter:
 
     @cache
     def spec() -> dict[str, Any]:
-        document: dict[str, Any] = service.openapi_spec.asdict()
-        document["info"] = {
-            "title": document["info"]["title"],
-            "description": API_DESCRIPTION,
-            "version": service.bento.tag.version if service.bento else "dev",
-        }
-        if auth:
-            document["components"]["securitySchemes"] = SECURITY_SCHEMES
-            document["security"] = [{name: []} for name in SECURITY_SCHEMES]
-        return document
+        return documented(service.openapi_spec.asdict(), auth=auth)
 
     @router.get("/docs.json")
     def openapi_spec() -> dict[str, Any]:

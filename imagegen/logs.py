@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import TextIO
 
+from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 from starlette.requests import ClientDisconnect
@@ -24,13 +25,20 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def is_client_error(error: BaseException | None) -> bool:
+    """The client's doing: a body that fails the schema, a client gone mid-upload, or an error
+    BentoML answers with a 4xx (a pickle body, say)."""
+    if isinstance(error, ValidationError | ClientDisconnect):
+        return True
+    return isinstance(error, BentoMLException) and error.error_code < 500
+
+
 class ClientErrorFilter(logging.Filter):
-    """Drops BentoML's tracebacks for what is the client's doing, a body that fails the schema
-    or a client gone mid-upload: the access line already records the 4xx."""
+    """Drops BentoML's ERROR lines with a traceback for client errors: the access line already
+    records the 4xx. A server's fault keeps its ERROR and traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, ValidationError | ClientDisconnect)
+        return not is_client_error(record.exc_info[1] if record.exc_info else None)
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:

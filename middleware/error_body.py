@@ -22,6 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_ERROR_BODY = 64 * 1024
 RETRY_STATUSES = frozenset({429, 503})
+# The router's answers (Starlette's in plain text, FastAPI's as `detail`), said here in full;
+# an app's own 404 with an `error` keeps it.
+ROUTER_STATUSES = frozenset({404, 405})
 
 
 def _parsed(body: bytes) -> Any:
@@ -45,7 +48,7 @@ def error_document(status: int, body: bytes, scope: Scope, allow: str | None) ->
     document = _parsed(body)
     if isinstance(document, list) and len(document) == 1:  # BentoML's one-item array
         document = document[0]
-    if not isinstance(document, dict):
+    if not isinstance(document, dict) or (status in ROUTER_STATUSES and "error" not in document):
         return {"error": _sentence(status, scope, allow)}
     detail = document.get("detail")
     if (

@@ -21,7 +21,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import models.loading
-from bench.servers import Server, bentoml_serve
+from harness.servers import Server, bentoml_serve
 from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
@@ -91,4 +91,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real server for the session, auth on."""
     log = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
     with bentoml_serve(log, max_concurrency=str(SERVER_MAX_CONCURRENCY)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second server with auth off and a tight rate limit, per client address."""
+    log = tmp_path_factory.mktemp("open-server") / "bentoml-serve.log"
+    with bentoml_serve(log, api_keys="", rate_limit="3/minute", warmup="false") as running:
         yield running

@@ -40,6 +40,7 @@ def test_batching_benchmark_runs(tmp_path: Path) -> None:
         assert all(level["images_per_s"] > 0 for level in result[setting].values())
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_in_its_quick_mode_on_any_device(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     gpu.main(["--quick", "--json", str(out)])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
-from bench.servers import Server
+from harness.servers import Server
 from tests.conftest import API_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.servers import REPO, Server, bentoml_serve
+from harness.servers import REPO, Server, bentoml_serve
 from models.store import ensure_embedded
 from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
 
@@ -263,14 +263,6 @@ def test_each_request_logs_one_json_line_without_key_or_prompt(server: Server) -
     assert "a very private prompt" not in log
 
 
-@pytest.fixture(scope="module")
-def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A second server with auth off and a tight rate limit, per client address."""
-    log = tmp_path_factory.mktemp("open-server") / "bentoml-serve.log"
-    with bentoml_serve(log, api_keys="", rate_limit="3/minute", warmup="false") as running:
-        yield running
-
-
 def test_without_keys_auth_is_off_and_says_so(open_server: Server) -> None:
     assert "auth is off" in open_server.log.read_text()
     assert httpx.get(f"{open_server.url}/livez").status_code == 200
@@ -282,7 +274,7 @@ def test_over_the_rate_limit_is_a_429_with_retry_after(open_server: Server) -> N
     assert statuses == [200, 200, 200, 429]
     refused = httpx.get(url)
     assert refused.status_code == 429
-    assert 1 <= int(refused.headers["retry-after"]) <= 20
+    assert 1 <= int(refused.headers["retry-after"]) <= 60  # when the oldest request leaves
     # Probes are never limited.
     assert httpx.get(f"{open_server.url}/readyz").status_code == 200
 
@@ -295,13 +287,16 @@ def test_readyz_answers_promptly_while_the_model_loads_and_shutdown_is_clean(
     log = tmp_path / "bentoml-serve.log"
     with bentoml_serve(log, ready_path="/livez", api_keys="") as server:
         deadline = time.monotonic() + 120
-        statuses = [httpx.get(f"{server.url}/readyz", timeout=5).status_code]
-        while statuses[-1] != 200:
+        answers = [httpx.get(f"{server.url}/readyz", timeout=5)]
+        while answers[-1].status_code != 200:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.2)
-            statuses.append(httpx.get(f"{server.url}/readyz", timeout=5).status_code)
-    assert set(statuses) <= {503, 200}
-    # Stopped by SIGTERM within bench.servers' grace period, not killed after it.
+            answers.append(httpx.get(f"{server.url}/readyz", timeout=5))
+    assert {answer.status_code for answer in answers} <= {503, 200}
+    for not_ready in (answer for answer in answers if answer.status_code == 503):
+        assert not_ready.json()["request_id"] == not_ready.headers["x-request-id"]
+        assert int(not_ready.headers["retry-after"]) >= 1
+    # Stopped by SIGTERM within harness.servers' grace period, not killed after it.
     assert server.process.returncode != -signal.SIGKILL
 
 

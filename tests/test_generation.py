@@ -177,8 +177,26 @@ def test_a_failure_inside_generation_is_a_500_without_internals(
     assert "secret internals" in caplog.text  # the log keeps the cause
 
 
-def test_warm_up_generates(runner: PipelineRunner) -> None:
-    runner.warm_up()
+@pytest.mark.parametrize(
+    ("sizes", "calls"),
+    [(None, [(64, 64, 1)]), ([(96, 64), (64, 128)], [(96, 64, 1), (64, 128, 1)])],
+)
+def test_warm_up_makes_one_short_generation_per_size(
+    runner: PipelineRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    sizes: list[tuple[int, int]] | None,
+    calls: list[tuple[int, int, int]],
+) -> None:
+    made: list[tuple[int, int, int]] = []
+    real_call = runner._call
+
+    def recording_call(run: Any, group: list[GenerationParameters]) -> Any:
+        made.extend((p.width, p.height, p.num_inference_steps) for p in group)
+        return real_call(run, group)
+
+    monkeypatch.setattr(runner, "_call", recording_call)
+    runner.warm_up(sizes)
+    assert made == calls  # the native size by default
 
 
 def test_calls_group_matching_shapes_in_order_up_to_the_batch_size(

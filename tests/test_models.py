@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +16,14 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
 from imagegen.settings import Settings
-from models import sd15
+from models import embedded, sd15
 from models.__main__ import default_name
+from models.__main__ import main as models_command
 from models.build import build_embedded_pipeline, build_tokenizer
 from models.embedded import DEFAULT_STEPS, EMBEDDED_NAME, MAX_TOKENS, embedded_version
 from models.loading import choose_device, choose_dtype
 from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
 from tests.test_generation import pixels
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _state(pipeline: object) -> dict[str, torch.Tensor]:
@@ -51,9 +48,24 @@ def test_embedded_build_leaves_the_global_rng_alone() -> None:
     assert torch.equal(torch.rand(4), expected)
 
 
-def test_embedded_version_is_stable() -> None:
-    assert embedded_version() == embedded_version()
-    assert embedded_version().startswith("v1-")
+@pytest.mark.parametrize(
+    ("part", "key", "value"),
+    [
+        (embedded.UNET, "layers_per_block", 2),
+        (embedded.TEXT_ENCODER, "num_hidden_layers", 3),
+        (embedded.VAE, "sample_size", 128),
+        (embedded.SCHEDULER, "beta_end", 0.02),
+    ],
+)
+def test_embedded_version_changes_exactly_when_the_recipe_does(
+    monkeypatch: pytest.MonkeyPatch, part: dict[str, Any], key: str, value: Any
+) -> None:
+    current = embedded_version()
+    assert current.startswith("v1-") and embedded_version() == current
+    monkeypatch.setitem(part, key, value)
+    assert embedded_version() != current
+    monkeypatch.undo()
+    assert embedded_version() == current
 
 
 def test_tokenizer_covers_every_byte_and_pads_to_clip_length() -> None:
@@ -96,17 +108,12 @@ def test_saved_pipeline_keeps_import_time_defaults() -> None:
     assert (loaded.info.default_steps, loaded.info.default_guidance_scale) == (1, 0.0)
 
 
-def test_import_command_stores_a_local_diffusers_directory(tmp_path: Path) -> None:
+def test_import_command_stores_a_local_diffusers_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     build_embedded_pipeline().save_pretrained(tmp_path / "my-model")
-    result = subprocess.run(
-        [sys.executable, "-m", "models", "import", str(tmp_path / "my-model"), "--steps", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    tag = result.stdout.strip().splitlines()[-1]
+    models_command(["import", str(tmp_path / "my-model"), "--steps", "2"])
+    tag = capsys.readouterr().out.strip().splitlines()[-1]
     assert tag.startswith("my-model:")
     stored = bentoml.models.get(tag)
     assert stored.info.metadata["default_steps"] == 2
@@ -126,10 +133,17 @@ def test_default_name_is_a_valid_tag(source: str, name: str) -> None:
     assert default_name(source) == name
 
 
-def test_auto_device_is_cpu_without_a_gpu() -> None:
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert choose_device("auto").type == expected
-    assert choose_device("cpu").type == "cpu"
+@pytest.mark.parametrize(("gpu", "device"), [(True, "cuda"), (False, "cpu")])
+def test_auto_device_is_cuda_exactly_when_a_gpu_is_visible(
+    monkeypatch: pytest.MonkeyPatch, gpu: bool, device: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert choose_device("auto") == torch.device(device)
+
+
+@pytest.mark.parametrize("setting", ["cpu", "cuda", "cuda:1", "mps"])
+def test_a_named_device_is_taken_as_given(setting: str) -> None:
+    assert choose_device(setting) == torch.device(setting)
 
 
 @pytest.mark.parametrize(
@@ -187,6 +201,7 @@ def test_compile_wraps_the_denoiser() -> None:
     assert isinstance(loaded.pipeline.unet, torch._dynamo.eval_frame.OptimizedModule)
 
 
+@pytest.mark.slow
 def test_a_compiled_model_warms_up_and_generates_the_same_image(tiny_model: LoadedModel) -> None:
     # Really compiles (inductor, about a minute on two cores): the path a GPU deployment takes.
     compiled = load_model(ensure_embedded(), Settings(compile="default"))

@@ -1,0 +1,1 @@
+"""Running the real server for tests and benchmarks: neither imports the other."""
