@@ -2,7 +2,8 @@
 switch, at 25 and 50 steps, batch 1 and 8.
 
 On a GPU the default run is Stable Diffusion 1.5's architecture with random weights (store it
-first with `python -m models sd15-random`) at 512x512 in float16:
+first with `python -m models build sd15-random`, or let the first run build it) at 512x512
+in float16:
 
     python -m bench.gpu [--model NAME] [--steps 25 50] [--batches 1 8] [--repeats 3]
                         [--switches off compile ...] [--json PATH]

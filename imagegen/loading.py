@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, fields
 
 import bentoml
@@ -13,6 +15,8 @@ from models.loading import LoadedPipeline, Switches, load_pipeline
 from .schedulers import compatible_schedulers, name_of
 from .schemas import ModelInfo
 from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,16 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
     """The one load of the process: from the model store onto the configured device, with the
     configured dtype and performance switches."""
     settings = settings or get_settings()
+    started = time.perf_counter()
     loaded = load_pipeline(
         stored.path, device=settings.device, dtype=settings.dtype, switches=switches(settings)
+    )
+    logger.info(
+        "loaded pipeline %s on %s (%s) in %.2fs",
+        stored.tag,
+        loaded.device,
+        loaded.dtype,
+        time.perf_counter() - started,
     )
     return LoadedModel(info=describe(stored, loaded), pipeline=loaded.pipeline)
 

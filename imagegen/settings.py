@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(
         None,
         pattern=r"^[1-9][0-9]*/(second|minute|hour|day)$",
-        description="Requests per API key (per client address when auth is off) in any "
+        description="Requests per API key (per client address when auth is off) in each "
         "window of that length, such as `60/minute`; unset means no limit.",
     )
     rate_limit_storage: str = Field(

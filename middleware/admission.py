@@ -7,15 +7,16 @@ inside this project's stack, so they carry the request id and an access line lik
 BentoML's own limits stay configured above these, looser, as a backstop. Probes are exempt:
 they must answer under any load.
 
-The app runs as a task of its own, as BentoML's timeout does: a synchronous handler blocks a
-worker thread that cancellation cannot interrupt, so the 504 is sent without waiting for it.
-Such a request still counts as in flight until its thread is free, since it still holds one.
+At the timeout the 504 is sent from a task of its own, not by cancelling the app: a synchronous
+handler blocks a worker thread that cancellation cannot interrupt, and waiting for it would
+hold the answer back. Whatever the app sends afterwards is dropped, and the request still
+counts as in flight until its handler returns, since it still holds a thread. (A timer per
+request, rather than a task per request as in BentoML's timeout, keeps the cost small.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,11 +38,6 @@ class AdmissionMiddleware:
         self.retry_after = retry_after
         self.in_flight = 0
 
-    def _release(self, task: asyncio.Future[Any]) -> None:
-        self.in_flight -= 1
-        if not task.cancelled():
-            task.exception()  # retrieved here: an abandoned task's error is already answered
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_probe(scope):
             await self.app(scope, receive, send)
@@ -58,35 +54,37 @@ class AdmissionMiddleware:
             await response(scope, receive, send)
             return
 
-        started = asyncio.Event()
-        abandoned = False
+        loop = asyncio.get_running_loop()
+        started = abandoned = False
+        answering: asyncio.Task[None] | None = None
 
         async def tracked_send(message: Message) -> None:
+            nonlocal started
             if abandoned:
                 return
-            if message["type"] == "http.response.start":
-                started.set()
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
-        self.in_flight += 1
-        task = asyncio.ensure_future(self.app(scope, receive, tracked_send))
-        task.add_done_callback(self._release)
-        waiter = asyncio.ensure_future(started.wait())
-        try:
-            await asyncio.wait(
-                {task, waiter}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+        async def answer_timeout() -> None:
+            nonlocal abandoned
+            if started:
+                return
+            abandoned = True
+            response = JSONResponse(
+                {"error": f"The request took longer than {self.timeout:g} s."}, status_code=504
             )
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
+            await response(scope, receive, send)
+
+        def on_timeout() -> None:
+            nonlocal answering
+            answering = loop.create_task(answer_timeout())
+
+        timer = loop.call_later(self.timeout, on_timeout)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, tracked_send)
         finally:
-            waiter.cancel()
-        if task.done() or started.is_set():
-            await task  # the answer has begun: the app finishes it, errors and all
-            return
-        abandoned = True
-        task.cancel()
-        response = JSONResponse(
-            {"error": f"The request took longer than {self.timeout:g} s."}, status_code=504
-        )
-        await response(scope, receive, send)
+            timer.cancel()
+            self.in_flight -= 1
+            if answering is not None:
+                await answering

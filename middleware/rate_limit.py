@@ -1,7 +1,9 @@
-"""Per-client rate limit: a moving window per API key id, or per client address without auth.
+"""Per-client rate limit: a fixed window per API key id, or per client address without auth.
 
-``rate`` is a `limits` rate such as ``60/minute``: at most that many requests in any window of
-that length. Over it, 429 with ``Retry-After`` (when the oldest request leaves the window).
+``rate`` is a `limits` rate such as ``60/minute``: at most that many requests in each window
+of that length (a counter per client, so memory stays one entry per active client; a client
+may spend two windows' worth around a boundary). Over it, 429 with ``Retry-After``: when the
+window resets.
 ``storage`` is a `limits` storage URL: ``memory://`` keeps the windows in this process and
 drops each one when it expires; ``redis://host:port`` shares them across workers and replicas
 (it needs ``pip install "limits[async-redis]"``). Public paths are never limited.
@@ -13,7 +15,7 @@ import math
 import time
 
 from limits import RateLimitItem, parse
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,7 +40,7 @@ class RateLimitMiddleware:
         self.rate = rate
         self.limit = parse_rate(rate)
         # The asyncio flavour of the storage, so a Redis round trip never blocks the loop.
-        self.limiter = MovingWindowRateLimiter(storage_from_string(f"async+{storage}"))
+        self.limiter = FixedWindowRateLimiter(storage_from_string(f"async+{storage}"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope):

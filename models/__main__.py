@@ -1,7 +1,7 @@
 """Put pipelines into the BentoML model store.
 
-    python -m models embedded                 # build and store sd-tiny (no download)
-    python -m models sd15-random              # SD 1.5's architecture, random weights
+    python -m models build sd-tiny            # build and store a recipe's model (no download)
+    python -m models build sd15-random        # SD 1.5's architecture, random weights
     python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--dtype D]
 
 SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory.
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoPipelineForText2Image
 
-from . import sd15
-from .store import ensure_embedded, save_pipeline
+from .recipes import RECIPES
+from .store import ensure_built, save_pipeline
 
 
 def default_name(source: str) -> str:
@@ -46,8 +46,8 @@ def import_pipeline(args: argparse.Namespace) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("embedded", help="build and store the embedded sd-tiny model")
-    commands.add_parser("sd15-random", help="build and store SD 1.5's architecture, random weights")
+    builds = commands.add_parser("build", help="build and store a model from its recipe")
+    builds.add_argument("recipe", choices=RECIPES, help="sd-tiny (the embedded model), sd15-random")
     imports = commands.add_parser("import", help="import a diffusers pipeline into the store")
     imports.add_argument("source", help="hub id or local directory of a diffusers pipeline")
     imports.add_argument("--name", help="model name in the store (default: from SOURCE)")
@@ -66,17 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    if args.command == "embedded":
-        tag = str(ensure_embedded().tag)
-    elif args.command == "sd15-random":
-        model = save_pipeline(
-            sd15.build_sd15_pipeline(),
-            sd15.NAME,
-            source="random weights, SD 1.5 architecture",
-            steps=sd15.DEFAULT_STEPS,
-            guidance_scale=sd15.DEFAULT_GUIDANCE_SCALE,
-        )
-        tag = str(model.tag)
+    if args.command == "build":
+        tag = str(ensure_built(RECIPES[args.recipe]).tag)
     else:
         tag = import_pipeline(args)
     sys.stdout.write(f"{tag}\n")

@@ -1,6 +1,4 @@
-"""Build Stable Diffusion pipelines from component configs, with weights drawn from a fixed
-seed: ``sd-tiny`` from its recipe in ``models.embedded``, SD 1.5's architecture in
-``models.sd15``."""
+"""Build a recipe's Stable Diffusion pipeline (``models.recipes``), weights drawn from its seed."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .embedded import MAX_TOKENS, SCHEDULER, SEED, TEXT_ENCODER, UNET, VAE
+from .recipes import MAX_TOKENS, Recipe
 
 
 def build_tokenizer() -> CLIPTokenizer:
@@ -22,35 +20,32 @@ def build_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
 
 
-def _seeded(build: Any, *args: Any, **kwargs: Any) -> Any:
+def _seeded(seed: int, build: Any, *args: Any, **kwargs: Any) -> Any:
     # Each component draws from its own fresh seed, so changing one leaves the others' weights;
     # the caller's global RNG state is restored afterwards.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         return build(*args, **kwargs)
 
 
-def build_pipeline(
-    text_encoder: dict[str, Any], unet: dict[str, Any], vae: dict[str, Any]
-) -> StableDiffusionPipeline:
-    """A Stable Diffusion pipeline of the given component configs, seeded weights, the byte-level
-    tokenizer and SD 1.x's scheduler."""
+def build_pipeline(recipe: Recipe) -> StableDiffusionPipeline:
+    """The recipe's pipeline: identical weights on every call, the byte-level tokenizer and
+    SD 1.x's scheduler."""
     tokenizer = build_tokenizer()
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, **text_encoder
+        vocab_size=len(tokenizer),
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        **recipe.text_encoder,
     )
     return StableDiffusionPipeline(
-        vae=_seeded(AutoencoderKL, **vae),
-        text_encoder=_seeded(CLIPTextModel, text_config),
+        vae=_seeded(recipe.seed, AutoencoderKL, **recipe.vae),
+        text_encoder=_seeded(recipe.seed, CLIPTextModel, text_config),
         tokenizer=tokenizer,
-        unet=_seeded(UNet2DConditionModel, **unet),
-        scheduler=PNDMScheduler(**SCHEDULER),
+        unet=_seeded(recipe.seed, UNet2DConditionModel, **recipe.unet),
+        scheduler=PNDMScheduler(**recipe.scheduler),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-
-
-def build_embedded_pipeline() -> StableDiffusionPipeline:
-    """The ``sd-tiny`` pipeline, identical weights on every call."""
-    return build_pipeline(TEXT_ENCODER, UNET, VAE)

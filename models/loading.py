@@ -6,16 +6,12 @@ serves.
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoPipelineForText2Image, DiffusionPipeline
-
-logger = logging.getLogger(__name__)
 
 
 def choose_device(setting: str) -> torch.device:
@@ -92,7 +88,6 @@ def load_pipeline(
         raise ValueError(
             f"IMAGEGEN_CPU_OFFLOAD needs a CUDA device, but the device is {torch_device}"
         )
-    started = time.perf_counter()
     pipeline = AutoPipelineForText2Image.from_pretrained(path, dtype=torch_dtype)
     if switches.cpu_offload:
         pipeline.enable_model_cpu_offload(device=torch_device)
@@ -102,11 +97,4 @@ def load_pipeline(
     applied = apply_switches(pipeline, switches, torch_device)
     if switches.cpu_offload:
         applied.append("cpu_offload")
-    logger.info(
-        "loaded pipeline %s on %s (%s) in %.2fs",
-        path,
-        torch_device,
-        torch_dtype,
-        time.perf_counter() - started,
-    )
     return LoadedPipeline(pipeline, torch_device, torch_dtype, applied)

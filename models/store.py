@@ -11,7 +11,7 @@ from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml.exceptions import NotFound
 from bentoml.models import BentoModel
 
-from .embedded import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, EMBEDDED_NAME, embedded_version
+from .recipes import EMBEDDED, RECIPES, Recipe
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -68,22 +68,26 @@ def save_pipeline(
     return model
 
 
-def ensure_embedded() -> bentoml.Model:
-    """The current ``sd-tiny`` version, built from code and stored the first time it is needed."""
-    tag = f"{EMBEDDED_NAME}:{embedded_version()}"
+def ensure_built(recipe: Recipe) -> bentoml.Model:
+    """The recipe's current version, built from code and stored the first time it is needed."""
     try:
-        return bentoml.models.get(tag)
+        return bentoml.models.get(recipe.tag)
     except NotFound:
-        from .build import build_embedded_pipeline  # torch only where a pipeline is built
+        from .build import build_pipeline  # torch only where a pipeline is built
 
-        logger.info("building the embedded model %s", tag)
+        logger.info("building %s from its recipe", recipe.tag)
         return save_pipeline(
-            build_embedded_pipeline(),
-            tag,
-            source="embedded",
-            steps=DEFAULT_STEPS,
-            guidance_scale=DEFAULT_GUIDANCE_SCALE,
+            build_pipeline(recipe),
+            recipe.tag,
+            source=f"recipe {recipe.name}",
+            steps=recipe.default_steps,
+            guidance_scale=recipe.default_guidance_scale,
         )
+
+
+def ensure_embedded() -> bentoml.Model:
+    """The model a fresh machine serves, ``sd-tiny``."""
+    return ensure_built(EMBEDDED)
 
 
 def stored_tags() -> list[str]:
@@ -91,9 +95,9 @@ def stored_tags() -> list[str]:
 
 
 def find_model(tag: str) -> bentoml.Model:
-    """The stored model ``name[:version]``; the embedded one is created on first use."""
-    if tag.split(":")[0] == EMBEDDED_NAME:
-        ensure_embedded()
+    """The stored model ``name[:version]``; a recipe's is built on first use."""
+    if (recipe := RECIPES.get(tag.split(":")[0])) is not None:
+        ensure_built(recipe)
     try:
         return bentoml.models.get(tag)
     except NotFound:
@@ -106,8 +110,9 @@ def find_model(tag: str) -> bentoml.Model:
 
 class StoredPipeline(BentoModel):
     """The service's model declaration: a ``BentoModel`` (so ``bentoml build`` packs it) that
-    builds the embedded model the first time anything resolves it, and names the stored models
-    when the tag is unknown instead of trying to pull from BentoCloud."""
+    builds a recipe's model (``sd-tiny``, ``sd15-random``) the first time anything resolves
+    it, and names the stored models when the tag is unknown instead of trying to pull from
+    BentoCloud."""
 
     def resolve(self, base_path: Any = None) -> bentoml.Model:
         find_model(str(self.tag))

@@ -18,7 +18,7 @@ export PYTHONPATH="/tmp/site:$PWD" BENTOML_HOME=/tmp/bentoml BENTOML_DO_NOT_TRAC
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c 'import torch, diffusers, bentoml; print("torch", torch.__version__,
   "diffusers", diffusers.__version__, "bentoml", bentoml.__version__)' || exit 1
-python3 -m models sd15-random || exit 1
+python3 -m models build sd15-random || exit 1
 mkdir -p "$RESULTS"
 status=0
 for switch in $SWITCHES; do

@@ -274,7 +274,7 @@ def test_over_the_rate_limit_is_a_429_with_retry_after(open_server: Server) -> N
     assert statuses == [200, 200, 200, 429]
     refused = httpx.get(url)
     assert refused.status_code == 429
-    assert 1 <= int(refused.headers["retry-after"]) <= 60  # when the oldest request leaves
+    assert 1 <= int(refused.headers["retry-after"]) <= 60  # when the window resets
     # Probes are never limited.
     assert httpx.get(f"{open_server.url}/readyz").status_code == 200
 

@@ -16,12 +16,12 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
 from imagegen.settings import Settings
-from models import embedded, sd15
+from models import recipes
 from models.__main__ import default_name
 from models.__main__ import main as models_command
-from models.build import build_embedded_pipeline, build_tokenizer
-from models.embedded import DEFAULT_STEPS, EMBEDDED_NAME, MAX_TOKENS, embedded_version
+from models.build import build_pipeline, build_tokenizer
 from models.loading import choose_device, choose_dtype
+from models.recipes import EMBEDDED, MAX_TOKENS, SD15_RANDOM
 from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
 from tests.test_generation import pixels
 
@@ -35,7 +35,7 @@ def _state(pipeline: object) -> dict[str, torch.Tensor]:
 
 
 def test_embedded_pipeline_is_identical_on_every_build() -> None:
-    first, second = _state(build_embedded_pipeline()), _state(build_embedded_pipeline())
+    first, second = _state(build_pipeline(EMBEDDED)), _state(build_pipeline(EMBEDDED))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
 
@@ -44,28 +44,32 @@ def test_embedded_build_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(1234)
     expected = torch.rand(4)
     torch.manual_seed(1234)
-    build_embedded_pipeline()
+    build_pipeline(EMBEDDED)
     assert torch.equal(torch.rand(4), expected)
 
 
 @pytest.mark.parametrize(
     ("part", "key", "value"),
     [
-        (embedded.UNET, "layers_per_block", 2),
-        (embedded.TEXT_ENCODER, "num_hidden_layers", 3),
-        (embedded.VAE, "sample_size", 128),
-        (embedded.SCHEDULER, "beta_end", 0.02),
+        (EMBEDDED.unet, "layers_per_block", 2),
+        (EMBEDDED.text_encoder, "num_hidden_layers", 3),
+        (EMBEDDED.vae, "sample_size", 128),
+        (EMBEDDED.scheduler, "beta_end", 0.02),
     ],
 )
-def test_embedded_version_changes_exactly_when_the_recipe_does(
+def test_a_recipe_version_changes_exactly_when_the_recipe_does(
     monkeypatch: pytest.MonkeyPatch, part: dict[str, Any], key: str, value: Any
 ) -> None:
-    current = embedded_version()
-    assert current.startswith("v1-") and embedded_version() == current
+    current = EMBEDDED.version()
+    assert current.startswith("v1-") and EMBEDDED.version() == current
     monkeypatch.setitem(part, key, value)
-    assert embedded_version() != current
+    assert EMBEDDED.version() != current
     monkeypatch.undo()
-    assert embedded_version() == current
+    assert EMBEDDED.version() == current
+
+
+def test_recipes_have_versions_of_their_own() -> None:
+    assert len({recipe.version() for recipe in recipes.RECIPES.values()}) == len(recipes.RECIPES)
 
 
 def test_tokenizer_covers_every_byte_and_pads_to_clip_length() -> None:
@@ -79,17 +83,17 @@ def test_tokenizer_covers_every_byte_and_pads_to_clip_length() -> None:
 def test_embedded_model_is_stored_once_with_its_defaults() -> None:
     first, second = ensure_embedded(), ensure_embedded()
     assert first.tag == second.tag
-    assert str(first.tag) == f"{EMBEDDED_NAME}:{embedded_version()}"
-    versions = [m for m in bentoml.models.list() if m.tag.name == EMBEDDED_NAME]
+    assert str(first.tag) == EMBEDDED.tag
+    versions = [m for m in bentoml.models.list() if m.tag.name == EMBEDDED.name]
     assert len(versions) == 1
     metadata = first.info.metadata
     assert (metadata["native_width"], metadata["native_height"]) == (64, 64)
-    assert metadata["default_steps"] == DEFAULT_STEPS
+    assert metadata["default_steps"] == EMBEDDED.default_steps
 
 
 def test_find_model_resolves_name_and_full_tag() -> None:
     stored = ensure_embedded()
-    assert find_model(EMBEDDED_NAME).tag == stored.tag
+    assert find_model(EMBEDDED.name).tag == stored.tag
     assert find_model(str(stored.tag)).tag == stored.tag
 
 
@@ -102,7 +106,7 @@ def test_unknown_model_error_lists_the_stored_ones() -> None:
 
 def test_saved_pipeline_keeps_import_time_defaults() -> None:
     model = save_pipeline(
-        build_embedded_pipeline(), "turbo-like", source="test", steps=1, guidance_scale=0.0
+        build_pipeline(EMBEDDED), "turbo-like", source="test", steps=1, guidance_scale=0.0
     )
     loaded = load_model(model)
     assert (loaded.info.default_steps, loaded.info.default_guidance_scale) == (1, 0.0)
@@ -111,7 +115,7 @@ def test_saved_pipeline_keeps_import_time_defaults() -> None:
 def test_import_command_stores_a_local_diffusers_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    build_embedded_pipeline().save_pretrained(tmp_path / "my-model")
+    build_pipeline(EMBEDDED).save_pretrained(tmp_path / "my-model")
     models_command(["import", str(tmp_path / "my-model"), "--steps", "2"])
     tag = capsys.readouterr().out.strip().splitlines()[-1]
     assert tag.startswith("my-model:")
@@ -232,8 +236,8 @@ def test_malformed_warmup_sizes_are_refused(sizes: str) -> None:
     ("build", "config", "parameters"),
     [
         # Stable Diffusion 1.5's published sizes.
-        (UNet2DConditionModel, sd15.UNET, 859_520_964),
-        (AutoencoderKL, sd15.VAE, 83_653_863),
+        (UNet2DConditionModel, SD15_RANDOM.unet, 859_520_964),
+        (AutoencoderKL, SD15_RANDOM.vae, 83_653_863),
     ],
 )
 def test_sd15_random_has_sd15s_architecture(
@@ -247,7 +251,7 @@ def test_sd15_random_has_sd15s_architecture(
 def test_sd15_text_encoder_matches_clip_vit_l_but_for_the_vocabulary() -> None:
     tokenizer = build_tokenizer()
     with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **sd15.TEXT_ENCODER))
+        model = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **SD15_RANDOM.text_encoder))
     clip_vit_l_text = 123_060_480  # with its 49,408-token vocabulary
-    vocabulary_gap = (49_408 - len(tokenizer)) * sd15.TEXT_ENCODER["hidden_size"]
+    vocabulary_gap = (49_408 - len(tokenizer)) * SD15_RANDOM.text_encoder["hidden_size"]
     assert sum(p.numel() for p in model.parameters()) == clip_vit_l_text - vocabulary_gap

@@ -66,16 +66,25 @@ def test_a_request_past_the_timeout_gets_504_without_waiting_for_its_thread() ->
 
     admission = AdmissionMiddleware(blocking, max_concurrency=1, timeout=0.1)
 
-    async def scenario() -> tuple[int, bool, int]:
-        started = time.perf_counter()
-        sent = await answer(admission)
-        assert time.perf_counter() - started < 0.4
+    async def scenario() -> tuple[int, bool, int, int]:
+        sent: list[Message] = []
+        answered = asyncio.Event()
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+            answered.set()
+
+        call = asyncio.ensure_future(admission(scope(), receive_nothing, send))
+        await asyncio.wait_for(answered.wait(), 0.4)  # well before the thread's 0.5 s
+        finished_then = thread_done.is_set()
         # The thread still holds its slot: the next request is refused until it is free.
         busy = status(await answer(admission))
-        return status(sent), thread_done.is_set(), busy
+        await call
+        later = status(await answer(admission))
+        return status(sent), finished_then, busy, later
 
-    code, finished, busy = asyncio.run(scenario())
-    assert (code, finished, busy) == (504, False, 429)
+    # Once the thread is free, a request is admitted again (and, as slow, times out again).
+    assert asyncio.run(scenario()) == (504, False, 429, 504)
 
 
 def test_an_answer_that_started_in_time_is_finished() -> None:
@@ -97,6 +106,16 @@ def test_an_app_error_is_raised_to_the_outer_stack() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(answer(admission))
     assert admission.in_flight == 0
+
+
+def test_nothing_the_app_sends_after_the_504_reaches_the_client() -> None:
+    async def late(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.2)
+        await PlainTextResponse("late")(scope, receive, send)
+
+    sent = asyncio.run(answer(AdmissionMiddleware(late, max_concurrency=1, timeout=0.05)))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert status(sent) == 504
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ def test_requests_over_the_rate_get_429_with_retry_after() -> None:
     statuses = [call(limited, "/models").status for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     refused = call(limited, "/models")
-    assert 1 <= int(refused.headers["retry-after"]) <= 60  # when the oldest hit leaves
+    assert 1 <= int(refused.headers["retry-after"]) <= 60  # when the window resets
     assert "3/minute" in refused.json()["error"]
 
 
