@@ -118,7 +118,9 @@ def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
                 statuses = tuple(s for s in GET_ERROR_STATUSES if auth or s != 401)
             else:
                 continue  # BentoML's probes and metrics, documented as BentoML has them
-            operation["summary"] = operation["description"].split(".")[0].strip()
+            # Swagger shows summaries as plain text, so without markdown's backticks.
+            summary = operation["description"].split(".")[0].strip()
+            operation["summary"] = summary.replace("`", "")
             kept = {k: v for k, v in operation["responses"].items() if int(k) < 400}
             operation["responses"] = {**kept, **error_responses(statuses)}
     if auth:

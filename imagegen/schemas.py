@@ -208,6 +208,22 @@ class FieldError(BaseModel):
 class ErrorBody(BaseModel):
     """Every error answer, whatever its status."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "error": "`width` must be a multiple of 8, but is 65.",
+                "request_id": "4f0c7d4e9b0a4b7f8a51c2e3d4f5a6b7",
+                "detail": [
+                    {
+                        "loc": ["width"],
+                        "msg": "`width` must be a multiple of 8, but is 65.",
+                        "type": "multiple_of",
+                    }
+                ],
+            }
+        }
+    )
+
     error: str = Field(
         description="One sentence; for a bad field it names the field, the rule and the value."
     )

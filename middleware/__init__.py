@@ -1,2 +1,5 @@
-"""ASGI middlewares mounted by ``service.py`` through ``add_asgi_middleware``: one pure ASGI
-class per module (logging, auth, timing). The middleware issue fills this package."""
+"""Pure ASGI middlewares, one class per module, each with its options checked in ``__init__``.
+
+``imagegen.stack`` puts them in order; ``paths`` holds the one list of public and probe paths
+they share. Nothing here imports ``imagegen`` or ``models``.
+"""

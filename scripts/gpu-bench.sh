@@ -5,6 +5,12 @@
 # still leaves every finished row in RESULTS.
 #
 #   WHEELS=.whl RESULTS=$OUT scripts/gpu-bench.sh [bench.gpu arguments, e.g. --steps 50]
+#
+# WHEELS holds requirements.txt's closure for that machine's Python (3.12, manylinux x86_64)
+# without torch and what the machine already has (torch, its CUDA and Triton wheels, NumPy,
+# SciPy, Pillow, tokenizers, safetensors): list it with `pip install --dry-run --report r.json
+# --ignore-installed --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
+# --target /tmp/x -r requirements.txt`, then download those wheels (about 37 MB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.whl}

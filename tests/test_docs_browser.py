@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from harness.servers import Server
+from imagegen import __version__
 from tests.conftest import API_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -69,6 +70,26 @@ def test_docs_show_the_generate_operation_with_its_example(
     assert "lighthouse on a cliff" in example.first.inner_text()
     assert page.locator('.opblock-summary-path[data-path="/models"]').count() == 1
     assert outside == []
+
+
+def test_docs_read_as_the_readme_does(docs_page: tuple[Page, list[str]]) -> None:
+    """A summary beside each operation, the schema names users know, the package's version,
+    and no server named "."."""
+    page, _ = docs_page
+    for path, summary in [
+        ("/generate/image", "Generate one image"),
+        ("/generate/images", "Generate num_images images, base64 in JSON, as one batch"),
+        ("/models", "The loaded models"),
+    ]:
+        operation = page.locator(f'.opblock:has(.opblock-summary-path[data-path="{path}"])')
+        description = operation.locator(".opblock-summary-description").first
+        description.wait_for(timeout=15_000)
+        assert description.inner_text().startswith(summary)
+    assert page.locator(".info .version").first.inner_text().strip() == __version__
+    schemas = page.locator("section.models").inner_text()
+    assert {"ImageRequest", "ImagesResponse", "ErrorBody"} <= set(schemas.split())
+    assert "IODescriptor" not in page.content()
+    assert page.locator(".servers").count() == 0
 
 
 def test_authorize_button_makes_try_it_out_work(
