@@ -263,3 +263,21 @@ def test_a_failed_call_fails_only_its_own_items(tiny_model: LoadedModel) -> None
     failed, made = batching.generate_batch(batch)
     assert isinstance(failed, Failure) and isinstance(failed.exception(), OutOfMemory)
     assert isinstance(made, Generation) and made.image.size == (64, 64)
+
+
+LONG_PROMPT = "a lighthouse on a cliff at sunset, " * 4  # about 140 characters
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_alone(
+    runner: PipelineRunner, field: str
+) -> None:
+    long = parameters(runner, seed=1, **{field: LONG_PROMPT})
+    fine = parameters(runner, seed=2, prompt="a" * 70)  # bytes merge into fewer tokens
+    refused, made = runner.generate_batch([long, fine])
+    assert isinstance(made, Generation)
+    assert isinstance(refused, Failure)
+    error = refused.exception()
+    assert isinstance(error, InvalidField) and error.status_code == 400
+    assert error.field == field
+    assert f"`{field}` must be at most 77 tokens for sd-tiny" in error.message

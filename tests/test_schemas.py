@@ -108,3 +108,51 @@ def test_images_request_example_is_valid_and_documents_num_images() -> None:
 @pytest.mark.parametrize(("seed", "count"), [(MAX_SEED, 1), (MAX_SEED - 7, 8), (0, 8)])
 def test_images_seeds_up_to_the_maximum_are_accepted(seed: int, count: int) -> None:
     ImagesRequest(prompt="a cat", seed=seed, num_images=count)
+
+
+@pytest.mark.parametrize(
+    ("change", "sentence"),
+    [
+        ({"width": 65}, "`width` must be a multiple of 8, but is 65."),
+        ({"width": 56}, "`width` must be at least 64, but is 56."),
+        ({"height": 2056}, "`height` must be at most 2048, but is 2056."),
+        ({"guidance_scale": float("nan")}, "`guidance_scale` must be a finite number, but is nan."),
+        ({"guidance_scale": float("inf")}, "`guidance_scale` must be a finite number, but is inf."),
+        ({"seed": "abc"}, "`seed` must be an integer, but is 'abc'."),
+        ({"prompt": ""}, "`prompt` must not be empty."),
+        ({"prompt": "x" * 2001}, "`prompt` must be at most 2000 characters, but is 2001."),
+        ({"steps": 4}, "`steps` is not a field of this request; `/docs` lists the fields."),
+        (
+            {"output_format": "gif"},
+            "`output_format` must be one of 'png', 'jpeg', 'webp', but is 'gif'.",
+        ),
+    ],
+)
+def test_each_violation_is_a_sentence_naming_field_rule_and_value(
+    change: dict[str, Any], sentence: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        ImagesRequest.model_validate({**VALID, **change})
+    assert [error["msg"] for error in caught.value.errors()] == [sentence]
+
+
+def test_a_missing_field_and_a_wrong_body_say_so() -> None:
+    with pytest.raises(ValidationError, match=r"`prompt` is required\."):
+        ImageRequest.model_validate({})
+    with pytest.raises(ValidationError, match=r"must be a JSON object, but is \[1\]"):
+        ImageRequest.model_validate_json("[1]")
+
+
+def test_a_long_value_is_described_not_echoed() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ImageRequest.model_validate({**VALID, "scheduler": "k" * 500})
+    message = caught.value.errors()[0]["msg"]
+    assert "500 characters long" in message and "k" * 41 not in message
+
+
+def test_seeds_past_the_maximum_are_refused_in_a_sentence() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ImagesRequest(prompt="a cat", seed=MAX_SEED, num_images=2)
+    assert caught.value.errors()[0]["msg"] == (
+        f"`seed` + `num_images` - 1 must be at most {MAX_SEED}, but is {MAX_SEED + 1}."
+    )
