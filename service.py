@@ -80,7 +80,7 @@ class Generator:
 @bentoml.service(
     name="imagegen",
     traffic=BACKSTOP,
-    # Handlers wait on the pipeline service; one thread per admitted request lets concurrent
+    # Handlers wait on the generator service; one thread per admitted request lets concurrent
     # requests reach its batching together.
     threads=settings.max_concurrency,
     # The access log middleware below writes the one access line per request.

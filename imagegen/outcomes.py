@@ -1,4 +1,4 @@
-"""What the pipeline service answers for each image of a batch. Plain data, no torch: the
+"""What the generator service answers for each image of a batch. Plain data, no torch: the
 public service receives these through BentoML's serialisation without loading any ML library."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .schemas import GenerationParameters
 
 
 class Generation(BaseModel):
-    """One image and how it was made. Crosses from the pipeline service to the public one."""
+    """One image and how it was made. Crosses from the generator service to the public one."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 

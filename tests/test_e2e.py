@@ -282,7 +282,7 @@ def test_over_the_rate_limit_is_a_429_with_retry_after(open_server: Server) -> N
 def test_readyz_answers_promptly_while_the_model_loads_and_shutdown_is_clean(
     tmp_path: Path,
 ) -> None:
-    """Left to BentoML's own probe of the pipeline service, a /readyz sent while the model
+    """Left to BentoML's own probe of the generator service, a /readyz sent while the model
     loads was held open until the traffic timeout, and the server's shutdown waited for it."""
     log = tmp_path / "bentoml-serve.log"
     with bentoml_serve(log, ready_path="/livez", api_keys="") as server:

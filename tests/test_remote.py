@@ -1,4 +1,4 @@
-"""What the public service makes of the pipeline service's answers; fakes stand in for it."""
+"""What the public service makes of the generator service's answers; fakes stand in for it."""
 
 from __future__ import annotations
 

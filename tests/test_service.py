@@ -318,7 +318,7 @@ def test_images_model_errors_are_answered_like_single_ones(client: TestClient) -
 
 
 def test_the_service_module_imports_no_ml_library() -> None:
-    """Every `bentoml serve` process imports it; only the pipeline service's loads torch, so
+    """Every `bentoml serve` process imports it; only the generator service's loads torch, so
     the public process stays small and quick to start."""
     libraries = "{'torch', 'diffusers', 'transformers'}"
     probe = f"import sys, service; print(sorted({libraries} & set(sys.modules)))"
