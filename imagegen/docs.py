@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from middleware.error_body import RETRY_STATUSES
+
 from . import __version__
 from .schemas import ErrorBody
 
@@ -93,7 +95,7 @@ def error_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
         str(status): {
             "description": ERROR_STATUSES[status],
             "content": body,
-            **({"headers": RETRY_AFTER} if status in (429, 503) else {}),
+            **({"headers": RETRY_AFTER} if status in RETRY_STATUSES else {}),
         }
         for status in statuses
     }
@@ -107,17 +109,17 @@ def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
     schemas = document["components"]["schemas"]
     for name in (*BENTOML_ERROR_SCHEMAS, "TaskStatusResponse"):
         schemas.pop(name, None)
-    schemas.update(ErrorBody.model_json_schema(ref_template=SCHEMAS + "{model}").pop("$defs"))
-    schemas["ErrorBody"] = ErrorBody.model_json_schema(ref_template=SCHEMAS + "{model}")
-    schemas["ErrorBody"].pop("$defs", None)
+    error_schema = ErrorBody.model_json_schema(ref_template=SCHEMAS + "{model}")
+    schemas.update(error_schema.pop("$defs"), ErrorBody=error_schema)
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             if method == "post":
-                statuses = tuple(s for s in ERROR_STATUSES if auth or s != 401)
+                answered: tuple[int, ...] = tuple(ERROR_STATUSES)
             elif path == "/models":
-                statuses = tuple(s for s in GET_ERROR_STATUSES if auth or s != 401)
+                answered = GET_ERROR_STATUSES
             else:
                 continue  # BentoML's probes and metrics, documented as BentoML has them
+            statuses = tuple(status for status in answered if auth or status != 401)
             # Swagger shows summaries as plain text, so without markdown's backticks.
             summary = operation["description"].split(".")[0].strip()
             operation["summary"] = summary.replace("`", "")
