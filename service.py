@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-import functools
+import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import bentoml
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from PIL.Image import Image
+from starlette.responses import Response, StreamingResponse
 
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
-from imagegen.errors import answers_errors
+from imagegen.errors import answers_errors, answers_validation_errors
+from imagegen.events import event_stream, resume_point
+from imagegen.gateway import Gateway, owner, result_of
 from imagegen.logs import configure_logging
 from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve, series
-from imagegen.remote import generate, generator_ready
 from imagegen.schemas import (
-    GenerationParameters,
     ImageRequest,
     ImagesRequest,
     ImagesResponse,
+    JobAccepted,
+    JobRequest,
+    JobView,
     ModelInfo,
+    WorkItem,
 )
 from imagegen.settings import get_settings
 from imagegen.stack import middleware_stack
@@ -35,6 +41,7 @@ api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
 # Plain GET routes beside the BentoML APIs, matched before BentoML's own. FastAPI's docs pages
 # would load scripts from a CDN, so they are off and /docs is served from local assets.
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+answers_validation_errors(routes)
 
 
 # BentoML's own timeout and concurrency limit, looser than the stack's admission middleware
@@ -67,9 +74,23 @@ class Generator:
         self.runner: PipelineRunner = load_runner(self.model, settings)
 
     @bentoml.api(**settings.batching)
-    def generate(self, batch: list[GenerationParameters]) -> list[Generation | Failure]:
+    def generate(self, batch: list[WorkItem]) -> list[Generation | Failure]:
         """One outcome per item: its image, or the failure of its pipeline call."""
         return self.runner.generate_batch(batch)
+
+    # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
+    @bentoml.api
+    async def cancel(self, ids: list[str]) -> None:
+        """Stop these items: a queued one never starts, a running call stops at its next step
+        once all its images are cancelled."""
+        self.runner.tracker.cancel(ids)
+
+    @bentoml.api
+    async def watch(self, ids: list[str]) -> AsyncGenerator[str, None]:
+        """The step events of these items as they happen, one JSON object per line, until
+        each has ended."""
+        async for event in self.runner.tracker.watch(ids):
+            yield json.dumps(event) + "\n"
 
     @bentoml.api
     def model_info(self) -> ModelInfo:
@@ -80,9 +101,6 @@ class Generator:
 @bentoml.service(
     name="imagegen",
     traffic=BACKSTOP,
-    # Handlers wait on the generator service; one thread per admitted request lets concurrent
-    # requests reach its batching together.
-    threads=settings.max_concurrency,
     # The access log middleware below writes the one access line per request.
     logging={"access": {"enabled": False}},
 )
@@ -91,39 +109,93 @@ class ImageGeneration:
 
     generator = bentoml.depends(Generator)
 
-    async def __is_ready__(self) -> bool:
-        return await generator_ready(self.generator)
+    def __init__(self) -> None:
+        self.gateway = Gateway(self.generator, settings)
 
-    @functools.cached_property
-    def model_info(self) -> ModelInfo:
-        return self.generator.model_info()
+    async def __is_ready__(self) -> bool:
+        return await self.gateway.ready()
+
+    @bentoml.on_shutdown
+    async def end_jobs(self) -> None:
+        await self.gateway.jobs.shut_down()
 
     # The handlers return starlette Responses, which BentoML sends as they are; the annotated
     # types document the 200 bodies for OpenAPI and tell BentoML's Python client how to decode.
     @bentoml.api(route="/generate/image", input_spec=ImageRequest)
     @answers_errors
-    def generate_image(self, **fields: Any) -> Image:
+    async def generate_image(self, **fields: Any) -> Image:
         """Generate one image. Returns its bytes, with the seed used in `X-Seed` and the model
         in `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
-        generated = generate(self.generator, [resolve(request, self.model_info)])
+        info = await self.gateway.model_info()
+        generated = await self.gateway.generate([resolve(request, info)])
         return image_response(generated, request.output_format, request.quality)  # type: ignore[return-value]
 
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
     @answers_errors
-    def generate_images(self, **fields: Any) -> ImagesResponse:
+    async def generate_images(self, **fields: Any) -> ImagesResponse:
         """Generate `num_images` images, base64 in JSON, as one batch. Image k uses seed
         `seed + k`, so `/generate/image` with that seed regenerates it: byte-identical with
         batching off, within 1/255 per pixel with it on."""
         request = ImagesRequest.model_construct(**fields)
-        first = resolve(request, self.model_info, count=request.num_images)
-        generated = generate(self.generator, series(first, request.num_images))
+        first = resolve(request, await self.gateway.model_info(), count=request.num_images)
+        generated = await self.gateway.generate(series(first, request.num_images))
         return images_response(generated, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
-    def models(self) -> list[ModelInfo]:
-        """The loaded models, their defaults and the schedulers they accept."""
-        return [self.model_info]
+    async def models(self) -> list[ModelInfo]:
+        """The loaded models, their defaults, the schedulers they accept and their work
+        budget."""
+        return [await self.gateway.model_info()]
+
+    @routes.post(
+        "/jobs",
+        status_code=202,
+        tags=["Jobs"],
+        response_model=JobAccepted,
+        responses={202: {"headers": {"Location": {"description": "The job's path."}}}},
+    )
+    @answers_errors
+    async def submit_job(self, body: JobRequest, request: Request) -> Response:
+        """Submit a generation and return at once; follow it at `links.events`, fetch it at
+        `links.result`, cancel it with `DELETE`. Takes the body of `/generate/images`."""
+        return await self.gateway.submit_job(body, owner(request))
+
+    @routes.get("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
+    @answers_errors
+    async def job_status(self, job_id: str, request: Request) -> JobView:
+        """A job's status, progress, estimated time left and queue position."""
+        return (await self.gateway.jobs.find(owner(request), job_id)).view()
+
+    @routes.get("/jobs/{job_id}/events", tags=["Jobs"])
+    @answers_errors
+    async def job_events(
+        self, job_id: str, request: Request, preview: bool = False
+    ) -> StreamingResponse:
+        """Server-Sent Events: `queued`, `progress` (every denoising step; with
+        `preview=true` a small preview PNG, base64), then `succeeded`, `failed` or
+        `cancelled`, and the stream ends. `Last-Event-ID` resumes after that event."""
+        await self.gateway.jobs.find(owner(request), job_id)
+        after = resume_point(request.headers.get("last-event-id"))
+        return StreamingResponse(
+            event_stream(self.gateway.jobs.store, job_id, after, preview),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @routes.get("/jobs/{job_id}/result", tags=["Jobs"])
+    @answers_errors
+    async def job_result(self, job_id: str, request: Request) -> Response:
+        """One image: its bytes and headers as `/generate/image` sends them; several: the
+        JSON of `/generate/images`. 409 until the job has succeeded, 410 once expired."""
+        return result_of(await self.gateway.jobs.find(owner(request), job_id))
+
+    @routes.delete("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
+    @answers_errors
+    async def cancel_job(self, job_id: str, request: Request) -> JobView:
+        """Cancel a job: a queued one never starts, a running one stops within one denoising
+        step. 409 once it has ended."""
+        return (await self.gateway.jobs.cancel(owner(request), job_id)).view()
 
 
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))

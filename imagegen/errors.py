@@ -7,6 +7,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
@@ -14,12 +16,20 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 class ServiceError(Exception):
     status_code = 500
-    headers: ClassVar[dict[str, str]] = {}
+    # Seconds a client should wait before retrying; sent as `Retry-After` when set.
+    retry_after: ClassVar[int | None] = None
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.retry_after_s = retry_after or self.retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
     def to_response(self) -> JSONResponse:
         # Same shape as BentoML's own 400 for schema violations: `error`, plus `detail` with
@@ -40,14 +50,32 @@ class OutOfMemory(ServiceError):
     """The accelerator ran out of memory; the caches are freed and a retry may succeed."""
 
     status_code = 503
-    headers: ClassVar[dict[str, str]] = {"Retry-After": "10"}
+    retry_after = 10
 
 
 class Overloaded(ServiceError):
     """More requests wait for the model than it can serve within the configured latency."""
 
     status_code = 503
-    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+    retry_after = 5
+
+
+class TooMuchWork(ServiceError):
+    """A request asks for more work than one request may."""
+
+    status_code = 400
+
+
+class Cancelled(ServiceError):
+    """The generation was cancelled: by its client, or because its request went away."""
+
+    status_code = 409
+
+
+class TimedOut(ServiceError):
+    """The request passed the service's timeout; its work was cancelled."""
+
+    status_code = 504
 
 
 class GenerationFailed(ServiceError):
@@ -63,13 +91,33 @@ class GenerationFailed(ServiceError):
 
 
 def answers_errors(handler: Handler) -> Handler:
-    """Turn a :class:`ServiceError` raised by an API handler into its JSON answer."""
+    """Turn a :class:`ServiceError` raised by an async API handler into its JSON answer."""
 
     @functools.wraps(handler)
-    def answered(*args: Any, **kwargs: Any) -> Any:
+    async def answered(*args: Any, **kwargs: Any) -> Any:
         try:
-            return handler(*args, **kwargs)
+            return await handler(*args, **kwargs)
         except ServiceError as error:
             return error.to_response()
 
     return answered  # type: ignore[return-value]
+
+
+def answers_validation_errors(app: FastAPI) -> None:
+    """FastAPI answers a body that breaks its schema with 422; this service's routes answer
+    400, with the same ``detail`` as BentoML's APIs (the schema's sentences, located by
+    field)."""
+
+    async def bad_request(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        detail = [
+            {
+                "loc": [part for part in item["loc"] if part != "body"],
+                "msg": item["msg"],
+                "type": item["type"],
+            }
+            for item in error.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=400)
+
+    app.add_exception_handler(RequestValidationError, bad_request)

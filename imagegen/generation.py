@@ -3,9 +3,12 @@ pipeline call share one, and nothing leaks between concurrent requests."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import io
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
@@ -13,15 +16,17 @@ from functools import cache
 from typing import Any
 
 import bentoml
+import PIL.Image
 import prometheus_client
 import torch
 
-from .errors import GenerationFailed, InvalidField, OutOfMemory
+from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
 from .loading import LoadedModel, load_model
 from .outcomes import Failure, Generation
 from .parameters import resolve
+from .progress import Event, Tracker
 from .schedulers import build_scheduler
-from .schemas import GenerationParameters, ImageRequest
+from .schemas import GenerationParameters, ImageRequest, WorkItem
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,16 @@ def generation_seconds() -> prometheus_client.Histogram:
     )
 
 
+@cache
+def cancelled_images() -> prometheus_client.Counter:
+    return prometheus_client.Counter(
+        "imagegen_cancelled_images",
+        "Images cancelled before or during their pipeline call (client gone, timeout, "
+        "DELETE /jobs/{id}).",
+        labelnames=["model"],
+    )
+
+
 BatchKey = tuple[str, int, int, int, float, str]
 
 
@@ -48,6 +63,35 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
     prompts, negative prompts and seeds are per image."""
     p = parameters
     return (p.model, p.width, p.height, p.num_inference_steps, p.guidance_scale, p.scheduler)
+
+
+# Latent channels to RGB, a linear fit for SD 1.x/2.x VAEs' 4-channel latents (the
+# approximation AUTOMATIC1111 and ComfyUI use for cheap previews): no VAE decode per step.
+LATENT_RGB = torch.tensor(
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ]
+)
+
+
+def preview_png(latents: torch.Tensor) -> str | None:
+    """One image's latents (C, h, w) as a small base64 PNG (h x w, an eighth of the image's
+    size), or None for latents this approximation does not know."""
+    if latents.shape[0] != LATENT_RGB.shape[0]:
+        return None
+    rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), LATENT_RGB)
+    pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class Interrupted(Exception):
+    """Raised from the step callback when every image of a call is cancelled: the pipeline
+    returns at once, skipping the remaining steps and the VAE decode."""
 
 
 def plan_calls(batch: Sequence[GenerationParameters], max_batch_size: int) -> list[list[int]]:
@@ -63,6 +107,43 @@ def plan_calls(batch: Sequence[GenerationParameters], max_batch_size: int) -> li
     ]
 
 
+class StepWatch:
+    """diffusers' ``callback_on_step_end`` for one call: publishes every image's step (with a
+    preview where asked) and interrupts the call once all its images are cancelled. The flag
+    must be raised here: diffusers resets its own interrupt flag at the start of each call."""
+
+    def __init__(self, tracker: Tracker, items: list[WorkItem]) -> None:
+        self.tracker = tracker
+        self.items = items
+
+    def begin(self) -> None:
+        """Step 0: the call has started."""
+        self.tracker.publish(self._events(0, None, None))
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+        steps = getattr(pipe, "num_timesteps", None)
+        self.tracker.publish(self._events(step + 1, steps, tensors.get("latents")))
+        if all(self.tracker.is_cancelled(item.id) for item in self.items):
+            raise Interrupted()
+        return tensors
+
+    def _events(self, step: int, steps: int | None, latents: torch.Tensor | None) -> list[Event]:
+        at = time.time()
+        return [
+            {
+                "id": item.id,
+                "step": step,
+                "steps": steps or item.parameters.num_inference_steps,
+                "images": len(self.items),
+                "at": at,
+                "preview": (
+                    preview_png(latents[index]) if item.preview and latents is not None else None
+                ),
+            }
+            for index, item in enumerate(self.items)
+        ]
+
+
 class PipelineRunner:
     """Runs one loaded pipeline.
 
@@ -74,37 +155,56 @@ class PipelineRunner:
     and every image keeps its own seed inside a batch.
     """
 
-    def __init__(self, model: LoadedModel, max_batch_size: int = 1) -> None:
+    def __init__(
+        self, model: LoadedModel, max_batch_size: int = 1, tracker: Tracker | None = None
+    ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
+        self.tracker = tracker or Tracker()
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
     def generate(self, parameters: GenerationParameters) -> Generation:
         """One image, alone in its pipeline call."""
-        (outcome,) = self.generate_batch([parameters])
+        (outcome,) = self.generate_batch([WorkItem(id=uuid.uuid4().hex, parameters=parameters)])
         if isinstance(outcome, Failure):
             raise outcome.exception()
         return outcome
 
-    def generate_batch(self, batch: Sequence[GenerationParameters]) -> list[Generation | Failure]:
+    def generate_batch(self, batch: Sequence[WorkItem]) -> list[Generation | Failure]:
         """One outcome per item, in order. Items that share a :func:`batch_key` run as one
-        pipeline call (up to ``max_batch_size``); a failed call fails only its own items."""
+        pipeline call (up to ``max_batch_size``); a failed call fails only its own items. An
+        item cancelled before its call starts never runs; each item's watchers hear that it
+        ended, whatever its outcome."""
         outcomes: dict[int, Generation | Failure] = {}
-        for index, parameters in enumerate(batch):
+        for index, item in enumerate(batch):
             try:
-                self.check_prompts(parameters)
+                self.check_prompts(item.parameters)
             except InvalidField as error:
                 outcomes[index] = Failure.of(error)
         runnable = [index for index in range(len(batch)) if index not in outcomes]
-        for planned in plan_calls([batch[index] for index in runnable], self.max_batch_size):
+        planned_calls = plan_calls(
+            [batch[index].parameters for index in runnable], self.max_batch_size
+        )
+        for planned in planned_calls:
             indices = [runnable[position] for position in planned]
+            for index in indices:
+                if self.tracker.is_cancelled(batch[index].id):
+                    outcomes[index] = Failure.of(Cancelled("The generation was cancelled."))
+            indices = [index for index in indices if index not in outcomes]
+            if not indices:
+                continue
             group = [batch[index] for index in indices]
             try:
                 made: Sequence[Generation | Failure] = self._generate_together(group)
-            except (OutOfMemory, GenerationFailed) as error:
+            except (OutOfMemory, GenerationFailed, Cancelled) as error:
                 made = [Failure.of(error)] * len(group)
             outcomes.update(zip(indices, made, strict=True))
-        return [outcomes[index] for index in range(len(batch))]
+        self.tracker.publish({"id": item.id, "ended": True} for item in batch)
+        answered = [outcomes[index] for index in range(len(batch))]
+        cancelled = sum(isinstance(o, Failure) and o.error == "Cancelled" for o in answered)
+        if cancelled:
+            cancelled_images().labels(model=self.model.tag).inc(cancelled)
+        return answered
 
     def check_prompts(self, parameters: GenerationParameters) -> None:
         """CLIP reads a fixed number of tokens and drops the rest without a word; a prompt
@@ -122,8 +222,10 @@ class PipelineRunner:
                     field=field,
                 )
 
-    def _generate_together(self, group: list[GenerationParameters]) -> list[Generation]:
-        """One pipeline call for images that share a batch key."""
+    def _generate_together(self, items: list[WorkItem]) -> list[Generation | Failure]:
+        """One pipeline call for images that share a batch key; an image cancelled during
+        the call is a Cancelled failure, and the call stops once all of them are."""
+        group = [item.parameters for item in items]
         first = group[0]
         pipeline = self.model.pipeline
         scheduler = (
@@ -137,9 +239,13 @@ class PipelineRunner:
         run = copy.copy(pipeline)
         run.scheduler = scheduler
         # The request's context (its id, for log lines) goes along to the runner thread.
-        call = self._runner.submit(copy_context().run, self._call, run, group)
+        call = self._runner.submit(
+            copy_context().run, self._call, run, group, StepWatch(self.tracker, items)
+        )
         try:
             output, started, finished = call.result()
+        except Interrupted:
+            raise Cancelled("The generation was cancelled.") from None
         except torch.OutOfMemoryError as error:
             logger.warning(
                 "out of device memory: %d images at %dx%d", len(group), first.width, first.height
@@ -153,23 +259,29 @@ class PipelineRunner:
             raise GenerationFailed() from error
         generation_seconds().labels(model=self.model.tag).observe(finished - started)
         return [
-            Generation(
+            Failure.of(Cancelled("The generation was cancelled."))
+            if self.tracker.is_cancelled(item.id)
+            else Generation(
                 image=image,
-                parameters=parameters,
+                parameters=item.parameters,
                 started=started,
                 finished=finished,
                 batch_size=len(group),
             )
-            for image, parameters in zip(output.images, group, strict=True)
+            for image, item in zip(output.images, items, strict=True)
         ]
 
     @staticmethod
-    def _call(run: Any, group: list[GenerationParameters]) -> tuple[Any, float, float]:
+    def _call(
+        run: Any, group: list[GenerationParameters], watch: StepWatch | None = None
+    ) -> tuple[Any, float, float]:
         first = group[0]
         # Seeded on the CPU, so a seed gives the same noise whatever the device; one generator
         # per image, so an image's noise does not depend on what it is batched with.
         generators = [torch.Generator("cpu").manual_seed(p.seed) for p in group]
         with torch.inference_mode():
+            if watch is not None:
+                watch.begin()
             started = time.perf_counter()
             output = run(
                 prompt=[p.prompt for p in group],
@@ -179,6 +291,7 @@ class PipelineRunner:
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 generator=generators,
+                callback_on_step_end=watch,
             )
             return output, started, time.perf_counter()
 

@@ -15,6 +15,7 @@ from models.loading import LoadedPipeline, Switches, load_pipeline
 from .schedulers import compatible_schedulers, name_of
 from .schemas import ModelInfo
 from .settings import Settings, get_settings
+from .work import default_budget
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,10 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
         loaded.dtype,
         time.perf_counter() - started,
     )
-    return LoadedModel(info=describe(stored, loaded), pipeline=loaded.pipeline)
+    return LoadedModel(info=describe(stored, loaded, settings), pipeline=loaded.pipeline)
 
 
-def describe(stored: bentoml.Model, loaded: LoadedPipeline) -> ModelInfo:
+def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) -> ModelInfo:
     """What ``GET /models`` says of a loaded pipeline; its defaults come from the store."""
     metadata = stored.info.metadata
     pipeline = loaded.pipeline
@@ -70,4 +71,5 @@ def describe(stored: bentoml.Model, loaded: LoadedPipeline) -> ModelInfo:
         default_scheduler=name_of(pipeline.scheduler),
         schedulers=compatible_schedulers(pipeline.scheduler),
         switches=loaded.switches,
+        max_request_work=settings.max_request_work or default_budget(str(loaded.device)),
     )

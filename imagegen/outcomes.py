@@ -8,7 +8,7 @@ from typing import Literal
 from PIL.Image import Image
 from pydantic import BaseModel, ConfigDict
 
-from .errors import GenerationFailed, InvalidField, OutOfMemory, ServiceError
+from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory, ServiceError
 from .schemas import GenerationParameters
 
 
@@ -27,12 +27,12 @@ class Generation(BaseModel):
 class Failure(BaseModel):
     """An image that was refused or whose pipeline call failed: the error its request gets."""
 
-    error: Literal["OutOfMemory", "GenerationFailed", "InvalidField"]
+    error: Literal["OutOfMemory", "GenerationFailed", "InvalidField", "Cancelled"]
     message: str
     field: str | None = None  # the request field an InvalidField names
 
     @classmethod
-    def of(cls, error: OutOfMemory | GenerationFailed | InvalidField) -> Failure:
+    def of(cls, error: OutOfMemory | GenerationFailed | InvalidField | Cancelled) -> Failure:
         return cls(error=type(error).__name__, message=error.message, field=error.field)
 
     def exception(self) -> ServiceError:
@@ -40,5 +40,6 @@ class Failure(BaseModel):
             "OutOfMemory": OutOfMemory,
             "GenerationFailed": GenerationFailed,
             "InvalidField": InvalidField,
+            "Cancelled": Cancelled,
         }
         return errors[self.error](self.message, field=self.field)

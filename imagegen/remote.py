@@ -3,17 +3,21 @@ and turn what can go wrong on the way into answers for the client."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import anyio.to_thread
 from bentoml.exceptions import BentoMLException
 
 from .errors import GenerationFailed, Overloaded
 from .outcomes import Failure, Generation
-from .schemas import GenerationParameters, Timings
+from .progress import Event
+from .schemas import ModelInfo, Timings, WorkItem
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +65,56 @@ async def generator_ready(generator: Any) -> bool:
         return False
 
 
-def generate(generator: Any, batch: list[GenerationParameters]) -> Generated:
-    """``batch`` from the generator service, which may run it together with other requests'."""
-    sent = time.perf_counter()
-    try:
-        outcomes = generator.generate(batch)
-    except BentoMLException as error:
-        if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-            # BentoML's batch queue sheds what has waited past the max latency.
-            raise Overloaded("The model's queue is full; retry later.") from error
-        logger.error("the generator service failed: %s", error)
-        raise GenerationFailed() from error
-    except Exception as error:
-        logger.exception("no answer from the generator service")
-        raise GenerationFailed() from error
-    for outcome in outcomes:
-        if isinstance(outcome, Failure):
-            raise outcome.exception()
-    return Generated(outcomes, time.perf_counter() - sent)
+class GeneratorClient:
+    """The generator service as the public service reaches it: through BentoML's client when
+    served, or the instance itself when the app runs in-process (as in the tests)."""
+
+    def __init__(self, generator: Any) -> None:
+        self._generator = generator
+        self._remote = hasattr(generator, "to_async")
+
+    async def generate(self, items: list[WorkItem]) -> Generated:
+        """``items`` from the generator service, which may run them together with other
+        requests' items."""
+        sent = time.perf_counter()
+        try:
+            if self._remote:
+                outcomes = await self._generator.to_async.generate(items)
+            else:
+                outcomes = await anyio.to_thread.run_sync(self._generator.generate, items)
+        except BentoMLException as error:
+            if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
+                # BentoML's batch queue sheds what has waited past the max latency.
+                raise Overloaded("The model's queue is full; retry later.") from error
+            logger.error("the generator service failed: %s", error)
+            raise GenerationFailed() from error
+        except Exception as error:
+            logger.exception("no answer from the generator service")
+            raise GenerationFailed() from error
+        for outcome in outcomes:
+            if isinstance(outcome, Failure):
+                raise outcome.exception()
+        return Generated(outcomes, time.perf_counter() - sent)
+
+    async def model_info(self) -> ModelInfo:
+        if self._remote:
+            info: ModelInfo = await self._generator.to_async.model_info()
+            return info
+        return await anyio.to_thread.run_sync(self._generator.model_info)
+
+    async def cancel(self, ids: list[str]) -> None:
+        if self._remote:
+            await self._generator.to_async.cancel(ids)
+        else:
+            await self._generator.cancel(ids)
+
+    async def watch(self, ids: list[str]) -> AsyncIterator[Event]:
+        """The step events of ``ids``. The stream arrives in chunks that need not end on a
+        line, so lines are reassembled here."""
+        stream = (self._generator.to_async if self._remote else self._generator).watch(ids)
+        pending = ""
+        async for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                yield json.loads(line)

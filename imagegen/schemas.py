@@ -153,6 +153,14 @@ class GenerationParameters(BaseModel):
     model: str = Field(description="`name:version` of the model.")
 
 
+class WorkItem(BaseModel):
+    """One image for the generator service, and the id its progress and cancellation use."""
+
+    id: str
+    parameters: GenerationParameters
+    preview: bool = Field(False, description="Send a preview image with each progress event.")
+
+
 class EncodedImage(BaseModel):
     data: str = Field(description="The encoded image, base64.")
     seed: int
@@ -193,6 +201,10 @@ class ModelInfo(BaseModel):
     default_scheduler: str
     schedulers: list[str] = Field(description="Values the `scheduler` field accepts.")
     switches: list[str] = Field(description="Performance switches in effect.")
+    max_request_work: float = Field(
+        description="Most work one request or job may ask for, in megapixel-steps: images x "
+        "steps x width x height / 10^6, doubled when `guidance_scale` > 1."
+    )
 
     @property
     def tag(self) -> str:
@@ -231,3 +243,57 @@ class ErrorBody(BaseModel):
     detail: list[FieldError] | None = Field(
         None, description="For a request that breaks the schema: one entry per broken rule."
     )
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobRequest(ImagesRequest):
+    """Body of `POST /jobs`: the fields of `/generate/images`, and where to be told the end."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {**IMAGE_REQUEST_EXAMPLE, "num_images": 2}}
+    )
+
+    webhook: str | None = Field(
+        None,
+        max_length=2000,
+        description="An http(s) URL notified once when the job ends, with a signed JSON body; "
+        "its host must be one the operator allows (`IMAGEGEN_WEBHOOK_HOSTS`).",
+    )
+
+
+class JobLinks(BaseModel):
+    self: str = Field(description="The job's status.")
+    events: str = Field(description="Its Server-Sent Events stream.")
+    result: str = Field(description="Its images, once it has succeeded.")
+
+
+class JobAccepted(BaseModel):
+    """Answer of `POST /jobs` (202, with `Location` set to `links.self`)."""
+
+    id: str
+    status: JobStatus
+    queue_position: int = Field(description="Requests ahead of it on this server.")
+    links: JobLinks
+
+
+class Progress(BaseModel):
+    step: int = Field(description="Denoising steps done, averaged over the job's images.")
+    steps: int = Field(description="Denoising steps per image.")
+    fraction: float = Field(description="Share of all the job's steps done, 0 to 1.")
+
+
+class JobView(BaseModel):
+    """Answer of `GET /jobs/{id}`."""
+
+    id: str
+    status: JobStatus
+    progress: Progress
+    eta_s: float | None = Field(description="Estimated seconds until it ends, when known.")
+    queue_position: int | None = Field(description="Requests ahead of it; null once finished.")
+    created_at: float = Field(description="Unix time of submission.")
+    started_at: float | None
+    finished_at: float | None
+    error: str | None = Field(description="Why it failed or was cancelled.")
+    parameters: GenerationParameters = Field(description="As resolved; `seed` is image 0's.")

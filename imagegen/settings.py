@@ -60,7 +60,24 @@ class Settings(BaseSettings):
         False, description="Keep submodels on the CPU until used (CUDA only): less GPU memory."
     )
     timeout: int = Field(
-        600, ge=1, description="Seconds a request may take before the server answers 504."
+        600,
+        ge=1,
+        description="Seconds a request or job may take from its arrival; past that its work "
+        "is cancelled (a synchronous request gets 504, a job ends `failed`).",
+    )
+    max_request_work: float | None = Field(
+        None,
+        gt=0,
+        description="Most work one request or job may ask for, in megapixel-steps (images x "
+        "steps x width x height / 10^6, doubled with guidance); more is a 400. Unset: 2000 on "
+        "CUDA, 200 on MPS, 16 on CPU. `GET /models` shows the value in effect.",
+    )
+    max_queue_wait_s: float = Field(
+        60,
+        gt=0,
+        description="Longest estimated wait (work queued ahead x measured seconds per unit) "
+        "a new request may join; past it the answer is 503 with `Retry-After` from the "
+        "estimate, and `/readyz` turns 503.",
     )
     max_concurrency: int = Field(
         16, ge=1, description="Requests in flight per service; more are answered 429."
@@ -76,7 +93,7 @@ class Settings(BaseSettings):
         60_000,
         ge=100,
         description="Adaptive batching's latency bound: how long it may hold requests to fill "
-        "a batch, and past which a waiting request is shed with 503.",
+        "a batch. Waiting is bounded by `max_queue_wait_s`, checked before a request joins.",
     )
     api_keys: str = Field(
         "", description="Comma-separated API keys; none (and no keys file) turns auth off."
@@ -93,6 +110,34 @@ class Settings(BaseSettings):
         pattern=r"^[1-9][0-9]*/(second|minute|hour|day)$",
         description="Requests per API key (per client address when auth is off) in each "
         "window of that length, such as `60/minute`; unset means no limit.",
+    )
+    work_rate_limit: str | None = Field(
+        None,
+        pattern=r"^[1-9][0-9]*/(second|minute|hour|day)$",
+        description="Work per API key (per client address when auth is off) in each window, "
+        "in megapixel-steps, such as `600/minute`; charged when a generation is admitted. "
+        "Unset means no limit.",
+    )
+    job_ttl: int = Field(
+        3600,
+        ge=1,
+        description="Seconds a finished job and its result are kept; later its paths answer 410.",
+    )
+    max_jobs: int = Field(
+        1000,
+        ge=1,
+        description="Most jobs stored at once (unexpired, any status); past it `POST /jobs` "
+        "answers 503 with `Retry-After`.",
+    )
+    webhook_hosts: str = Field(
+        "",
+        description="Comma-separated host names (or `host:port`) a job's `webhook` may name; "
+        "empty turns webhooks off. No other URL a client gives is ever fetched.",
+    )
+    webhook_secret: str = Field(
+        "",
+        description="Key of the HMAC-SHA256 signature sent with each webhook "
+        "(`X-Imagegen-Signature: sha256=<hex>`).",
     )
     rate_limit_storage: str = Field(
         "memory://",

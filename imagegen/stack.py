@@ -22,6 +22,8 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
+TIMEOUT_GRACE_S = 5
+
 
 def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
     """Outermost first. BentoML runs its metrics and tracing outside these, its own timeout and
@@ -61,7 +63,9 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
         Middleware(
             AdmissionMiddleware,
             max_concurrency=settings.max_concurrency,
-            timeout=settings.timeout,
+            # Generation handlers cancel their work and answer 504 at `timeout` themselves;
+            # this later one answers for anything else that hangs.
+            timeout=settings.timeout + TIMEOUT_GRACE_S,
         ),
         Middleware(JsonBodyMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),

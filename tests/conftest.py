@@ -14,8 +14,10 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="imagegen-test-bentoml-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 # Auth is on for the in-process app and the session's server; tests send this key.
 API_KEY = "test-key-0f9e8d7c6b5a"
-os.environ["IMAGEGEN_API_KEYS"] = API_KEY
+OTHER_KEY = "test-key-second-1a2b3c"  # a second client, for what one key must not see
+os.environ["IMAGEGEN_API_KEYS"] = f"{API_KEY},{OTHER_KEY}"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
 
 import pytest
 from starlette.testclient import TestClient
@@ -60,8 +62,10 @@ def artifacts() -> Iterator[Path]:
     yield ARTIFACTS
 
 
-# Every from_pretrained the in-process service does: the load-once test counts them.
+# Every from_pretrained while the in-process service runs, and those its start-up made: the
+# load-once test counts them.
 PIPELINE_LOADS: list[str] = []
+STARTUP_LOADS: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +87,7 @@ def client() -> Iterator[TestClient]:
         from service import ImageGeneration
 
         with TestClient(ImageGeneration.to_asgi(), headers=AUTH) as test_client:
+            STARTUP_LOADS.extend(PIPELINE_LOADS)
             yield test_client
 
 

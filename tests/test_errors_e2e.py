@@ -14,6 +14,7 @@ import pytest
 
 from harness.servers import Server, bentoml_serve
 from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
+from tests.test_jobs_e2e import cancelled_images
 
 pytestmark = pytest.mark.e2e
 JSON = {"Content-Type": "application/json"}
@@ -201,7 +202,12 @@ def test_a_request_past_the_timeout_is_our_json_504(slow_server: Server) -> None
         timeout=60,
     )
     assert response.status_code == 504
-    assert "longer than 1 s" in assert_error_shape(response)["error"]
+    error = assert_error_shape(response)["error"]
+    assert "longer than 1 s; its generation was cancelled" in error
+    deadline = time.monotonic() + 30  # the generator service counts it cancelled
+    while cancelled_images(slow_server) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
 
 def test_the_api_key_never_shows_in_an_error(server: Server) -> None:

@@ -16,12 +16,16 @@ from imagegen.loading import LoadedModel
 from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve
 from imagegen.schedulers import SCHEDULER_NAMES
-from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest
+from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest, WorkItem
 
 
 def parameters(runner: PipelineRunner, **fields: Any) -> GenerationParameters:
     request = ImageRequest.model_validate({"prompt": "a red apple", **fields})
     return resolve(request, runner.model.info)
+
+
+def work_items(batch: list[GenerationParameters]) -> list[WorkItem]:
+    return [WorkItem(id=f"item-{k}", parameters=p) for k, p in enumerate(batch)]
 
 
 def pixels(runner: PipelineRunner, **fields: Any) -> np.ndarray:
@@ -190,9 +194,9 @@ def test_warm_up_makes_one_short_generation_per_size(
     made: list[tuple[int, int, int]] = []
     real_call = runner._call
 
-    def recording_call(run: Any, group: list[GenerationParameters]) -> Any:
+    def recording_call(run: Any, group: list[GenerationParameters], watch: Any) -> Any:
         made.extend((p.width, p.height, p.num_inference_steps) for p in group)
-        return real_call(run, group)
+        return real_call(run, group, watch)
 
     monkeypatch.setattr(runner, "_call", recording_call)
     runner.warm_up(sizes)
@@ -222,7 +226,7 @@ def test_a_batched_image_matches_its_unbatched_image_within_one_level(
 ) -> None:
     batching = PipelineRunner(tiny_model, max_batch_size=8)
     batch = [parameters(batching, seed=seed, prompt=f"a red apple {seed}") for seed in range(4)]
-    outcomes = batching.generate_batch(batch)
+    outcomes = batching.generate_batch(work_items(batch))
     assert all(isinstance(o, Generation) and o.batch_size == 4 for o in outcomes)
     batched = [np.asarray(o.image, dtype=int) for o in outcomes if isinstance(o, Generation)]
     alone = [np.asarray(batching.generate(p).image, dtype=int) for p in batch]
@@ -234,7 +238,7 @@ def test_a_batched_image_matches_its_unbatched_image_within_one_level(
 def test_batch_size_one_gives_exactly_the_single_images(tiny_model: LoadedModel) -> None:
     unbatched = PipelineRunner(tiny_model, max_batch_size=1)
     batch = [parameters(unbatched, seed=seed) for seed in range(3)]
-    outcomes = unbatched.generate_batch(batch)
+    outcomes = unbatched.generate_batch(work_items(batch))
     for outcome, item in zip(outcomes, batch, strict=True):
         assert isinstance(outcome, Generation) and outcome.batch_size == 1
         assert outcome.image.tobytes() == unbatched.generate(item).image.tobytes()
@@ -244,7 +248,7 @@ def test_a_mixed_batch_answers_every_item_in_its_order(tiny_model: LoadedModel) 
     batching = PipelineRunner(tiny_model, max_batch_size=8)
     batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]
     batch.append(parameters(batching, seed=3, width=96))
-    outcomes = batching.generate_batch(batch)
+    outcomes = batching.generate_batch(work_items(batch))
     assert [o.parameters for o in outcomes if isinstance(o, Generation)] == batch
     assert [o.image.size for o in outcomes if isinstance(o, Generation)] == [
         (96, 64),
@@ -260,7 +264,7 @@ def test_a_failed_call_fails_only_its_own_items(tiny_model: LoadedModel) -> None
         LoadedModel(info=tiny_model.info, pipeline=failing_wide), max_batch_size=8
     )
     batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]
-    failed, made = batching.generate_batch(batch)
+    failed, made = batching.generate_batch(work_items(batch))
     assert isinstance(failed, Failure) and isinstance(failed.exception(), OutOfMemory)
     assert isinstance(made, Generation) and made.image.size == (64, 64)
 
@@ -274,7 +278,7 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_alone(
 ) -> None:
     long = parameters(runner, seed=1, **{field: LONG_PROMPT})
     fine = parameters(runner, seed=2, prompt="a" * 70)  # bytes merge into fewer tokens
-    refused, made = runner.generate_batch([long, fine])
+    refused, made = runner.generate_batch(work_items([long, fine]))
     assert isinstance(made, Generation)
     assert isinstance(refused, Failure)
     error = refused.exception()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 from typing import Any
 
@@ -11,9 +12,15 @@ from PIL import Image
 
 from imagegen.errors import GenerationFailed, OutOfMemory, Overloaded, ServiceError
 from imagegen.outcomes import Failure, Generation
-from imagegen.remote import generate
-from imagegen.schemas import GenerationParameters
+from imagegen.remote import Generated, GeneratorClient
+from imagegen.schemas import WorkItem
 from tests.conftest import PARAMETERS
+
+ITEM = WorkItem(id="item", parameters=PARAMETERS)
+
+
+def generate(generator: Any, batch: list[WorkItem]) -> Generated:
+    return asyncio.run(GeneratorClient(generator).generate(batch))
 
 
 class Answering:
@@ -22,7 +29,7 @@ class Answering:
     def __init__(self, outcomes: list[Any] | None = None, error: Exception | None = None):
         self.outcomes, self.error = outcomes, error
 
-    def generate(self, batch: list[GenerationParameters]) -> list[Any]:
+    def generate(self, batch: list[WorkItem]) -> list[Any]:
         if self.error is not None:
             raise self.error
         assert self.outcomes is not None
@@ -38,7 +45,7 @@ def generation(started: float, finished: float) -> Generation:
 
 def test_the_images_come_back_in_order_with_their_batch_size() -> None:
     outcomes = [generation(1.0, 2.0), generation(1.0, 2.0)]
-    generated = generate(Answering(outcomes), [PARAMETERS, PARAMETERS])
+    generated = generate(Answering(outcomes), [ITEM, ITEM])
     assert generated.generations == outcomes
     assert generated.batch_size == 2
     assert generated.timings.inference_ms == 1000.0
@@ -55,13 +62,13 @@ def test_a_failed_item_is_answered_as_its_error(
     failure: Failure, expected: type[ServiceError]
 ) -> None:
     with pytest.raises(expected, match=failure.message):
-        generate(Answering([generation(1.0, 2.0), failure]), [PARAMETERS, PARAMETERS])
+        generate(Answering([generation(1.0, 2.0), failure]), [ITEM, ITEM])
 
 
 def test_a_shed_request_is_a_503_with_retry_after() -> None:
     shed = BentoMLException("process is overloaded", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
     with pytest.raises(Overloaded) as caught:
-        generate(Answering(error=shed), [PARAMETERS])
+        generate(Answering(error=shed), [ITEM])
     response = caught.value.to_response()
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) > 0
@@ -78,7 +85,7 @@ def test_a_broken_hop_is_a_500_that_keeps_its_cause_in_the_log(
     error: Exception, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(GenerationFailed) as caught:
-        generate(Answering(error=error), [PARAMETERS])
+        generate(Answering(error=error), [ITEM])
     assert b"secret" not in caught.value.to_response().body
     assert "/opt/secret" in caplog.text
 

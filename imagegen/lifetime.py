@@ -1,0 +1,45 @@
+"""A synchronous request's work lives only as long as its request: cancelled when the client
+hangs up or when the request passes the service's timeout, so a 504 means the work stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import bentoml
+from starlette.requests import Request
+
+from .errors import Cancelled, TimedOut
+
+T = TypeVar("T")
+# How often a waiting request checks for its client; a hang-up is seen within this.
+DISCONNECT_POLL_S = 0.1
+
+
+async def _disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+async def while_requested(work: Awaitable[T], timeout: float) -> T:
+    """``work``'s result, for the current BentoML request; its work is cancelled (and the
+    cancellation awaited) when the client leaves or ``timeout`` seconds pass."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.create_task(_disconnected(bentoml.Context().request))
+    try:
+        done, _ = await asyncio.wait(
+            {task, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if gone in done:
+            raise Cancelled("The client disconnected; its generation was cancelled.")
+        raise TimedOut(f"The request took longer than {timeout:g} s; its generation was cancelled.")
+    finally:
+        gone.cancel()
+        task.cancel()  # the handler itself was cancelled (BentoML's own timeout)

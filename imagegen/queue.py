@@ -1,0 +1,236 @@
+"""This replica's generations, synchronous requests and jobs alike, in order of arrival: what
+admits them, runs them, reports their progress and cancels them.
+
+Admission is by work (``imagegen.work``), not by count: a request over the per-request budget
+is refused with 400, and one that would wait longer than ``max_wait_s`` behind the work
+already queued is answered 503 with a ``Retry-After`` from that estimate. The estimate is the
+work ahead times the measured seconds per unit of work, learned from the step events of the
+generations that run.
+
+Cancelling the task that awaits :meth:`WorkQueue.run` is how anything is cancelled: a client
+that leaves, a timeout, ``DELETE /jobs/{id}``. The items are then cancelled in the generator
+service: a queued item never starts, a running call stops at its next step once all its
+images are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+import prometheus_client
+
+from .errors import Overloaded, TooMuchWork
+from .progress import Event
+from .remote import Generated, GeneratorClient
+from .schemas import GenerationParameters, WorkItem
+from .work import image_work, work
+
+logger = logging.getLogger(__name__)
+
+# Weight of the newest step in the running estimate of seconds per unit of work.
+RATE_WEIGHT = 0.3
+
+
+@cache
+def queue_metrics() -> tuple[prometheus_client.Gauge, prometheus_client.Gauge]:
+    # Created on first use, after BentoML has set up prometheus_client's multiprocess mode.
+    depth = prometheus_client.Gauge(
+        "imagegen_queue_depth",
+        "Generations (requests and jobs) admitted and not yet finished.",
+        multiprocess_mode="livesum",
+    )
+    queued = prometheus_client.Gauge(
+        "imagegen_queued_work",
+        "Work admitted and not yet done, in megapixel-steps.",
+        multiprocess_mode="livesum",
+    )
+    return depth, queued
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request or job: its images and how far they have got."""
+
+    items: list[WorkItem]
+    work: float
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: bool = False
+    steps_done: dict[str, int] = field(default_factory=dict)
+    step_at: dict[str, float] = field(default_factory=dict)
+    # Denoising iterations per image: the scheduler's, which may differ from
+    # `num_inference_steps` (PNDM adds one); known from the first step event.
+    steps: int = 0
+    preview: str | None = None  # the latest, of the first image
+
+    def __post_init__(self) -> None:
+        self.steps = self.items[0].parameters.num_inference_steps
+
+    @property
+    def fraction(self) -> float:
+        return min(sum(self.steps_done.values()) / (self.steps * len(self.items)), 1.0)
+
+    @property
+    def step(self) -> int:
+        """Denoising steps done, averaged over the images (they may run in several calls)."""
+        return sum(self.steps_done.values()) // len(self.items)
+
+    @property
+    def remaining_work(self) -> float:
+        return self.work * (1 - self.fraction)
+
+
+Listener = Callable[[Ticket, Event], Awaitable[None]]
+
+
+class WorkQueue:
+    def __init__(
+        self, client: GeneratorClient, *, max_request_work: float, max_wait_s: float
+    ) -> None:
+        self.client = client
+        self.max_request_work = max_request_work
+        self.max_wait_s = max_wait_s
+        self.seconds_per_work: float | None = None  # unknown until a step has been timed
+        self._tickets: dict[str, Ticket] = {}  # in order of arrival
+
+    def admit(self, batch: list[GenerationParameters], previews: bool = False) -> Ticket:
+        """A ticket for ``batch``, or the error that refuses it."""
+        asked = work(batch)
+        if asked > self.max_request_work:
+            first = batch[0]
+            raise TooMuchWork(
+                f"This request asks for {asked:.1f} megapixel-steps of work, over the limit "
+                f"of {self.max_request_work:g} per request (images x steps x width x height "
+                f"/ 10^6, doubled when `guidance_scale` > 1): ask for fewer or smaller "
+                f"images or fewer steps (at {first.width}x{first.height}, with these "
+                f"settings, `num_inference_steps` up to {self._steps_within_budget(batch)} "
+                f"fits)."
+            )
+        wait = self.wait_s()
+        if wait > self.max_wait_s:
+            retry_after = math.ceil(wait - self.max_wait_s) + 1
+            raise Overloaded(
+                f"The model's queue holds about {wait:.0f} s of work, over this server's "
+                f"bound of {self.max_wait_s:g} s; retry in {retry_after} s.",
+                retry_after=retry_after,
+            )
+        ticket = Ticket(
+            items=[
+                WorkItem(id=uuid.uuid4().hex, parameters=parameters, preview=previews and k == 0)
+                for k, parameters in enumerate(batch)
+            ],
+            work=asked,
+        )
+        self._tickets[ticket.id] = ticket
+        self._report()
+        return ticket
+
+    def discard(self, ticket: Ticket) -> None:
+        """Forget a ticket that will not run."""
+        self._tickets.pop(ticket.id, None)
+        self._report()
+
+    def _steps_within_budget(self, batch: list[GenerationParameters]) -> int:
+        per_step = work(batch) / batch[0].num_inference_steps
+        return max(math.floor(self.max_request_work / per_step), 0)
+
+    def wait_s(self, before: Ticket | None = None) -> float:
+        """Estimated seconds until the work ahead of ``before`` (all work when None) is
+        done; 0 while no rate has been measured."""
+        if self.seconds_per_work is None:
+            return 0.0
+        ahead = 0.0
+        for ticket in self._tickets.values():
+            if ticket is before:
+                break
+            ahead += ticket.remaining_work
+        return ahead * self.seconds_per_work
+
+    def position(self, ticket: Ticket) -> int:
+        """Requests ahead of ``ticket`` on this replica; 0 once it runs."""
+        if ticket.started:
+            return 0
+        ahead = 0
+        for other in self._tickets.values():
+            if other is ticket:
+                break
+            ahead += 1
+        return ahead
+
+    def eta_s(self, ticket: Ticket) -> float | None:
+        """Estimated seconds until ``ticket`` is done, or None before any rate is known."""
+        if self.seconds_per_work is None:
+            return None
+        return self.wait_s(ticket) + ticket.remaining_work * self.seconds_per_work
+
+    @property
+    def depth(self) -> int:
+        return len(self._tickets)
+
+    @property
+    def full(self) -> bool:
+        """Whether new work would be refused for waiting too long."""
+        return self.wait_s() > self.max_wait_s
+
+    async def run(self, ticket: Ticket, listener: Listener | None = None) -> Generated:
+        """Generate ``ticket``'s images; cancelling the awaiting task cancels them."""
+        following = asyncio.create_task(self._follow(ticket, listener))
+        try:
+            return await self.client.generate(ticket.items)
+        except asyncio.CancelledError:
+            # Shielded: the cancel must reach the generator service even though this task
+            # is being cancelled.
+            await asyncio.shield(self._cancel(ticket))
+            raise
+        finally:
+            following.cancel()
+            self.discard(ticket)
+
+    async def _cancel(self, ticket: Ticket) -> None:
+        try:
+            await self.client.cancel([item.id for item in ticket.items])
+        except Exception:
+            logger.exception(
+                "could not cancel %d images in the generator service", len(ticket.items)
+            )
+
+    async def _follow(self, ticket: Ticket, listener: Listener | None) -> None:
+        """Step events into ``ticket``, the rate estimate and ``listener``. Progress is a
+        report: losing the stream never fails the generation."""
+        try:
+            async for event in self.client.watch([item.id for item in ticket.items]):
+                if event.get("ended"):
+                    continue
+                self._observe(ticket, event)
+                if listener is not None:
+                    await listener(ticket, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("lost the progress of %s", ticket.id, exc_info=True)
+
+    def _observe(self, ticket: Ticket, event: Event) -> None:
+        id_, step, at = event["id"], event["step"], event["at"]
+        ticket.started = True
+        ticket.steps = event["steps"]
+        ticket.preview = event.get("preview") or ticket.preview
+        previous = ticket.step_at.get(id_)
+        ticket.steps_done[id_] = step
+        ticket.step_at[id_] = at
+        if previous is None or step == 0:
+            return
+        parameters = next(item.parameters for item in ticket.items if item.id == id_)
+        call_work = image_work(parameters) / parameters.num_inference_steps * event["images"]
+        sample = (at - previous) / call_work
+        rate = self.seconds_per_work
+        self.seconds_per_work = sample if rate is None else rate + RATE_WEIGHT * (sample - rate)
+
+    def _report(self) -> None:
+        depth, queued = queue_metrics()
+        depth.set(self.depth)
+        queued.set(sum(ticket.remaining_work for ticket in self._tickets.values()))

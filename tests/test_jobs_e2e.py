@@ -1,0 +1,129 @@
+"""Jobs and cancellation over real HTTP against a real `bentoml serve` (two processes: the
+progress stream and the cancel cross from the generator service)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from harness.servers import REPO, Server
+from tests.conftest import API_KEY, AUTH
+
+pytestmark = pytest.mark.e2e
+
+LONG = {"prompt": "a long one", "width": 256, "height": 256, "num_inference_steps": 100}
+
+
+def cancelled_images(server: Server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    found = re.findall(r"^imagegen_cancelled_images_total\{[^}]*\} (\S+)$", metrics, re.M)
+    return sum(float(value) for value in found)
+
+
+def wait_until_cancelled(server: Server, before: float, images: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while cancelled_images(server) < before + images:
+        assert time.monotonic() < deadline, "the generator service never cancelled the image"
+        time.sleep(0.1)
+
+
+def test_a_job_streams_its_steps_and_serves_its_result(server: Server) -> None:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+        accepted = client.post(
+            "/jobs", json={"prompt": "a cat", "num_inference_steps": 6, "scheduler": "euler"}
+        )
+        assert accepted.status_code == 202
+        job_id = accepted.json()["id"]
+        frames: list[tuple[str, dict[str, Any]]] = []
+        with client.stream("GET", f"/jobs/{job_id}/events") as stream:
+            event = ""
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    frames.append((event, json.loads(line.removeprefix("data: "))))
+        assert frames[0][0] == "queued" and frames[-1][0] == "succeeded"
+        steps = [data["step"] for event, data in frames if event == "progress"]
+        assert steps == list(range(7))
+        result = client.get(f"/jobs/{job_id}/result")
+        assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+def test_a_client_that_hangs_up_cancels_its_generation(server: Server) -> None:
+    before = cancelled_images(server)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/generate/image", json=LONG, headers=AUTH, timeout=1.0)
+    wait_until_cancelled(server, before)
+    # The model is free again: a small request is served.
+    small = httpx.post(
+        f"{server.url}/generate/image",
+        json={"prompt": "a", "num_inference_steps": 1},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert small.status_code == 200
+
+
+def test_deleting_a_running_job_stops_it_in_the_generator_service(server: Server) -> None:
+    before = cancelled_images(server)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+        job_id = client.post("/jobs", json=LONG).json()["id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/jobs/{job_id}").json()["progress"]["step"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        job = client.delete(f"/jobs/{job_id}").json()
+        assert job["status"] == "cancelled"
+        wait_until_cancelled(server, before)
+
+
+def client_command(server: Server, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imagegen.client", "generate", *args, "--url", server.url]
+
+
+def test_the_command_line_client_saves_every_image(server: Server, tmp_path: Path) -> None:
+    output = str(tmp_path / "cat.png")
+    done = subprocess.run(
+        client_command(server, "a cat", "-o", output, "--steps", "3", "--n", "2", "--key", API_KEY),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    saved = [tmp_path / "cat-0.png", tmp_path / "cat-1.png"]
+    assert done.stdout.split() == [str(path) for path in saved]
+    assert all(Image.open(path).format == "PNG" for path in saved)
+
+
+def test_ctrl_c_in_the_command_line_client_cancels_its_job(server: Server) -> None:
+    before = cancelled_images(server)
+    args = ["a long one", "--steps", "100", "--width", "256", "--height", "256"]
+    client = subprocess.Popen(
+        client_command(server, *args),
+        stderr=subprocess.PIPE,
+        env={**os.environ, "IMAGEGEN_API_KEY": API_KEY},
+        cwd=REPO,
+    )
+    assert client.stderr is not None
+    shown = b""
+    deadline = time.monotonic() + 60
+    while b"generating" not in shown:  # the progress bar has started moving
+        assert time.monotonic() < deadline and client.poll() is None, shown
+        shown += client.stderr.read1(4096)
+    client.send_signal(signal.SIGINT)
+    assert client.wait(timeout=30) == 130
+    assert b": cancelled" in shown + client.stderr.read()
+    wait_until_cancelled(server, before)

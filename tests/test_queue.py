@@ -1,0 +1,160 @@
+"""Admission by work and by estimated wait, positions and ETAs, with a fake generator that
+reports steps as the real one does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from imagegen.errors import Overloaded, TooMuchWork
+from imagegen.gateway import Gateway
+from imagegen.loading import LoadedModel
+from imagegen.queue import WorkQueue
+from imagegen.remote import GeneratorClient
+from imagegen.schemas import GenerationParameters, ModelInfo, WorkItem
+from imagegen.settings import Settings
+from imagegen.work import image_work
+from tests.conftest import PARAMETERS
+
+# 64x64, 4 steps, guided: 0.0328 megapixel-steps.
+UNIT = image_work(PARAMETERS)
+
+
+def queue(max_wait_s: float = 10, max_request_work: float = 1.0) -> WorkQueue:
+    return WorkQueue(
+        GeneratorClient(object()), max_request_work=max_request_work, max_wait_s=max_wait_s
+    )
+
+
+def test_work_counts_pixels_steps_images_and_guidance() -> None:
+    unguided = PARAMETERS.model_copy(update={"guidance_scale": 1.0})
+    assert pytest.approx(4 * 64 * 64 * 2 / 1e6) == UNIT
+    assert image_work(unguided) == pytest.approx(UNIT / 2)
+
+
+def test_a_request_over_the_budget_is_refused_naming_the_limit() -> None:
+    with pytest.raises(TooMuchWork) as refused:
+        queue(max_request_work=UNIT * 2.5).admit([PARAMETERS] * 3)
+    assert refused.value.status_code == 400
+    assert "over the limit of 0.08192 per request" in refused.value.message
+
+
+def test_without_a_measured_rate_nothing_waits_and_no_eta_is_guessed() -> None:
+    q = queue()
+    first = q.admit([PARAMETERS])
+    assert q.wait_s() == 0 and q.eta_s(first) is None and not q.full
+
+
+def test_positions_and_etas_follow_the_work_ahead() -> None:
+    q = queue()
+    q.seconds_per_work = 10.0
+    first, second = q.admit([PARAMETERS]), q.admit([PARAMETERS] * 2)
+    assert (q.position(first), q.position(second)) == (0, 1)
+    assert q.eta_s(first) == pytest.approx(10 * UNIT)
+    assert q.eta_s(second) == pytest.approx(30 * UNIT)
+    q.discard(first)
+    assert q.position(second) == 0
+
+
+def test_a_request_that_would_wait_past_the_bound_is_a_503_with_the_estimate() -> None:
+    q = queue(max_wait_s=1.0)
+    q.seconds_per_work = 1.0 / UNIT  # one image: one second
+    q.admit([PARAMETERS] * 2)  # admitted: nothing ahead
+    assert q.full  # two seconds queued: readiness turns 503
+    with pytest.raises(Overloaded) as shed:
+        q.admit([PARAMETERS])
+    assert shed.value.status_code == 503
+    assert shed.value.headers["Retry-After"] == "2"  # ceil(2 s - 1 s bound) + 1
+    assert "about 2 s of work" in shed.value.message
+
+
+class SteppingGenerator:
+    """Reports two steps per image, 0.5 s apart, as the generator service's tracker would."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+
+    def generate(self, items: list[WorkItem]) -> list[Any]:
+        raise NotImplementedError  # replaced per test
+
+    async def cancel(self, ids: list[str]) -> None:
+        self.cancelled += ids
+
+    async def watch(self, ids: list[str]) -> AsyncIterator[str]:
+        for step in (0, 1, 2):
+            for id_ in ids:
+                yield (
+                    f'{{"id": "{id_}", "step": {step}, "steps": 2, "images": {len(ids)}, '
+                    f'"at": {100 + step * 0.5}, "preview": null}}\n'
+                )
+
+
+def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> None:
+    generator = SteppingGenerator()
+    started = asyncio.Event()
+
+    async def scenario() -> None:
+        q = WorkQueue(GeneratorClient(generator), max_request_work=1.0, max_wait_s=10)
+        parameters = PARAMETERS.model_copy(update={"num_inference_steps": 2})
+        ticket = q.admit([parameters, parameters])
+        seen: list[int] = []
+
+        async def listener(_: Any, event: dict[str, Any]) -> None:
+            seen.append(event["step"])
+            if len(seen) == 6:
+                started.set()
+
+        async def never_ending(items: list[WorkItem]) -> Any:
+            await asyncio.sleep(3600)
+
+        q.client.generate = never_ending  # type: ignore[method-assign]
+        running = asyncio.create_task(q.run(ticket, listener))
+        await asyncio.wait_for(started.wait(), 5)
+        assert ticket.step == 2 and ticket.fraction == 1.0
+        # 0.5 s per step of a call of two images of (parameters' work / 2 steps) each
+        assert q.seconds_per_work == pytest.approx(0.5 / image_work(parameters))
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert generator.cancelled == [item.id for item in ticket.items]
+        assert q.depth == 0
+
+    asyncio.run(scenario())
+
+
+def test_parameters_of_a_ticket_keep_their_order_and_get_distinct_ids() -> None:
+    q = queue()
+    batch: list[GenerationParameters] = [
+        PARAMETERS.model_copy(update={"seed": seed}) for seed in range(3)
+    ]
+    ticket = q.admit(batch, previews=True)
+    assert [item.parameters.seed for item in ticket.items] == [0, 1, 2]
+    assert len({item.id for item in ticket.items}) == 3
+    assert [item.preview for item in ticket.items] == [True, False, False]
+
+
+class LoadedGenerator:
+    """An in-process generator service that has loaded its model."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+
+    def model_info(self) -> ModelInfo:
+        return self.info
+
+
+def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: LoadedModel) -> None:
+    async def scenario() -> None:
+        gateway = Gateway(LoadedGenerator(tiny_model.info), Settings(max_queue_wait_s=1))
+        assert await gateway.ready()
+        q = await gateway.queue()
+        q.seconds_per_work = 1.0 / UNIT
+        ticket = q.admit([PARAMETERS] * 2)
+        assert not await gateway.ready()  # a load balancer stops sending it work
+        q.discard(ticket)
+        assert await gateway.ready()
+
+    asyncio.run(scenario())
