@@ -14,8 +14,8 @@ from starlette.responses import Response, StreamingResponse
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
 from imagegen.errors import answers_errors, answers_validation_errors
-from imagegen.events import event_stream, resume_point
-from imagegen.gateway import Gateway, owner, result_of
+from imagegen.events import event_stream
+from imagegen.gateway import Gateway, job_store, owner
 from imagegen.logs import configure_logging
 from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve, series
@@ -37,6 +37,8 @@ from models.store import StoredPipeline
 settings = get_settings()
 configure_logging(settings.log_level)
 api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+# Made at import, so an unreachable Redis stops `bentoml serve` at once, with its message.
+jobs_store = job_store(settings)
 
 # Plain GET routes beside the BentoML APIs, matched before BentoML's own. FastAPI's docs pages
 # would load scripts from a CDN, so they are off and /docs is served from local assets.
@@ -110,7 +112,7 @@ class ImageGeneration:
     generator = bentoml.depends(Generator)
 
     def __init__(self) -> None:
-        self.gateway = Gateway(self.generator, settings)
+        self.gateway = Gateway(self.generator, settings, jobs_store)
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()
@@ -159,7 +161,7 @@ class ImageGeneration:
     async def submit_job(self, body: JobRequest, request: Request) -> Response:
         """Submit a generation and return at once; follow it at `links.events`, fetch it at
         `links.result`, cancel it with `DELETE`. Takes the body of `/generate/images`."""
-        return await self.gateway.submit_job(body, owner(request))
+        return await self.gateway.submit_job(body, request)
 
     @routes.get("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
     @answers_errors
@@ -175,10 +177,11 @@ class ImageGeneration:
         """Server-Sent Events: `queued`, `progress` (every denoising step; with
         `preview=true` a small preview PNG, base64), then `succeeded`, `failed` or
         `cancelled`, and the stream ends. `Last-Event-ID` resumes after that event."""
-        await self.gateway.jobs.find(owner(request), job_id)
-        after = resume_point(request.headers.get("last-event-id"))
+        jobs, key = self.gateway.jobs, owner(request)
+        await jobs.find(key, job_id)
+        after = request.headers.get("last-event-id")
         return StreamingResponse(
-            event_stream(self.gateway.jobs.store, job_id, after, preview),
+            event_stream(jobs, key, job_id, after, preview),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -188,7 +191,7 @@ class ImageGeneration:
     async def job_result(self, job_id: str, request: Request) -> Response:
         """One image: its bytes and headers as `/generate/image` sends them; several: the
         JSON of `/generate/images`. 409 until the job has succeeded, 410 once expired."""
-        return result_of(await self.gateway.jobs.find(owner(request), job_id))
+        return await self.gateway.jobs.result(owner(request), job_id)
 
     @routes.delete("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
     @answers_errors

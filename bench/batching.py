@@ -59,8 +59,9 @@ def measure_server(
     workdir: Path, batch_size: int, clients: tuple[int, ...], requests: int
 ) -> dict[str, dict[str, float]]:
     log = workdir / f"batch-{batch_size}.log"
-    settings = {"api_keys": "", "max_batch_size": str(batch_size), "max_concurrency": "64"}
-    with bentoml_serve(log, **settings) as server:
+    with bentoml_serve(
+        log, api_keys="", max_batch_size=str(batch_size), max_concurrency="64"
+    ) as server:
         round_of(server, max(clients), 2)  # warm-up
         return {str(n): round_of(server, n, max(requests // n, 2)) for n in clients}
 

@@ -3,6 +3,7 @@ Used by the end-to-end tests and the benchmarks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,18 +73,82 @@ def running(
         _wait_ready(server, ready_path, timeout)
         yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(server)
+
+
+def stop(server: Server, sig: signal.Signals = signal.SIGTERM, timeout: float = 30) -> None:
+    """Send ``sig`` to the server's process group; with SIGKILL, to every process of its tree
+    too (BentoML's workers outlive a killed arbiter otherwise). Kill what is left after
+    ``timeout``."""
+    if sig == signal.SIGKILL:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in psutil.Process(server.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, sig)
+    try:
+        server.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+
+def own_home(log: Path) -> Path:
+    """A BENTOML_HOME for one server that shares the model store of this process's home.
+    BentoML keeps its Prometheus files in BENTOML_HOME and clears them when a server starts,
+    so servers running side by side (as replicas on their own machines would) need their
+    own, or each start wipes the others' metrics."""
+    shared = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
+    shared.mkdir(parents=True, exist_ok=True)
+    home = log.with_name(f"{log.stem}-bentoml-home")
+    home.mkdir(exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(shared, target_is_directory=True)
+    return home
 
 
 def bentoml_serve(
     log: Path, *, ready_path: str = "/readyz", **settings: str
 ) -> AbstractContextManager[Server]:
-    """``bentoml serve`` as the README runs it, with ``IMAGEGEN_*`` settings on top."""
+    """``bentoml serve`` as the README runs it, with ``IMAGEGEN_*`` settings on top, in a
+    BentoML home of its own (:func:`own_home`)."""
     env = {f"IMAGEGEN_{name.upper()}": value for name, value in settings.items()}
+    env["BENTOML_HOME"] = str(own_home(log))
     command = ["bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"]
     return running(command, log, env=env, ready_path=ready_path)
+
+
+@dataclass
+class Redis:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def redis_server(log: Path, timeout: float = 20) -> Iterator[Redis]:
+    """Debian's ``redis-server`` on a free loopback port, nothing persisted; stopped on exit."""
+    import redis
+
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, "--appendonly", "no"], stdout=sink, stderr=subprocess.STDOUT
+        )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start:\n{log.read_text()}") from None
+                time.sleep(0.1)
+        yield Redis(url=url, process=process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

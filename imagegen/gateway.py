@@ -5,17 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import bentoml
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
+
+from middleware.rate_limit import client_bucket
 
 from .encoding import image_response, images_response
-from .jobs import Job, JobConflict, Jobs, MemoryJobStore
+from .jobs import Jobs, JobStore, links
 from .lifetime import while_requested
+from .memory_store import MemoryJobStore
 from .parameters import resolve, series
-from .queue import WorkQueue
+from .queue import Ticket, WorkQueue
 from .remote import Generated, GeneratorClient, generator_ready
 from .schemas import GenerationParameters, JobAccepted, JobLinks, JobRequest, ModelInfo
 from .settings import Settings
+from .stack import rate_limit_storage
+from .webhooks import Webhooks
+from .work import work
+from .work_limit import WorkRateLimit
 
 
 def owner(request: Request) -> str:
@@ -24,23 +33,28 @@ def owner(request: Request) -> str:
     return str(request.scope.get("state", {}).get("api_key_id") or "")
 
 
-def result_of(job: Job) -> Response:
-    if job.status != "succeeded" or job.result is None:
-        why = f" ({job.error})" if job.error else ""
-        raise JobConflict(
-            f"Job {job.id} is {job.status}{why}; its result exists once it has succeeded."
+def job_store(settings: Settings) -> JobStore:
+    """Redis when ``IMAGEGEN_REDIS_URL`` is set (several replicas), else this process."""
+    if settings.redis_url:
+        from .redis_store import RedisJobStore  # only this backend needs the redis client
+
+        return RedisJobStore.connect(
+            settings.redis_url, max_jobs=settings.max_jobs, ttl=settings.job_ttl
         )
-    return job.result.response()
+    return MemoryJobStore(max_jobs=settings.max_jobs, ttl=settings.job_ttl)
 
 
 class Gateway:
-    def __init__(self, generator: Any, settings: Settings) -> None:
+    def __init__(self, generator: Any, settings: Settings, store: JobStore) -> None:
         self.generator = generator
         self.client = GeneratorClient(generator)
         self.settings = settings
-        self.jobs = Jobs(
-            MemoryJobStore(max_jobs=settings.max_jobs, ttl=settings.job_ttl),
-            timeout=settings.timeout,
+        self.webhooks = Webhooks(settings.webhook_hosts, settings.webhook_secret)
+        self.jobs = Jobs(store, timeout=settings.timeout, webhooks=self.webhooks)
+        self.work_limit = (
+            WorkRateLimit(settings.work_rate_limit, rate_limit_storage(settings))
+            if settings.work_rate_limit
+            else None
         )
         self._info: ModelInfo | None = None
         self._queue: WorkQueue | None = None
@@ -62,16 +76,29 @@ class Gateway:
             )
         return self._queue
 
-    async def generate(self, batch: list[GenerationParameters]) -> Generated:
-        """A synchronous request's images: admitted by work, and cancelled when its client
-        leaves or its time is up."""
+    async def admit(
+        self, scope: Scope, batch: list[GenerationParameters], previews: bool = False
+    ) -> tuple[WorkQueue, Ticket]:
+        """Admission by work: the per-request budget, the work rate limit, the wait bound."""
         queue = await self.queue()
-        ticket = queue.admit(batch)
+        queue.check_budget(batch)
+        if self.work_limit is not None:
+            await self.work_limit.charge(client_bucket(scope), work(batch))
+        return queue, queue.admit(batch, previews)
+
+    async def generate(self, batch: list[GenerationParameters]) -> Generated:
+        """A synchronous request's images, cancelled when its client leaves or its time is
+        up."""
+        queue, ticket = await self.admit(bentoml.Context().request.scope, batch)
         return await while_requested(queue.run(ticket), self.settings.timeout)
 
-    async def submit_job(self, body: JobRequest, owner: str) -> Response:
+    async def submit_job(self, body: JobRequest, request: Request) -> Response:
         """Admit a job and start it; 202 with where to follow it."""
+        if body.webhook is not None:
+            self.webhooks.check(body.webhook)
         first = resolve(body, await self.model_info(), count=body.num_images)
+        batch = series(first, body.num_images)
+        queue, ticket = await self.admit(request.scope, batch, previews=True)
         fmt, quality, single = body.output_format, body.quality, body.num_images == 1
 
         def encode(generated: Generated) -> Response:
@@ -80,21 +107,18 @@ class Gateway:
             return images_response(generated, fmt, quality)
 
         job = await self.jobs.submit(
-            await self.queue(),
-            owner,
-            series(first, body.num_images),
-            webhook=body.webhook,
-            encode=encode,
+            queue, ticket, owner(request), batch, webhook=body.webhook, encode=encode
         )
-        path = f"/jobs/{job.id}"
         accepted = JobAccepted(
             id=job.id,
             status=job.status,
             queue_position=job.queue_position or 0,
-            links=JobLinks(self=path, events=f"{path}/events", result=f"{path}/result"),
+            links=JobLinks(**links(job.id)),
         )
         return JSONResponse(
-            accepted.model_dump(mode="json"), status_code=202, headers={"Location": path}
+            accepted.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": accepted.links.self},
         )
 
     async def ready(self) -> bool:

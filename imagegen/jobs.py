@@ -1,10 +1,14 @@
 """Jobs: a generation submitted now and watched, fetched or cancelled later.
 
 A job runs through the same :class:`~imagegen.queue.WorkQueue` as a synchronous request, on
-the replica that accepted it (see the README for why), and lives in a :class:`JobStore`:
-its record, its event log (what `GET /jobs/{id}/events` replays and follows) and, once it
-has succeeded, its encoded result. A job belongs to the API key that submitted it; to any
-other key it does not exist.
+the replica that accepted it (the README says why), and lives in a :class:`JobStore` that any
+replica can read: its record, its event log (what `GET /jobs/{id}/events` replays and
+follows) and, once it has succeeded, its encoded result. A job belongs to the API key that
+submitted it; to any other key it does not exist.
+
+The replica running a job holds a lease on it, renewed every few seconds; a job whose lease
+has lapsed (its replica died) is ended ``failed`` by whichever replica next looks at it, so no
+job stays ``running`` for ever.
 """
 
 from __future__ import annotations
@@ -15,29 +19,50 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
-from .errors import Cancelled, ServiceError, TimedOut
+from .errors import Cancelled, ServiceError
 from .progress import Event
 from .queue import Ticket, WorkQueue
 from .remote import Generated
 from .schemas import GenerationParameters, JobStatus, JobView, Progress
+from .webhooks import Webhooks
 
 logger = logging.getLogger(__name__)
 
 TERMINAL: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
-KEEPALIVE_S = 15.0
+LEASE_S = 10.0  # a replica that has not renewed its leases for this long is taken for dead
+RENEW_S = 3.0
+# How long `DELETE` waits for another replica to stop a job it runs.
+REMOTE_CANCEL_WAIT_S = 10.0
+LOST = "the replica running it stopped before it ended (its lease lapsed)"
+
+
+# What a webhook is told: enough to fetch the rest with the key, nothing of the images.
+NOTIFIED = {"id", "status", "error", "created_at", "finished_at"}
+
+
+def links(job_id: str) -> dict[str, str]:
+    path = f"/jobs/{job_id}"
+    return {"self": path, "events": f"{path}/events", "result": f"{path}/result"}
 
 
 class StoreFull(ServiceError):
     status_code = 503
 
 
+class StoreUnavailable(ServiceError):
+    """The job store (Redis) cannot be reached."""
+
+    status_code = 503
+    retry_after = 5
+
+
 class JobGone(ServiceError):
-    """The job existed, but its record and result have expired."""
+    """The job existed, but its result and events have expired."""
 
     status_code = 410
 
@@ -50,9 +75,10 @@ class JobConflict(ServiceError):
     status_code = 409
 
 
-@dataclass
-class StoredResult:
+class StoredResult(BaseModel):
     """A succeeded job's answer, encoded once: what `/generate/image(s)` would have sent."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     body: bytes
     media_type: str
@@ -65,14 +91,15 @@ class StoredResult:
             for key, value in response.headers.items()
             if key not in ("content-length", "content-type")
         }
-        return cls(bytes(response.body), response.media_type or "", headers)
+        return cls(body=bytes(response.body), media_type=response.media_type or "", headers=headers)
 
     def response(self) -> Response:
         return Response(self.body, media_type=self.media_type, headers=self.headers)
 
 
-@dataclass
-class Job:
+class Job(BaseModel):
+    """A job's record, as stored."""
+
     id: str
     owner: str  # the API key's id; "" with auth off
     parameters: GenerationParameters
@@ -84,18 +111,20 @@ class Job:
     fraction: float = 0.0
     queue_position: int | None = 0
     eta_s: float | None = None
-    created_at: float = field(default_factory=time.time)
+    created_at: float
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    result: StoredResult | None = None
 
     def view(self) -> JobView:
-        steps = self.steps or self.parameters.num_inference_steps
         return JobView(
             id=self.id,
             status=self.status,
-            progress=Progress(step=self.step, steps=steps, fraction=round(self.fraction, 4)),
+            progress=Progress(
+                step=self.step,
+                steps=self.steps or self.parameters.num_inference_steps,
+                fraction=round(self.fraction, 4),
+            ),
             eta_s=None if self.eta_s is None else round(self.eta_s, 2),
             queue_position=None if self.status in TERMINAL else self.queue_position,
             created_at=self.created_at,
@@ -106,130 +135,72 @@ class Job:
         )
 
 
+# One stored event: its id (what `Last-Event-ID` names), its name and its data.
+StoredEvent = tuple[str, str, dict[str, Any]]
+
+
 class JobStore(Protocol):
-    """Where jobs live; one process's memory, or Redis for several replicas."""
+    """Where jobs live: this process's memory, or Redis shared by several replicas. A
+    finished job's result and events are kept ``ttl`` seconds, its record twice as long (so
+    its paths say 410, not 404)."""
+
+    ttl: float
 
     async def create(self, job: Job) -> None: ...
     async def get(self, job_id: str) -> Job | None: ...
-    async def owner_of(self, job_id: str) -> str | None: ...
     async def save(self, job: Job) -> None: ...
+    async def save_result(self, job_id: str, result: StoredResult) -> None: ...
+    async def result(self, job_id: str) -> StoredResult | None: ...
     async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None: ...
-    def follow(
-        self, job_id: str, after: int
-    ) -> AsyncIterator[tuple[int, str, dict[str, Any]] | None]: ...
+    def follow(self, job_id: str, after: str | None) -> AsyncIterator[StoredEvent | None]:
+        """Events after ``after`` (from the start when None) up to the terminal one, waiting
+        for new ones; None now and then while nothing happens (a keep-alive)."""
+        ...
 
+    async def hold(self, job_ids: list[str]) -> None:
+        """Take or renew this replica's lease on ``job_ids`` for ``LEASE_S`` seconds."""
+        ...
 
-@dataclass
-class _Entry:
-    job: Job
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    expired: bool = False
+    async def held(self, job_id: str) -> bool: ...
+    async def request_cancel(self, job_id: str) -> None:
+        """Ask whichever replica runs ``job_id`` to cancel it."""
+        ...
 
-
-class MemoryJobStore:
-    """Jobs in this process's memory: nothing to install, one replica.
-
-    A finished job is kept ``ttl`` seconds; then its record and result are dropped and only a
-    tombstone stays (for another ``ttl``), so its paths answer 410 rather than 404."""
-
-    def __init__(self, *, max_jobs: int, ttl: float, clock: Callable[[], float] = time.time):
-        self.max_jobs = max_jobs
-        self.ttl = ttl
-        self.clock = clock
-        self._entries: dict[str, _Entry] = {}
-
-    def _prune(self) -> None:
-        now = self.clock()
-        for job_id, entry in list(self._entries.items()):
-            finished = entry.job.finished_at
-            if finished is None:
-                continue
-            if now - finished > 2 * self.ttl:
-                del self._entries[job_id]
-            elif now - finished > self.ttl and not entry.expired:
-                entry.expired = True
-                entry.job.result = None
-                entry.events.clear()
-
-    async def create(self, job: Job) -> None:
-        self._prune()
-        live = sum(not entry.expired for entry in self._entries.values())
-        if live >= self.max_jobs:
-            raise StoreFull(
-                f"This server holds its limit of {self.max_jobs} jobs; retry when some have "
-                "expired.",
-                retry_after=60,
-            )
-        self._entries[job.id] = _Entry(job)
-
-    async def get(self, job_id: str) -> Job | None:
-        self._prune()
-        entry = self._entries.get(job_id)
-        if entry is None:
-            return None
-        if entry.expired:
-            raise JobGone(f"Job {job_id} has expired; results are kept for {self.ttl:g} s.")
-        return entry.job
-
-    async def owner_of(self, job_id: str) -> str | None:
-        entry = self._entries.get(job_id)
-        return None if entry is None else entry.job.owner
-
-    async def save(self, job: Job) -> None:
-        entry = self._entries[job.id]
-        entry.job = job
-        entry.changed.set()
-        entry.changed = asyncio.Event()
-
-    async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
-        entry = self._entries[job_id]
-        entry.events.append((event, data))
-        entry.changed.set()
-        entry.changed = asyncio.Event()
-
-    async def follow(
-        self, job_id: str, after: int
-    ) -> AsyncIterator[tuple[int, str, dict[str, Any]] | None]:
-        """Events numbered after ``after`` (from 1), waiting for new ones until the terminal
-        one; None now and then while nothing happens (a keep-alive)."""
-        position = after
-        while True:
-            entry = self._entries.get(job_id)
-            if entry is None or entry.expired:
-                return
-            while position < len(entry.events):
-                event, data = entry.events[position]
-                position += 1
-                yield position, event, data
-                if event in TERMINAL:
-                    return
-            changed = entry.changed
-            try:
-                await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
-            except TimeoutError:
-                yield None
+    def cancel_requests(self) -> AsyncIterator[str]: ...
 
 
 class Jobs:
     """Submits, runs, cancels and shows this replica's jobs."""
 
-    def __init__(self, store: JobStore, *, timeout: float) -> None:
+    def __init__(self, store: JobStore, *, timeout: float, webhooks: Webhooks) -> None:
         self.store = store
         self.timeout = timeout
+        self.webhooks = webhooks
         self._running: dict[str, tuple[asyncio.Task[None], Ticket, WorkQueue]] = {}
         self._reasons: dict[str, str] = {}
+        self._background: list[asyncio.Task[None]] = []
+
+    def _start_background(self) -> None:
+        """The lease keeper and the listener for cancels sent to other replicas, started
+        with this replica's first job (they need the running event loop)."""
+        if not self._background:
+            self._background = [
+                asyncio.create_task(self._keep_leases()),
+                asyncio.create_task(self._listen_for_cancels()),
+            ]
 
     async def submit(
         self,
         queue: WorkQueue,
+        ticket: Ticket,
         owner: str,
         batch: list[GenerationParameters],
         *,
         webhook: str | None,
         encode: Callable[[Generated], Response],
     ) -> Job:
-        ticket = queue.admit(batch, previews=True)
+        """Store and start the job of an admitted ``ticket``."""
+        self._start_background()
         job = Job(
             id=uuid.uuid4().hex,
             owner=owner,
@@ -238,30 +209,44 @@ class Jobs:
             webhook=webhook,
             queue_position=queue.position(ticket),
             eta_s=queue.eta_s(ticket),
+            created_at=time.time(),
         )
         try:
+            await self.store.hold([job.id])
             await self.store.create(job)
+            await self.store.publish(job.id, "queued", {"queue_position": job.queue_position})
         except BaseException:
             queue.discard(ticket)
             raise
-        await self.store.publish(job.id, "queued", {"queue_position": job.queue_position})
         task = asyncio.create_task(self._run(job, queue, ticket, encode))
         self._running[job.id] = (task, ticket, queue)
         return job
 
     async def find(self, owner: str, job_id: str) -> Job:
         """The job, as ``owner`` may see it: another key's job is not found."""
-        if await self.store.owner_of(job_id) not in (owner,):
-            raise JobNotFound(f"There is no job {job_id}.")
         job = await self.store.get(job_id)
-        if job is None:
+        if job is None or job.owner != owner:
             raise JobNotFound(f"There is no job {job_id}.")
         running = self._running.get(job_id)
         if running is not None:
             _, ticket, queue = running
             job.queue_position = queue.position(ticket)
             job.eta_s = queue.eta_s(ticket)
+        elif job.status not in TERMINAL and not await self.store.held(job_id):
+            await self._end(job, "failed", LOST)
+        if job.finished_at is not None and time.time() - job.finished_at > self.store.ttl:
+            raise JobGone(f"Job {job_id} has expired; results are kept {self.store.ttl:g} s.")
         return job
+
+    async def result(self, owner: str, job_id: str) -> Response:
+        job = await self.find(owner, job_id)
+        result = await self.store.result(job_id) if job.status == "succeeded" else None
+        if result is None:
+            why = f" ({job.error})" if job.error else ""
+            raise JobConflict(
+                f"Job {job.id} is {job.status}{why}; its result exists once it has succeeded."
+            )
+        return result.response()
 
     async def cancel(self, owner: str, job_id: str, reason: str = "cancelled by its client") -> Job:
         job = await self.find(owner, job_id)
@@ -269,12 +254,17 @@ class Jobs:
             raise JobConflict(f"Job {job_id} has already {job.status}; there is nothing to cancel.")
         running = self._running.get(job_id)
         if running is not None:
-            task = running[0]
             self._reasons[job_id] = reason
-            task.cancel()
+            running[0].cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        return await self.find(owner, job_id)
+                await running[0]
+            return await self.find(owner, job_id)
+        await self.store.request_cancel(job_id)
+        deadline = time.monotonic() + REMOTE_CANCEL_WAIT_S
+        while job.status not in TERMINAL and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            job = await self.find(owner, job_id)
+        return job
 
     async def shut_down(self) -> None:
         """End every job of this replica: cancelled work, ``failed`` with reason shutdown."""
@@ -284,6 +274,40 @@ class Jobs:
         await asyncio.gather(
             *(task for task, _, _ in self._running.values()), return_exceptions=True
         )
+        for task in self._background:
+            task.cancel()
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_S)
+            if self._running:
+                try:
+                    await self.store.hold(list(self._running))
+                except ServiceError:
+                    logger.warning("could not renew the leases of %d jobs", len(self._running))
+
+    async def _listen_for_cancels(self) -> None:
+        while True:
+            try:
+                async for job_id in self.store.cancel_requests():
+                    running = self._running.get(job_id)
+                    if running is not None:
+                        self._reasons[job_id] = "cancelled by its client"
+                        running[0].cancel()
+            except ServiceError:
+                await asyncio.sleep(1)  # the store is away; listen again when it is back
+
+    async def _end(self, job: Job, status: JobStatus, error: str | None) -> None:
+        job.status, job.finished_at, job.eta_s, job.error = status, time.time(), None, error
+        await self.store.save(job)
+        terminal: dict[str, Any] = {"status": status}
+        if error is not None:
+            terminal["error"] = error
+        await self.store.publish(job.id, status, terminal)
+        if job.webhook:
+            self.webhooks.notify(
+                job.webhook, {**job.view().model_dump(include=NOTIFIED), "links": links(job.id)}
+            )
 
     async def _run(
         self, job: Job, queue: WorkQueue, ticket: Ticket, encode: Callable[[Generated], Response]
@@ -300,40 +324,38 @@ class Jobs:
                 "step": job.step,
                 "steps": job.steps,
                 "fraction": round(job.fraction, 4),
-                "eta_s": None if job.eta_s is None else round(job.eta_s, 2),
+                "eta_s": job.view().eta_s,
             }
             if ticket.preview is not None:
                 data["preview"] = ticket.preview
             await self.store.publish(job.id, "progress", data)
 
         status: JobStatus
+        error: str | None = None
         try:
             async with asyncio.timeout(self.timeout - (time.time() - job.created_at)):
                 generated = await queue.run(ticket, on_step)
-            job.result = StoredResult.of(encode(generated))
-            status, job.error = "succeeded", None
+            await self.store.save_result(job.id, StoredResult.of(encode(generated)))
+            status = "succeeded"
             job.step, job.fraction = ticket.steps, 1.0
         except asyncio.CancelledError:
             reason = self._reasons.pop(job.id, "cancelled")
-            status = "failed" if reason == "shutdown" else "cancelled"
-            job.error = reason
+            status, error = ("failed" if reason == "shutdown" else "cancelled"), reason
         except TimeoutError:
             status = "failed"
-            job.error = TimedOut(
-                f"The job took longer than {self.timeout:g} s; it was cancelled."
-            ).message
-        except Cancelled as error:
-            status, job.error = "cancelled", error.message
-        except ServiceError as error:
-            status, job.error = "failed", error.message
+            error = f"The job took longer than {self.timeout:g} s; it was cancelled."
+        except Cancelled as cancelled:
+            status, error = "cancelled", cancelled.message
+        except ServiceError as failure:
+            status, error = "failed", failure.message
         except Exception:
             logger.exception("job %s failed", job.id)
-            status, job.error = "failed", "Image generation failed; the server log has the details."
+            status, error = "failed", "Image generation failed; the server log has the details."
         finally:
             self._running.pop(job.id, None)
-        job.status, job.finished_at, job.eta_s = status, time.time(), None
-        await self.store.save(job)
-        terminal: dict[str, Any] = {"status": status}
-        if job.error is not None:
-            terminal["error"] = job.error
-        await self.store.publish(job.id, status, terminal)
+        try:
+            await self._end(job, status, error)
+        except ServiceError:
+            # The store is away: the job is not reported ended; its lease lapses and any
+            # replica that looks at it then ends it failed.
+            logger.error("could not record the end of job %s (%s)", job.id, status)

@@ -38,7 +38,9 @@ RATE_WEIGHT = 0.3
 
 
 @cache
-def queue_metrics() -> tuple[prometheus_client.Gauge, prometheus_client.Gauge]:
+def queue_metrics() -> tuple[
+    prometheus_client.Gauge, prometheus_client.Gauge, prometheus_client.Gauge
+]:
     # Created on first use, after BentoML has set up prometheus_client's multiprocess mode.
     depth = prometheus_client.Gauge(
         "imagegen_queue_depth",
@@ -50,7 +52,13 @@ def queue_metrics() -> tuple[prometheus_client.Gauge, prometheus_client.Gauge]:
         "Work admitted and not yet done, in megapixel-steps.",
         multiprocess_mode="livesum",
     )
-    return depth, queued
+    wait = prometheus_client.Gauge(
+        "imagegen_estimated_wait_seconds",
+        "Estimated seconds until the admitted work is done (queued work x measured seconds "
+        "per unit): what the autoscaler scales on.",
+        multiprocess_mode="livemax",
+    )
+    return depth, queued, wait
 
 
 @dataclass(eq=False)
@@ -98,8 +106,8 @@ class WorkQueue:
         self.seconds_per_work: float | None = None  # unknown until a step has been timed
         self._tickets: dict[str, Ticket] = {}  # in order of arrival
 
-    def admit(self, batch: list[GenerationParameters], previews: bool = False) -> Ticket:
-        """A ticket for ``batch``, or the error that refuses it."""
+    def check_budget(self, batch: list[GenerationParameters]) -> None:
+        """Refuse ``batch`` with 400 if it asks for more work than one request may."""
         asked = work(batch)
         if asked > self.max_request_work:
             first = batch[0]
@@ -111,6 +119,11 @@ class WorkQueue:
                 f"settings, `num_inference_steps` up to {self._steps_within_budget(batch)} "
                 f"fits)."
             )
+
+    def admit(self, batch: list[GenerationParameters], previews: bool = False) -> Ticket:
+        """A ticket for ``batch``, or the error that refuses it: over the budget, or a wait
+        past the bound."""
+        self.check_budget(batch)
         wait = self.wait_s()
         if wait > self.max_wait_s:
             retry_after = math.ceil(wait - self.max_wait_s) + 1
@@ -124,7 +137,7 @@ class WorkQueue:
                 WorkItem(id=uuid.uuid4().hex, parameters=parameters, preview=previews and k == 0)
                 for k, parameters in enumerate(batch)
             ],
-            work=asked,
+            work=work(batch),
         )
         self._tickets[ticket.id] = ticket
         self._report()
@@ -229,8 +242,10 @@ class WorkQueue:
         sample = (at - previous) / call_work
         rate = self.seconds_per_work
         self.seconds_per_work = sample if rate is None else rate + RATE_WEIGHT * (sample - rate)
+        self._report()
 
     def _report(self) -> None:
-        depth, queued = queue_metrics()
+        depth, queued, wait = queue_metrics()
         depth.set(self.depth)
         queued.set(sum(ticket.remaining_work for ticket in self._tickets.values()))
+        wait.set(self.wait_s())

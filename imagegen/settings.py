@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         "in megapixel-steps, such as `600/minute`; charged when a generation is admitted. "
         "Unset means no limit.",
     )
+    redis_url: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="Redis for state shared by replicas: jobs (any replica answers for any "
+        "job), cancels, and the rate limits when `rate_limit_storage` is left `memory://`. "
+        "Unset: jobs live in this process.",
+    )
     job_ttl: int = Field(
         3600,
         ge=1,
@@ -146,6 +153,12 @@ class Settings(BaseSettings):
         "`memory://` (this process), or `redis://host:port/db` to share them across workers "
         "and replicas.",
     )
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_hosts.strip() and not self.webhook_secret:
+            raise ValueError("`webhook_secret` must be set when `webhook_hosts` is")
+        return self
 
     @property
     def warmup_shapes(self) -> list[tuple[int, int]]:

@@ -25,6 +25,14 @@ logger = logging.getLogger(__name__)
 TIMEOUT_GRACE_S = 5
 
 
+def rate_limit_storage(settings: Settings) -> str:
+    """The rate limits' windows live in the replicas' Redis when there is one and no other
+    storage is named."""
+    if settings.redis_url and settings.rate_limit_storage == "memory://":
+        return settings.redis_url
+    return settings.rate_limit_storage
+
+
 def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
     """Outermost first. BentoML runs its metrics and tracing outside these, its own timeout and
     concurrency limit (looser, a backstop) outside too, and CORS inside them (so preflights
@@ -54,9 +62,7 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
     if settings.rate_limit:
         stack.append(
             Middleware(
-                RateLimitMiddleware,
-                rate=settings.rate_limit,
-                storage=settings.rate_limit_storage,
+                RateLimitMiddleware, rate=settings.rate_limit, storage=rate_limit_storage(settings)
             )
         )
     stack += [

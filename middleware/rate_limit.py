@@ -6,7 +6,7 @@ may spend two windows' worth around a boundary). Over it, 429 with ``Retry-After
 window resets.
 ``storage`` is a `limits` storage URL: ``memory://`` keeps the windows in this process and
 drops each one when it expires; ``redis://host:port`` shares them across workers and replicas
-(it needs ``pip install "limits[async-redis]"``). Public paths are never limited.
+(through the ``redis`` client). Public paths are never limited.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 import time
 
 from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
@@ -34,21 +35,34 @@ def parse_rate(rate: str) -> RateLimitItem:
     return limit
 
 
+def limits_storage(url: str) -> Storage:
+    """The asyncio flavour of a `limits` storage, so a Redis round trip never blocks the loop;
+    Redis through the ``redis`` client (limits would pick ``coredis``)."""
+    options = {"implementation": "redispy"} if url.startswith("redis") else {}
+    storage = storage_from_string(f"async+{url}", **options)
+    assert isinstance(storage, Storage)
+    return storage
+
+
+def client_bucket(scope: Scope) -> str:
+    """Whom a request is counted against: its API key, or its address without auth."""
+    key_id = scope.get("state", {}).get("api_key_id")
+    client = scope.get("client")
+    return f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"
+
+
 class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, *, rate: str, storage: str = "memory://") -> None:
         self.app = app
         self.rate = rate
         self.limit = parse_rate(rate)
-        # The asyncio flavour of the storage, so a Redis round trip never blocks the loop.
-        self.limiter = FixedWindowRateLimiter(storage_from_string(f"async+{storage}"))
+        self.limiter = FixedWindowRateLimiter(limits_storage(storage))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope):
             await self.app(scope, receive, send)
             return
-        key_id = scope.get("state", {}).get("api_key_id")
-        client = scope.get("client")
-        bucket = f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"
+        bucket = client_bucket(scope)
         if await self.limiter.hit(self.limit, bucket):
             await self.app(scope, receive, send)
             return

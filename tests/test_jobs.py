@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from imagegen.work_limit import RateLimited, WorkRateLimit
 from tests.conftest import OTHER_AUTH
 
 # Long enough on two CPU cores (about 3 s with sd-tiny) to be cancelled while it runs.
@@ -182,3 +184,18 @@ def test_a_bad_job_field_is_a_400_naming_it(client: TestClient) -> None:
 def test_models_shows_the_work_budget(client: TestClient) -> None:
     (model,) = client.get("/models").json()
     assert model["max_request_work"] == 16.0  # the CPU default
+
+
+def test_the_work_rate_limit_charges_by_megapixel_steps() -> None:
+    async def scenario() -> None:
+        limit = WorkRateLimit("1/minute", "memory://")
+        await limit.charge("key:a", 0.6)
+        await limit.charge("key:b", 0.6)  # each client has its own window
+        with pytest.raises(RateLimited) as refused:
+            await limit.charge("key:a", 0.6)
+        assert refused.value.status_code == 429
+        assert int(refused.value.headers["Retry-After"]) >= 1
+        assert "0.60 megapixel-steps would pass the work limit of 1/minute" in refused.value.message
+        assert "(0.40 left in this window)" in refused.value.message
+
+    asyncio.run(scenario())

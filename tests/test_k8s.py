@@ -114,3 +114,22 @@ def test_the_validator_catches_a_broken_deployment(breakage: Any) -> None:
     breakage(deployment)
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_replicas_share_the_in_cluster_redis(name: str) -> None:
+    deployment, service = yaml.safe_load_all((MANIFESTS / "redis.yaml").read_text())
+    port = service["spec"]["ports"][0]["port"]
+    url = env(load(name))["IMAGEGEN_REDIS_URL"]
+    assert url == f"redis://{service['metadata']['name']}:{port}/0"
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def test_the_autoscaler_scales_on_the_queue_metric_the_adapter_serves() -> None:
+    [metric] = load("hpa.yaml")["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    assert name == "imagegen_estimated_wait_seconds"  # exported by imagegen/queue.py
+    rules = yaml.safe_load(load("prometheus-adapter-rules.yaml")["data"]["config.yaml"])
+    assert [rule["name"]["as"] for rule in rules["rules"]] == [name]
+    target = float(metric["pods"]["target"]["averageValue"])
+    assert target < Settings().max_queue_wait_s  # scale out before pods start shedding

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from imagegen.errors import Overloaded, TooMuchWork
-from imagegen.gateway import Gateway
+from imagegen.gateway import Gateway, job_store
 from imagegen.loading import LoadedModel
 from imagegen.queue import WorkQueue
 from imagegen.remote import GeneratorClient
@@ -148,7 +148,8 @@ class LoadedGenerator:
 
 def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: LoadedModel) -> None:
     async def scenario() -> None:
-        gateway = Gateway(LoadedGenerator(tiny_model.info), Settings(max_queue_wait_s=1))
+        settings = Settings(max_queue_wait_s=1)
+        gateway = Gateway(LoadedGenerator(tiny_model.info), settings, job_store(settings))
         assert await gateway.ready()
         q = await gateway.queue()
         q.seconds_per_work = 1.0 / UNIT

@@ -1,0 +1,110 @@
+"""The embedded job store: this process's memory. Nothing to install; one replica."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .jobs import TERMINAL, Job, StoredEvent, StoredResult, StoreFull
+
+KEEPALIVE_S = 15.0
+
+
+@dataclass
+class _Entry:
+    job: Job
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    result: StoredResult | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def touch(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class MemoryJobStore:
+    def __init__(self, *, max_jobs: int, ttl: float, clock: Callable[[], float] = time.time):
+        self.max_jobs = max_jobs
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[str, _Entry] = {}
+
+    def _prune(self) -> int:
+        """Drop what has expired; the number of jobs still counted against ``max_jobs``."""
+        now, live = self.clock(), 0
+        for job_id, entry in list(self._entries.items()):
+            finished = entry.job.finished_at
+            if finished is not None and now - finished > 2 * self.ttl:
+                del self._entries[job_id]
+            elif finished is not None and now - finished > self.ttl:
+                entry.result, entry.events = None, []
+            else:
+                live += 1
+        return live
+
+    async def create(self, job: Job) -> None:
+        if self._prune() >= self.max_jobs:
+            raise StoreFull(
+                f"This server holds its limit of {self.max_jobs} jobs; retry when some have "
+                "expired.",
+                retry_after=60,
+            )
+        self._entries[job.id] = _Entry(job.model_copy())
+
+    async def get(self, job_id: str) -> Job | None:
+        self._prune()
+        entry = self._entries.get(job_id)
+        return None if entry is None else entry.job.model_copy()
+
+    async def save(self, job: Job) -> None:
+        entry = self._entries[job.id]
+        entry.job = job.model_copy()
+        entry.touch()
+
+    async def save_result(self, job_id: str, result: StoredResult) -> None:
+        self._entries[job_id].result = result
+
+    async def result(self, job_id: str) -> StoredResult | None:
+        entry = self._entries.get(job_id)
+        return None if entry is None else entry.result
+
+    async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        entry = self._entries[job_id]
+        entry.events.append((event, data))
+        entry.touch()
+
+    async def follow(self, job_id: str, after: str | None) -> AsyncIterator[StoredEvent | None]:
+        """Event ids count from 1; a malformed ``after`` replays from the start."""
+        position = int(after) if after and after.isdigit() else 0
+        while True:
+            entry = self._entries.get(job_id)
+            if entry is None:
+                return
+            while position < len(entry.events):
+                event, data = entry.events[position]
+                position += 1
+                yield str(position), event, data
+                if event in TERMINAL:
+                    return
+            try:
+                await asyncio.wait_for(entry.changed.wait(), KEEPALIVE_S)
+            except TimeoutError:
+                yield None
+
+    # One process runs every job it holds: a lease cannot lapse while it lives, and a
+    # cancel never needs to reach another replica.
+    async def hold(self, job_ids: list[str]) -> None:
+        pass
+
+    async def held(self, job_id: str) -> bool:
+        return True
+
+    async def request_cancel(self, job_id: str) -> None:
+        pass
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        await asyncio.Event().wait()  # none ever come
+        yield ""

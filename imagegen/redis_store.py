@@ -1,0 +1,176 @@
+"""The shared job store: Redis (``IMAGEGEN_REDIS_URL``), so any replica answers for any job.
+
+Keys, under ``imagegen:``: ``job:{id}`` (the record, JSON), ``result:{id}`` (the encoded
+answer), ``events:{id}`` (a Redis stream: its entry ids are the SSE event ids, so
+`Last-Event-ID` resumes on any replica), ``lease:{id}`` (held by the replica running the job,
+renewed every few seconds), the sorted set ``jobs`` (ids by expiry, for the job cap) and the
+channel ``cancel`` (a `DELETE` sent to one replica reaches the one running the job). Every
+key expires: a finished job's result and events after ``ttl``, its record after twice that.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio
+
+from .jobs import LEASE_S, TERMINAL, Job, StoredEvent, StoredResult, StoreFull, StoreUnavailable
+
+PREFIX = "imagegen:"
+KEEPALIVE_MS = 15_000
+# An unfinished job's keys outlive any job (IMAGEGEN_TIMEOUT); a looker ends it first.
+UNFINISHED_S = 86_400
+MAX_EVENTS = 10_000  # per job: 150 steps x 8 images is far below
+STREAM_ID = re.compile(r"^\d+-\d+$")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def where(url: str) -> str:
+    """``url`` without its credentials, for messages."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+def reachable(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Redis unreachable (or failing) is a 503 with `Retry-After` for the job paths."""
+
+    @functools.wraps(method)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except redis.RedisError as error:
+            raise StoreUnavailable("The job store is unreachable; retry later.") from error
+
+    return guarded
+
+
+class RedisJobStore:
+    def __init__(self, client: redis.asyncio.Redis, *, max_jobs: int, ttl: float) -> None:
+        self.client = client
+        self.max_jobs = max_jobs
+        self.ttl = ttl
+
+    @classmethod
+    def connect(cls, url: str, *, max_jobs: int, ttl: float) -> RedisJobStore:
+        """A store on ``url``, which must answer now: start-up fails with a clear message
+        otherwise (the URL's credentials are never shown)."""
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
+        except redis.RedisError as error:
+            raise RuntimeError(
+                f"IMAGEGEN_REDIS_URL: Redis at {where(url)} does not answer ({error}); "
+                "start it or correct the URL."
+            ) from None
+        # The socket timeout outlasts a blocking read of the event stream.
+        client = redis.asyncio.Redis.from_url(
+            url, socket_connect_timeout=3, socket_timeout=2 * KEEPALIVE_MS / 1000
+        )
+        return cls(client, max_jobs=max_jobs, ttl=ttl)
+
+    def _expiry(self, job: Job) -> float:
+        if job.finished_at is None:
+            return time.time() + UNFINISHED_S
+        return job.finished_at + self.ttl
+
+    @reachable
+    async def create(self, job: Job) -> None:
+        jobs = PREFIX + "jobs"
+        await self.client.zremrangebyscore(jobs, "-inf", time.time())
+        if await self.client.zcard(jobs) >= self.max_jobs:
+            raise StoreFull(
+                f"This service holds its limit of {self.max_jobs} jobs; retry when some have "
+                "expired.",
+                retry_after=60,
+            )
+        await self.client.zadd(jobs, {job.id: self._expiry(job)})
+        await self._write(job)
+
+    async def _write(self, job: Job) -> None:
+        expiry = self._expiry(job)
+        keep = math.ceil(expiry + self.ttl - time.time())  # the record: twice the result
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{PREFIX}job:{job.id}", job.model_dump_json(), ex=max(keep, 1))
+            pipe.expire(f"{PREFIX}events:{job.id}", max(math.ceil(expiry - time.time()), 1))
+            pipe.zadd(PREFIX + "jobs", {job.id: expiry}, xx=True)
+            await pipe.execute()
+
+    @reachable
+    async def get(self, job_id: str) -> Job | None:
+        stored = await self.client.get(f"{PREFIX}job:{job_id}")
+        return None if stored is None else Job.model_validate_json(stored)
+
+    @reachable
+    async def save(self, job: Job) -> None:
+        await self._write(job)
+
+    @reachable
+    async def save_result(self, job_id: str, result: StoredResult) -> None:
+        key = f"{PREFIX}result:{job_id}"
+        await self.client.set(key, result.model_dump_json(), ex=math.ceil(self.ttl))
+
+    @reachable
+    async def result(self, job_id: str) -> StoredResult | None:
+        stored = await self.client.get(f"{PREFIX}result:{job_id}")
+        return None if stored is None else StoredResult.model_validate_json(stored)
+
+    @reachable
+    async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        key = f"{PREFIX}events:{job_id}"
+        fields = {"event": event, "data": json.dumps(data)}
+        await self.client.xadd(key, fields, maxlen=MAX_EVENTS, approximate=True)  # type: ignore[arg-type]
+
+    async def follow(self, job_id: str, after: str | None) -> AsyncIterator[StoredEvent | None]:
+        """Event ids are the stream's entry ids; a malformed ``after`` replays from the
+        start."""
+        last = after if after and STREAM_ID.match(after) else "0-0"
+        key = f"{PREFIX}events:{job_id}"
+        while True:
+            try:
+                # [[key, [(entry id, {field: value})...]]], or empty after the block
+                answer: Any = await self.client.xread({key: last}, count=100, block=KEEPALIVE_MS)
+            except redis.RedisError as error:
+                raise StoreUnavailable("The job store is unreachable; retry later.") from error
+            if not answer:
+                yield None
+                continue
+            for entry_id, fields in answer[0][1]:
+                last = entry_id.decode()
+                event = fields[b"event"].decode()
+                yield last, event, json.loads(fields[b"data"])
+                if event in TERMINAL:
+                    return
+
+    @reachable
+    async def hold(self, job_ids: list[str]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.set(f"{PREFIX}lease:{job_id}", "1", px=int(LEASE_S * 1000))
+            await pipe.execute()
+
+    @reachable
+    async def held(self, job_id: str) -> bool:
+        return bool(await self.client.exists(f"{PREFIX}lease:{job_id}"))
+
+    @reachable
+    async def request_cancel(self, job_id: str) -> None:
+        await self.client.publish(PREFIX + "cancel", job_id)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        try:
+            async with self.client.pubsub() as pubsub:
+                await pubsub.subscribe(PREFIX + "cancel")
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        yield message["data"].decode()
+        except redis.RedisError as error:
+            raise StoreUnavailable("The job store is unreachable.") from error

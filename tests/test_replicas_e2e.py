@@ -1,0 +1,160 @@
+"""Two `bentoml serve` replicas sharing a real Redis: any replica answers for any job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness.servers import REPO, Redis, Server, bentoml_serve, redis_server, stop
+from tests.conftest import AUTH, OTHER_AUTH
+from tests.test_jobs_e2e import LONG, cancelled_images, wait_until_cancelled
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    with redis_server(tmp_path_factory.mktemp("redis") / "redis.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    redis: Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    logs = tmp_path_factory.mktemp("replicas")
+    settings = {"redis_url": redis.url, "warmup": "false"}
+    with (
+        bentoml_serve(logs / "a.log", **settings) as a,
+        bentoml_serve(logs / "b.log", **settings) as b,
+    ):
+        yield a, b
+
+
+def progress_steps(server: Server, job_id: str, headers: dict[str, str]) -> list[int]:
+    steps, event = [], ""
+    with httpx.stream(
+        "GET", f"{server.url}/jobs/{job_id}/events", headers=headers, timeout=60
+    ) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "progress":
+                steps.append(json.loads(line.removeprefix("data: "))["step"])
+    assert event == "succeeded"
+    return steps
+
+
+def test_a_job_submitted_on_one_replica_is_followed_and_fetched_on_the_other(
+    replicas: tuple[Server, Server],
+) -> None:
+    a, b = replicas
+    body = {"prompt": "a cat", "num_inference_steps": 4, "scheduler": "euler", "seed": 5}
+    job_id = httpx.post(f"{a.url}/jobs", json=body, headers=AUTH).json()["id"]
+    assert progress_steps(b, job_id, AUTH) == [0, 1, 2, 3, 4]
+    status = httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()
+    assert status["status"] == "succeeded"
+    result = httpx.get(f"{b.url}/jobs/{job_id}/result", headers=AUTH)
+    assert result.status_code == 200 and result.headers["x-seed"] == "5"
+    # Resuming on the first replica after the second's event ids
+    resumed = httpx.get(
+        f"{a.url}/jobs/{job_id}/events", headers={**AUTH, "Last-Event-ID": "0-0"}
+    ).text
+    assert resumed.count("event: progress") == 5
+    assert httpx.get(f"{b.url}/jobs/{job_id}", headers=OTHER_AUTH).status_code == 404
+
+
+def test_a_cancel_sent_to_one_replica_stops_the_job_running_on_the_other(
+    replicas: tuple[Server, Server],
+) -> None:
+    a, b = replicas
+    before = cancelled_images(a)
+    job_id = httpx.post(f"{a.url}/jobs", json=LONG, headers=AUTH).json()["id"]
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()["progress"]["step"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = httpx.delete(f"{b.url}/jobs/{job_id}", headers=AUTH, timeout=30).json()
+    assert cancelled["status"] == "cancelled"
+    wait_until_cancelled(a, before)  # in replica A's generator service
+
+
+def test_a_job_whose_replica_died_ends_failed_not_running(
+    redis: Redis, replicas: tuple[Server, Server], tmp_path: Path
+) -> None:
+    _, b = replicas
+    settings = {"redis_url": redis.url, "warmup": "false"}
+    with bentoml_serve(tmp_path / "doomed.log", **settings) as doomed:
+        job_id = httpx.post(f"{doomed.url}/jobs", json=LONG, headers=AUTH).json()["id"]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop(doomed, signal.SIGKILL)  # no shutdown: its leases simply stop being renewed
+    deadline = time.monotonic() + 30
+    while (job := httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json())["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert job["status"] == "failed"
+    assert "lease lapsed" in job["error"]
+
+
+def test_an_unreachable_redis_stops_start_up_with_a_clear_message() -> None:
+    result = subprocess.run(
+        ["bentoml", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=REPO,
+        env={**os.environ, "IMAGEGEN_REDIS_URL": "redis://:secret@127.0.0.1:9/0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "IMAGEGEN_REDIS_URL: Redis at redis://127.0.0.1:9/0 does not answer" in output
+    assert "secret" not in output
+
+
+def test_sigterm_ends_a_running_job_failed_with_reason_shutdown(
+    redis: Redis, replicas: tuple[Server, Server], tmp_path: Path
+) -> None:
+    _, b = replicas
+    settings = {"redis_url": redis.url, "warmup": "false"}
+    with bentoml_serve(tmp_path / "stopping.log", **settings) as stopping:
+        job_id = httpx.post(f"{stopping.url}/jobs", json=LONG, headers=AUTH).json()["id"]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop(stopping, signal.SIGTERM)
+        job = httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()
+    assert job["status"] == "failed" and job["error"] == "shutdown"
+
+
+def test_losing_redis_makes_the_job_paths_answer_503_not_wrong(tmp_path: Path) -> None:
+    with (
+        redis_server(tmp_path / "redis.log") as doomed_redis,
+        bentoml_serve(tmp_path / "s.log", redis_url=doomed_redis.url, warmup="false") as server,
+    ):
+        job_id = httpx.post(f"{server.url}/jobs", json={"prompt": "a"}, headers=AUTH).json()["id"]
+        doomed_redis.process.kill()
+        doomed_redis.process.wait()
+        for method, path in [("GET", f"/jobs/{job_id}"), ("POST", "/jobs")]:
+            response = httpx.request(
+                method, f"{server.url}{path}", json={"prompt": "a"}, headers=AUTH, timeout=30
+            )
+            assert response.status_code == 503
+            assert response.json()["error"] == "The job store is unreachable; retry later."
+            assert int(response.headers["retry-after"]) >= 1
+        # Synchronous generation needs no store.
+        image = httpx.post(
+            f"{server.url}/generate/image", json={"prompt": "a"}, headers=AUTH, timeout=60
+        )
+        assert image.status_code == 200
