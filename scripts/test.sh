@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # System packages a fresh Debian lacks: Chromium for the browser tests (Playwright's own browser
 # download is not used), libatomic1 for Playwright's bundled Node.js driver, and a C++ compiler
-# with Python's headers for torch.compile's CPU backend (the compile test).
-system_packages=(chromium libatomic1 g++ python3-dev)
+# with Python's headers for torch.compile's CPU backend (the compile test), and Redis for the
+# tests of replicas sharing state (they start their own redis-server on a free port).
+system_packages=(chromium libatomic1 g++ python3-dev redis-server)
 missing=()
 for package in "${system_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

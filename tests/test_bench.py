@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import batching, gpu, middleware_overhead, serving
+from bench import batching, gpu, jobs, middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -49,3 +49,15 @@ def test_gpu_benchmark_runs_in_its_quick_mode_on_any_device(tmp_path: Path) -> N
     for rows in result["switches"].values():
         assert [(row["steps"], row["batch"]) for row in rows] == [(3, 1), (3, 2)]
         assert all(row["it_per_s"] > 0 and row["s_per_image"] > 0 for row in rows)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_jobs_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "jobs.json"
+    jobs.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["cancel_by_delete"]["p50_ms"] > 0
+    assert result["throughput_8_clients"]["jobs_images_per_s"] > 0
+    assert set(result["status_p50_ms"]) == {"memory", "redis"}
+    assert result["progress"]["preview_ms_per_event"] > 0

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from imagegen.errors import Overloaded, TooMuchWork
 from imagegen.gateway import Gateway, job_store
 from imagegen.loading import LoadedModel
+from imagegen.outcomes import Generation
 from imagegen.queue import WorkQueue
 from imagegen.remote import GeneratorClient
 from imagegen.schemas import GenerationParameters, ModelInfo, WorkItem
@@ -157,5 +159,30 @@ def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: Loade
         assert not await gateway.ready()  # a load balancer stops sending it work
         q.discard(ticket)
         assert await gateway.ready()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_without_a_listener_learns_the_rate_from_its_finished_call() -> None:
+    class Finishing:
+        """Answers every batch with images made in one 2 s call."""
+
+        def generate(self, items: list[WorkItem]) -> list[Generation]:
+            return [
+                Generation(
+                    image=Image.new("RGB", (64, 64)),
+                    parameters=item.parameters,
+                    started=10.0,
+                    finished=12.0,
+                    batch_size=len(items),
+                )
+                for item in items
+            ]
+
+    async def scenario() -> None:
+        q = WorkQueue(GeneratorClient(Finishing()), max_request_work=1.0, max_wait_s=10)
+        await q.run(q.admit([PARAMETERS, PARAMETERS]))
+        assert q.seconds_per_work == pytest.approx(2.0 / (2 * UNIT))
+        assert q.depth == 0
 
     asyncio.run(scenario())
