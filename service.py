@@ -146,8 +146,7 @@ class ImageGeneration:
 
     @routes.get("/models", tags=["Service APIs"])
     async def models(self) -> list[ModelInfo]:
-        """The loaded models, their defaults, the schedulers they accept and their work
-        budget."""
+        """The loaded models: their defaults, schedulers and work budget."""
         return [await self.gateway.model_info()]
 
     @routes.post(

@@ -32,21 +32,32 @@ entry per broken rule."""
 SCHEMAS = "#/components/schemas/"
 # BentoML's own error schemas, replaced by ErrorBody, the shape every error really has.
 BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")
+# FastAPI's 422 schemas: its routes answer schema violations 400 with ErrorBody instead.
+FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
 # What each status means on the generation endpoints; GETs answer only some of them.
 ERROR_STATUSES: dict[int, str] = {
     400: "A field breaks its rule, an unknown field, a scheduler or model the server does not "
-    "have, a prompt longer than the text encoder reads, or malformed JSON.",
+    "have, a prompt longer than the text encoder reads, more work than one request may ask "
+    "for, a webhook the server will not call, or malformed JSON.",
     401: "A missing or wrong API key.",
+    404: "No such job, or another API key's job.",
+    409: "The job has not succeeded (a result), or has already ended (a cancel).",
+    410: "The job's result has expired (`IMAGEGEN_JOB_TTL`).",
     413: "The body is larger than `IMAGEGEN_MAX_BODY_BYTES`.",
     415: "The body is not `application/json`.",
-    429: "Too many requests in flight, or over the rate limit: retry after `Retry-After`.",
+    429: "Too many requests in flight, or over a rate limit: retry after `Retry-After`.",
     500: "The generation failed; the server log has the details, under the request id.",
-    503: "Out of accelerator memory, the model's queue is full, or the model is still loading: "
-    "retry after `Retry-After`.",
-    504: "The request took longer than `IMAGEGEN_TIMEOUT`.",
+    503: "The queue's estimated wait is past its bound, out of accelerator memory, the job store "
+    "is full or unreachable, or the model is still loading: retry after `Retry-After`.",
+    504: "The request took longer than `IMAGEGEN_TIMEOUT`; its generation was cancelled.",
 }
+POST_ERROR_STATUSES = (400, 401, 413, 415, 429, 500, 503, 504)
 GET_ERROR_STATUSES = (401, 429, 500, 504)
+JOB_ERROR_STATUSES = {
+    "get": (401, 404, 410, 429, 500, 503, 504),
+    "delete": (401, 404, 409, 410, 429, 500, 503, 504),
+}
 
 # Assets are served by BentoML under /static_content.
 SWAGGER_PAGE = """<!DOCTYPE html>
@@ -101,27 +112,37 @@ def error_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
+def error_statuses(path: str, method: str) -> tuple[int, ...] | None:
+    """The error statuses an operation can answer; None for BentoML's own routes."""
+    if method == "post":
+        return POST_ERROR_STATUSES
+    if path == "/models":
+        return GET_ERROR_STATUSES
+    if path.startswith("/jobs/"):
+        statuses = JOB_ERROR_STATUSES[method]
+        return tuple(sorted({*statuses, 409})) if path.endswith("/result") else statuses
+    return None
+
+
 def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
     """BentoML's spec with this service's title, version, error answers and schema names."""
     document = renamed_schemas(document)
     document["info"] = {"title": "imagegen", "description": API_DESCRIPTION, "version": __version__}
     document.pop("servers", None)  # BentoML's "." reads as a server named "."; none means this one
     schemas = document["components"]["schemas"]
-    for name in (*BENTOML_ERROR_SCHEMAS, "TaskStatusResponse"):
+    for name in (*BENTOML_ERROR_SCHEMAS, *FASTAPI_ERROR_SCHEMAS, "TaskStatusResponse"):
         schemas.pop(name, None)
     error_schema = ErrorBody.model_json_schema(ref_template=SCHEMAS + "{model}")
     schemas.update(error_schema.pop("$defs"), ErrorBody=error_schema)
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            if method == "post":
-                answered: tuple[int, ...] = tuple(ERROR_STATUSES)
-            elif path == "/models":
-                answered = GET_ERROR_STATUSES
-            else:
+            answered = error_statuses(path, method)
+            if answered is None:
                 continue  # BentoML's probes and metrics, documented as BentoML has them
             statuses = tuple(status for status in answered if auth or status != 401)
-            # Swagger shows summaries as plain text, so without markdown's backticks.
-            summary = operation["description"].split(".")[0].strip()
+            # Swagger shows summaries as plain text, so without markdown's backticks; the
+            # first sentence ends at a full stop followed by a space (not `links.events`).
+            summary = " ".join(operation["description"].split()).split(". ")[0].rstrip(".")
             operation["summary"] = summary.replace("`", "")
             kept = {k: v for k, v in operation["responses"].items() if int(k) < 400}
             operation["responses"] = {**kept, **error_responses(statuses)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +26,14 @@ class _Entry:
 
 
 class MemoryJobStore:
-    def __init__(self, *, max_jobs: int, ttl: float, clock: Callable[[], float] = time.time):
+    def __init__(self, *, max_jobs: int, ttl: float) -> None:
         self.max_jobs = max_jobs
         self.ttl = ttl
-        self.clock = clock
         self._entries: dict[str, _Entry] = {}
 
     def _prune(self) -> int:
         """Drop what has expired; the number of jobs still counted against ``max_jobs``."""
-        now, live = self.clock(), 0
+        now, live = time.time(), 0
         for job_id, entry in list(self._entries.items()):
             finished = entry.job.finished_at
             if finished is not None and now - finished > 2 * self.ttl:

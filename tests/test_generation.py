@@ -15,6 +15,7 @@ from imagegen.generation import PipelineRunner, plan_calls
 from imagegen.loading import LoadedModel
 from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve
+from imagegen.progress import Tracker
 from imagegen.schedulers import SCHEDULER_NAMES
 from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest, WorkItem
 
@@ -285,3 +286,61 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_alone(
     assert isinstance(error, InvalidField) and error.status_code == 400
     assert error.field == field
     assert f"`{field}` must be at most 77 tokens for sd-tiny" in error.message
+
+
+class CancellingAtStep(Tracker):
+    """A tracker that cancels ``victims`` when the pipeline reports ``step``, as a client's
+    cancel arriving mid-call would; it records every step event."""
+
+    def __init__(self, victims: set[str], step: int = 1) -> None:
+        super().__init__()
+        self.victims, self.at_step = victims, step
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, events: Any) -> None:
+        events = list(events)
+        self.events += events
+        if any(event.get("step") == self.at_step for event in events):
+            self.cancel(self.victims)
+        super().publish(events)
+
+
+def test_an_image_cancelled_mid_call_is_cancelled_and_its_partner_finishes_unchanged(
+    tiny_model: LoadedModel,
+) -> None:
+    batch = work_items(
+        [
+            parameters(PipelineRunner(tiny_model), seed=seed, num_inference_steps=6)
+            for seed in (1, 2)
+        ]
+    )
+    untouched = PipelineRunner(tiny_model, max_batch_size=8).generate_batch(batch)
+    tracker = CancellingAtStep({batch[0].id})
+    cancelled, finished = PipelineRunner(tiny_model, 8, tracker).generate_batch(batch)
+    assert isinstance(cancelled, Failure) and cancelled.error == "Cancelled"
+    assert isinstance(finished, Generation) and isinstance(untouched[1], Generation)
+    assert finished.image.tobytes() == untouched[1].image.tobytes()
+
+
+def test_a_call_whose_images_are_all_cancelled_stops_at_the_next_step(
+    tiny_model: LoadedModel,
+) -> None:
+    batch = work_items([parameters(PipelineRunner(tiny_model), seed=3, num_inference_steps=20)])
+    tracker = CancellingAtStep({batch[0].id}, step=2)
+    (outcome,) = PipelineRunner(tiny_model, 8, tracker).generate_batch(batch)
+    assert isinstance(outcome, Failure) and outcome.error == "Cancelled"
+    steps = [event["step"] for event in tracker.events if "step" in event]
+    assert max(steps) == 2  # cancelled at step 2; no step after it ran
+
+
+def test_a_cancelled_image_that_has_not_started_never_runs(
+    tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = PipelineRunner(tiny_model, max_batch_size=8)
+    batch = work_items([parameters(runner, seed=4), parameters(runner, seed=5)])
+    runner.tracker.cancel([item.id for item in batch])
+    calls: list[Any] = []
+    monkeypatch.setattr(runner, "_call", lambda *args: calls.append(args))
+    outcomes = runner.generate_batch(batch)
+    assert [o.error for o in outcomes if isinstance(o, Failure)] == ["Cancelled", "Cancelled"]
+    assert calls == []

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from harness.servers import REPO, Server
+from harness.servers import REPO, Server, bentoml_serve
 from tests.conftest import API_KEY, AUTH
 
 pytestmark = pytest.mark.e2e
@@ -127,3 +128,32 @@ def test_ctrl_c_in_the_command_line_client_cancels_its_job(server: Server) -> No
     assert client.wait(timeout=30) == 130
     assert b": cancelled" in shown + client.stderr.read()
     wait_until_cancelled(server, before)
+
+
+@pytest.fixture(scope="module")
+def bounded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that lets no request wait more than an estimated second."""
+    log = tmp_path_factory.mktemp("bounded") / "bentoml-serve.log"
+    with bentoml_serve(log, max_queue_wait_s="1", warmup="false") as running:
+        yield running
+
+
+def test_a_small_request_behind_a_big_one_gets_a_prompt_503_and_readiness_says_so(
+    bounded_server: Server,
+) -> None:
+    with httpx.Client(base_url=bounded_server.url, headers=AUTH, timeout=60) as client:
+        job_id = client.post("/jobs", json=LONG).json()["id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/jobs/{job_id}").json()["progress"]["step"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shed = client.post("/generate/image", json={"prompt": "a", "num_inference_steps": 1})
+        assert shed.status_code == 503
+        assert "of work, over this server's bound of 1 s" in shed.json()["error"]
+        assert int(shed.headers["retry-after"]) >= 1
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/livez").status_code == 200
+        client.delete(f"/jobs/{job_id}")
+        assert client.get("/readyz").status_code == 200
+        small = client.post("/generate/image", json={"prompt": "a", "num_inference_steps": 1})
+        assert small.status_code == 200

@@ -1,0 +1,91 @@
+"""The job store's contract, run against both backends: the embedded one and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_client
+
+from harness.servers import Redis, redis_server
+from imagegen.jobs import Job, JobGone, JobNotFound, Jobs, JobStore, StoredResult, StoreFull
+from imagegen.memory_store import MemoryJobStore
+from imagegen.redis_store import RedisJobStore
+from imagegen.webhooks import Webhooks
+from tests.conftest import PARAMETERS
+
+TTL = 1.0
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    with redis_server(tmp_path_factory.mktemp("store-redis") / "redis.log") as running:
+        yield running
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    def make(max_jobs: int) -> JobStore:
+        if request.param == "memory":
+            return MemoryJobStore(max_jobs=max_jobs, ttl=TTL)
+        url: str = request.getfixturevalue("redis").url
+        redis_client.Redis.from_url(url).flushdb()  # each test starts from an empty store
+        return RedisJobStore.connect(url, max_jobs=max_jobs, ttl=TTL)
+
+    return make
+
+
+def job(job_id: str, owner: str = "key") -> Job:
+    return Job(id=job_id, owner=owner, parameters=PARAMETERS, num_images=1, created_at=time.time())
+
+
+def test_records_events_and_results_round_trip(make_store: Any) -> None:
+    async def scenario() -> None:
+        store = make_store(10)
+        await store.create(job("a"))
+        await store.publish("a", "queued", {"queue_position": 0})
+        await store.publish("a", "progress", {"step": 1})
+        await store.publish("a", "succeeded", {"status": "succeeded"})
+        await store.save_result(
+            "a", StoredResult(body=b"\x89PNG", media_type="image/png", headers={})
+        )
+        followed = [item async for item in store.follow("a", None) if item is not None]
+        assert [event for _, event, _ in followed] == ["queued", "progress", "succeeded"]
+        after_first = [item async for item in store.follow("a", followed[0][0]) if item]
+        assert after_first == followed[1:]
+        assert (await store.result("a")).body == b"\x89PNG"
+        assert (await store.get("a")).owner == "key"
+        assert await store.get("missing") is None
+
+    asyncio.run(scenario())
+
+
+def test_the_cap_expiry_and_the_gone_window(make_store: Any) -> None:
+    async def scenario() -> None:
+        store = make_store(2)
+        jobs = Jobs(store, timeout=60, webhooks=Webhooks("", ""))
+        first = job("first")
+        await store.create(first)
+        await store.create(job("second"))
+        with pytest.raises(StoreFull) as full:
+            await store.create(job("third"))
+        assert full.value.status_code == 503 and int(full.value.headers["Retry-After"]) > 0
+        first.status, first.finished_at = "succeeded", time.time()
+        await store.save(first)
+        assert (await jobs.find("key", "first")).status == "succeeded"
+        with pytest.raises(JobNotFound):
+            await jobs.find("another key", "first")  # another key's job does not exist
+        await asyncio.sleep(TTL + 0.3)
+        with pytest.raises(JobGone) as gone:
+            await jobs.find("key", "first")
+        assert gone.value.status_code == 410
+        await store.create(job("third"))  # the expired job no longer counts
+        await asyncio.sleep(TTL + 1.2)  # the record itself is kept twice the TTL
+        with pytest.raises(JobNotFound):
+            await jobs.find("key", "first")
+
+    asyncio.run(scenario())
