@@ -11,8 +11,11 @@ from .errors import ServiceError
 from .jobs import Jobs
 
 
-def frame(event_id: str, event: str, data: dict[str, Any]) -> str:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+def frame(event_id: str | None, event: str, data: dict[str, Any]) -> str:
+    """One event; without an id (an error that ends the stream) the client's
+    `Last-Event-ID` stays the last real event's."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 async def event_stream(
@@ -32,4 +35,4 @@ async def event_stream(
                 data = {key: value for key, value in data.items() if key != "preview"}
             yield frame(event_id, event, data)
     except ServiceError as error:  # expired, or the store went away: the stream ends
-        yield frame("", "error", {"error": error.message})
+        yield frame(None, "error", {"error": error.message})

@@ -262,7 +262,7 @@ class Jobs:
         await self.store.request_cancel(job_id)
         deadline = time.monotonic() + REMOTE_CANCEL_WAIT_S
         while job.status not in TERMINAL and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
             job = await self.find(owner, job_id)
         return job
 

@@ -105,5 +105,5 @@ class MemoryJobStore:
         pass
 
     async def cancel_requests(self) -> AsyncIterator[str]:
-        await asyncio.Event().wait()  # none ever come
-        yield ""
+        await asyncio.Event().wait()  # none ever come: this waits for ever
+        yield ""  # never reached; makes this an async generator like Redis's
