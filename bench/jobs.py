@@ -80,7 +80,9 @@ def cancel_latency(server: Server, rounds: int, by: str) -> dict[str, float]:
                 waiting = threading.Thread(target=hang_up_after_1s, args=(server, hang_up))
                 waiting.start()
                 time.sleep(0.5)
-                next_id = client.post("/jobs", json=SMALL).json()["id"]
+                submitted = client.post("/jobs", json=SMALL)
+                assert submitted.status_code == 202, submitted.text
+                next_id = submitted.json()["id"]
                 hang_up.wait(30)
                 sent = time.time()
                 waiting.join()

@@ -50,9 +50,21 @@ def test_without_a_measured_rate_nothing_waits_and_no_eta_is_guessed() -> None:
     assert q.wait_s() == 0 and q.eta_s(first) is None and not q.full
 
 
+def test_each_size_has_its_own_rate_and_unknown_sizes_borrow_the_nearest() -> None:
+    q = queue()
+    large = PARAMETERS.model_copy(update={"width": 256, "height": 256})
+    q.record_rate(PARAMETERS, 1.2)
+    q.record_rate(large, 0.3)
+    assert q.seconds_per_work(PARAMETERS) == 1.2 and q.seconds_per_work(large) == 0.3
+    larger = PARAMETERS.model_copy(update={"width": 512, "height": 512})
+    assert q.seconds_per_work(larger) == 0.3
+    q.record_rate(large, 0.4)  # weighted towards the newest measurement
+    assert q.seconds_per_work(large) == pytest.approx(0.3 + 0.3 * 0.1)
+
+
 def test_positions_and_etas_follow_the_work_ahead() -> None:
     q = queue()
-    q.seconds_per_work = 10.0
+    q.record_rate(PARAMETERS, 10.0)
     first, second = q.admit([PARAMETERS]), q.admit([PARAMETERS] * 2)
     assert (q.position(first), q.position(second)) == (0, 1)
     assert q.eta_s(first) == pytest.approx(10 * UNIT)
@@ -63,7 +75,7 @@ def test_positions_and_etas_follow_the_work_ahead() -> None:
 
 def test_a_request_that_would_wait_past_the_bound_is_a_503_with_the_estimate() -> None:
     q = queue(max_wait_s=1.0)
-    q.seconds_per_work = 1.0 / UNIT  # one image: one second
+    q.record_rate(PARAMETERS, 1.0 / UNIT)  # one image: one second
     q.admit([PARAMETERS] * 2)  # admitted: nothing ahead
     assert q.full  # two seconds queued: readiness turns 503
     with pytest.raises(Overloaded) as shed:
@@ -117,7 +129,7 @@ def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> 
         await asyncio.wait_for(started.wait(), 5)
         assert ticket.step == 2 and ticket.fraction == 1.0
         # 0.5 s per step of a call of two images of (parameters' work / 2 steps) each
-        assert q.seconds_per_work == pytest.approx(0.5 / image_work(parameters))
+        assert q.seconds_per_work(parameters) == pytest.approx(0.5 / image_work(parameters))
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
@@ -154,7 +166,7 @@ def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: Loade
         gateway = Gateway(LoadedGenerator(tiny_model.info), settings, job_store(settings))
         assert await gateway.ready()
         q = await gateway.queue()
-        q.seconds_per_work = 1.0 / UNIT
+        q.record_rate(PARAMETERS, 1.0 / UNIT)
         ticket = q.admit([PARAMETERS] * 2)
         assert not await gateway.ready()  # a load balancer stops sending it work
         q.discard(ticket)
@@ -163,26 +175,27 @@ def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: Loade
     asyncio.run(scenario())
 
 
+class Finishing:
+    """Answers every batch with images made in one 2 s call."""
+
+    def generate(self, items: list[WorkItem]) -> list[Generation]:
+        return [
+            Generation(
+                image=Image.new("RGB", (64, 64)),
+                parameters=item.parameters,
+                started=10.0,
+                finished=12.0,
+                batch_size=len(items),
+            )
+            for item in items
+        ]
+
+
 def test_a_request_without_a_listener_learns_the_rate_from_its_finished_call() -> None:
-    class Finishing:
-        """Answers every batch with images made in one 2 s call."""
-
-        def generate(self, items: list[WorkItem]) -> list[Generation]:
-            return [
-                Generation(
-                    image=Image.new("RGB", (64, 64)),
-                    parameters=item.parameters,
-                    started=10.0,
-                    finished=12.0,
-                    batch_size=len(items),
-                )
-                for item in items
-            ]
-
     async def scenario() -> None:
         q = WorkQueue(GeneratorClient(Finishing()), max_request_work=1.0, max_wait_s=10)
         await q.run(q.admit([PARAMETERS, PARAMETERS]))
-        assert q.seconds_per_work == pytest.approx(2.0 / (2 * UNIT))
+        assert q.seconds_per_work(PARAMETERS) == pytest.approx(2.0 / (2 * UNIT))
         assert q.depth == 0
 
     asyncio.run(scenario())
