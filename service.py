@@ -19,6 +19,7 @@ from imagegen.gateway import Gateway, job_store, owner
 from imagegen.logs import configure_logging
 from imagegen.outcomes import Failure, Generation
 from imagegen.parameters import resolve, series
+from imagegen.progress import CONNECTED
 from imagegen.schemas import (
     ImageRequest,
     ImagesRequest,
@@ -88,10 +89,11 @@ class Generator:
         self.runner.tracker.cancel(ids)
 
     @bentoml.api
-    async def watch(self, ids: list[str]) -> AsyncGenerator[str, None]:
-        """The step events of these items as they happen, one JSON object per line, until
-        each has ended."""
-        async for event in self.runner.tracker.watch(ids):
+    async def events(self) -> AsyncGenerator[str, None]:
+        """Every reported step event as it happens, one JSON object per line, for as long as
+        the caller listens; a first line says the stream is open."""
+        yield json.dumps(CONNECTED) + "\n"
+        async for event in self.runner.tracker.stream():
             yield json.dumps(event) + "\n"
 
     @bentoml.api

@@ -6,7 +6,8 @@
 2. the cost of progress: a pipeline call with the step callback and event publishing (to a
    watcher on an event loop, as in the generator service) against one without (in-process,
    256x256, 20 steps; median of paired ratios), and the preview's cost per event;
-3. jobs against synchronous requests: images/s with 8 clients each;
+3. jobs against synchronous requests: images/s with 8 clients each, for small and medium
+   images (medians of three alternated rounds);
 4. the job store: `GET /jobs/{id}` p50, embedded store against Redis.
 
     python -m bench.jobs [--quick] [--json PATH]
@@ -34,6 +35,7 @@ from harness.servers import Server, bentoml_serve, redis_server
 # About 3 s on two CPU cores: long enough to cancel mid-way.
 LONG = {"prompt": "a long one", "width": 256, "height": 256, "num_inference_steps": 100}
 SMALL = {"prompt": "a small one", "width": 64, "height": 64, "num_inference_steps": 4}
+MEDIUM = {"prompt": "a medium one", "width": 256, "height": 256, "num_inference_steps": 20}
 
 
 def wait_for(client: httpx.Client, job_id: str, done: Any) -> dict[str, Any]:
@@ -115,10 +117,10 @@ def progress_cost(repeats: int) -> dict[str, float]:
     runner = PipelineRunner(load_model(ensure_embedded()))
     request = ImageRequest(prompt="a cat", width=256, height=256, num_inference_steps=20, seed=1)
     parameters = resolve(request, runner.model.info)
-    item = WorkItem(id="bench", parameters=parameters, preview=False)
+    item = WorkItem(id="bench", parameters=parameters, report=True)
 
     async def consume() -> None:  # a watcher on an event loop, as the generator service has
-        async for _ in runner.tracker.watch([item.id]):
+        async for _ in runner.tracker.stream():
             pass
 
     threading.Thread(target=asyncio.run, args=(consume(),), daemon=True).start()
@@ -152,7 +154,9 @@ def progress_cost(repeats: int) -> dict[str, float]:
     }
 
 
-def images_per_s(server: Server, clients: int, rounds: int, jobs: bool) -> float:
+def images_per_s(
+    server: Server, clients: int, rounds: int, jobs: bool, body: dict[str, Any] = SMALL
+) -> float:
     """Images made per second by ``clients`` clients, each making ``rounds`` requests, by
     synchronous requests or by jobs (submit, follow the event stream to its end, fetch)."""
 
@@ -160,9 +164,9 @@ def images_per_s(server: Server, clients: int, rounds: int, jobs: bool) -> float
         with httpx.Client(base_url=server.url, timeout=120) as client:
             for _ in range(rounds):
                 if not jobs:
-                    client.post("/generate/image", json=SMALL).raise_for_status()
+                    client.post("/generate/image", json=body).raise_for_status()
                     continue
-                job_id = client.post("/jobs", json=SMALL).json()["id"]
+                job_id = client.post("/jobs", json=body).json()["id"]
                 with client.stream("GET", f"/jobs/{job_id}/events") as events:
                     for _line in events.iter_lines():
                         pass
@@ -193,13 +197,19 @@ def measure(quick: bool, workdir: Path) -> dict[str, Any]:
         result["cancel_by_delete"] = cancel_latency(server, cancels, "delete")
         result["cancel_by_disconnect"] = cancel_latency(server, cancels, "disconnect")
         images_per_s(server, 8, 1, jobs=False)  # warm-up, and the batcher learns
-        sync = images_per_s(server, 8, rounds, jobs=False)
-        via_jobs = images_per_s(server, 8, rounds, jobs=True)
-        result["throughput_8_clients"] = {
-            "sync_images_per_s": round(sync, 2),
-            "jobs_images_per_s": round(via_jobs, 2),
-            "jobs_over_sync": round(via_jobs / sync, 3),
-        }
+        result["throughput_8_clients"] = {}
+        # Small images show the per-request cost (three requests and an event stream per
+        # job against one request); medium ones, a generation that dominates it.
+        for name, body, size_rounds in [("64x64x4", SMALL, rounds), ("256x256x20", MEDIUM, 3)]:
+            sync, via_jobs = [], []
+            for _ in range(1 if quick else 3):  # alternated: the machine's load drifts
+                sync.append(images_per_s(server, 8, size_rounds, jobs=False, body=body))
+                via_jobs.append(images_per_s(server, 8, size_rounds, jobs=True, body=body))
+            result["throughput_8_clients"][name] = {
+                "sync_images_per_s": round(statistics.median(sync), 2),
+                "jobs_images_per_s": round(statistics.median(via_jobs), 2),
+                "jobs_over_sync": round(statistics.median(via_jobs) / statistics.median(sync), 3),
+            }
         result["status_p50_ms"] = {"memory": status_p50_ms(server, statuses)}
     with (
         redis_server(workdir / "redis.log") as redis,
@@ -218,11 +228,11 @@ def table(result: dict[str, Any]) -> str:
         row = result[f"cancel_by_{by}"]
         steps = f", {row['p50_steps']} steps (max {row['max_steps']})" if "p50_steps" in row else ""
         lines.append(f"cancel by {by}: p50 {row['p50_ms']} ms, max {row['max_ms']} ms{steps}")
-    t = result["throughput_8_clients"]
-    lines.append(
-        f"8 clients: sync {t['sync_images_per_s']} img/s, jobs {t['jobs_images_per_s']} img/s "
-        f"({t['jobs_over_sync']}x)"
-    )
+    for name, t in result["throughput_8_clients"].items():
+        lines.append(
+            f"8 clients, {name}: sync {t['sync_images_per_s']} img/s, jobs "
+            f"{t['jobs_images_per_s']} img/s ({t['jobs_over_sync']}x)"
+        )
     s = result["status_p50_ms"]
     lines.append(f"GET /jobs/{{id}} p50: memory {s['memory']} ms, redis {s['redis']} ms")
     p = result["progress"]

@@ -77,14 +77,14 @@ class Gateway:
         return self._queue
 
     async def admit(
-        self, scope: Scope, batch: list[GenerationParameters], previews: bool = False
+        self, scope: Scope, batch: list[GenerationParameters], reported: bool = False
     ) -> tuple[WorkQueue, Ticket]:
         """Admission by work: the per-request budget, the work rate limit, the wait bound."""
         queue = await self.queue()
         queue.check_budget(batch)
         if self.work_limit is not None:
             await self.work_limit.charge(client_bucket(scope), work(batch))
-        return queue, queue.admit(batch, previews)
+        return queue, queue.admit(batch, reported)
 
     async def generate(self, batch: list[GenerationParameters]) -> Generated:
         """A synchronous request's images, cancelled when its client leaves or its time is
@@ -98,7 +98,7 @@ class Gateway:
             self.webhooks.check(body.webhook)
         first = resolve(body, await self.model_info(), count=body.num_images)
         batch = series(first, body.num_images)
-        queue, ticket = await self.admit(request.scope, batch, previews=True)
+        queue, ticket = await self.admit(request.scope, batch, reported=True)
         fmt, quality, single = body.output_format, body.quality, body.num_images == 1
 
         def encode(generated: Generated) -> Response:

@@ -115,14 +115,17 @@ class StepWatch:
     def __init__(self, tracker: Tracker, items: list[WorkItem]) -> None:
         self.tracker = tracker
         self.items = items
+        self.reported = any(item.report for item in items)
 
     def begin(self) -> None:
         """Step 0: the call has started."""
-        self.tracker.publish(self._events(0, None, None))
+        if self.reported:
+            self.tracker.publish(self._events(0, None, None))
 
     def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
-        steps = getattr(pipe, "num_timesteps", None)
-        self.tracker.publish(self._events(step + 1, steps, tensors.get("latents")))
+        if self.reported:
+            steps = getattr(pipe, "num_timesteps", None)
+            self.tracker.publish(self._events(step + 1, steps, tensors.get("latents")))
         if all(self.tracker.is_cancelled(item.id) for item in self.items):
             raise Interrupted()
         return tensors
@@ -141,6 +144,7 @@ class StepWatch:
                 ),
             }
             for index, item in enumerate(self.items)
+            if item.report
         ]
 
 
@@ -173,8 +177,7 @@ class PipelineRunner:
     def generate_batch(self, batch: Sequence[WorkItem]) -> list[Generation | Failure]:
         """One outcome per item, in order. Items that share a :func:`batch_key` run as one
         pipeline call (up to ``max_batch_size``); a failed call fails only its own items. An
-        item cancelled before its call starts never runs; each item's watchers hear that it
-        ended, whatever its outcome."""
+        item cancelled before its call starts never runs."""
         outcomes: dict[int, Generation | Failure] = {}
         for index, item in enumerate(batch):
             try:
@@ -199,7 +202,6 @@ class PipelineRunner:
             except (OutOfMemory, GenerationFailed, Cancelled) as error:
                 made = [Failure.of(error)] * len(group)
             outcomes.update(zip(indices, made, strict=True))
-        self.tracker.publish({"id": item.id, "ended": True} for item in batch)
         answered = [outcomes[index] for index in range(len(batch))]
         cancelled = sum(isinstance(o, Failure) and o.error == "Cancelled" for o in answered)
         if cancelled:

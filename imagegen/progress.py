@@ -1,8 +1,9 @@
 """The generator service's side of progress and cancellation, by work-item id.
 
-The pipeline thread publishes a step event per image after every denoising step and reads the
-cancelled set before and during each call; the public service cancels ids and watches their
-steps through the generator service's async APIs, which answer at once while a call runs.
+The pipeline thread publishes a step event after every denoising step for each image that
+asked to be reported (a job's), and reads the cancelled set before and during each call; the
+public service cancels ids and follows every reported step over one long-lived stream, through
+the generator service's async APIs, which answer at once while a call runs.
 Everything here is thread-safe: the pipeline thread writes, the event loop reads.
 """
 
@@ -16,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Event = dict[str, Any]
+# The first line of the generator service's event stream, so a follower knows it is open.
+CONNECTED: Event = {"connected": True}
 # A cancel may arrive before its item does (still queued in the batcher); it is kept this long.
 FORGET_CANCELLED_S = 3600.0
 
 
 @dataclass(eq=False)
 class _Watcher:
-    ids: frozenset[str]
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 
@@ -47,26 +49,21 @@ class Tracker:
         return id_ in self._cancelled
 
     def publish(self, events: Iterable[Event]) -> None:
-        """From any thread: hand each event to the watchers of its id."""
+        """From any thread: hand each event to every watcher."""
         with self._lock:
             watchers = list(self._watchers)
         for event in events:
             for watcher in watchers:
-                if event["id"] in watcher.ids:
-                    watcher.loop.call_soon_threadsafe(watcher.queue.put_nowait, event)
+                watcher.loop.call_soon_threadsafe(watcher.queue.put_nowait, event)
 
-    async def watch(self, ids: Iterable[str]) -> AsyncIterator[Event]:
-        """The events of ``ids`` from now on, until each has ended (or the watcher leaves)."""
-        watcher = _Watcher(frozenset(ids), asyncio.get_running_loop())
+    async def stream(self) -> AsyncIterator[Event]:
+        """Every event from now on, for as long as the watcher listens."""
+        watcher = _Watcher(asyncio.get_running_loop())
         with self._lock:
             self._watchers.add(watcher)
-        open_ids = set(watcher.ids)
         try:
-            while open_ids:
-                event = await watcher.queue.get()
-                if event.get("ended"):
-                    open_ids.discard(event["id"])
-                yield event
+            while True:
+                yield await watcher.queue.get()
         finally:
             with self._lock:
                 self._watchers.discard(watcher)

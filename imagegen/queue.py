@@ -16,6 +16,7 @@ images are cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Weight of the newest step in the running estimate of seconds per unit of work.
 RATE_WEIGHT = 0.3
+CONNECT_WAIT_S = 5.0  # how long a job waits for the event stream to open before it runs
+RECONNECT_S = 1.0
 
 
 @cache
@@ -113,6 +116,9 @@ class WorkQueue:
         # sd-tiny on two cores: 1.58 s per unit at 64x64, 0.29 at 256x256).
         self._rates: dict[int, float] = {}
         self._tickets: dict[str, Ticket] = {}  # in order of arrival
+        self._listeners: dict[str, tuple[Ticket, Listener]] = {}  # by item id
+        self._follower: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
 
     def check_budget(self, batch: list[GenerationParameters]) -> None:
         """Refuse ``batch`` with 400 if it asks for more work than one request may."""
@@ -128,9 +134,10 @@ class WorkQueue:
                 f"fits)."
             )
 
-    def admit(self, batch: list[GenerationParameters], previews: bool = False) -> Ticket:
+    def admit(self, batch: list[GenerationParameters], reported: bool = False) -> Ticket:
         """A ticket for ``batch``, or the error that refuses it: over the budget, or a wait
-        past the bound."""
+        past the bound. A ``reported`` ticket's images publish their steps (the first with a
+        preview)."""
         self.check_budget(batch)
         wait = self.wait_s()
         if wait > self.max_wait_s:
@@ -142,7 +149,12 @@ class WorkQueue:
             )
         ticket = Ticket(
             items=[
-                WorkItem(id=uuid.uuid4().hex, parameters=parameters, preview=previews and k == 0)
+                WorkItem(
+                    id=uuid.uuid4().hex,
+                    parameters=parameters,
+                    report=reported,
+                    preview=reported and k == 0,
+                )
                 for k, parameters in enumerate(batch)
             ],
             work=work(batch),
@@ -218,14 +230,17 @@ class WorkQueue:
         return self.wait_s() > self.max_wait_s
 
     async def run(self, ticket: Ticket, listener: Listener | None = None) -> Generated:
-        """Generate ``ticket``'s images; cancelling the awaiting task cancels them. Their step
-        events are followed only for a ``listener``: the stream is a second request to the
-        generator service, which a synchronous request should not pay for (about 10 ms on
-        two cores); its finished generation teaches the rate instead."""
-        following = asyncio.create_task(self._follow(ticket, listener)) if listener else None
+        """Generate ``ticket``'s images; cancelling the awaiting task cancels them. With a
+        ``listener`` (a job), its images' step events reach it; without, its finished
+        generation teaches the rate."""
+        if listener is not None:
+            await self._following()
+            self._listeners.update(
+                dict.fromkeys((item.id for item in ticket.items), (ticket, listener))
+            )
         try:
             generated = await self.client.generate(ticket.items)
-            if following is None:
+            if listener is None:
                 self._learn(generated)
             return generated
         except asyncio.CancelledError:
@@ -234,8 +249,8 @@ class WorkQueue:
             await asyncio.shield(self._cancel(ticket))
             raise
         finally:
-            if following is not None:
-                following.cancel()
+            for item in ticket.items:
+                self._listeners.pop(item.id, None)
             self.discard(ticket)
 
     async def _cancel(self, ticket: Ticket) -> None:
@@ -246,19 +261,33 @@ class WorkQueue:
                 "could not cancel %d images in the generator service", len(ticket.items)
             )
 
-    async def _follow(self, ticket: Ticket, listener: Listener) -> None:
-        """Step events into ``ticket``, the rate estimate and ``listener``. Progress is a
-        report: losing the stream never fails the generation."""
-        try:
-            async for event in self.client.watch([item.id for item in ticket.items]):
-                if event.get("ended"):
-                    continue
-                self._observe(ticket, event)
-                await listener(ticket, event)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.warning("lost the progress of %s", ticket.id, exc_info=True)
+    async def _following(self) -> None:
+        """Start following the generator service's event stream, once, and wait (briefly)
+        until it is open, so a job's first steps are not missed."""
+        if self._follower is None or self._follower.done():
+            self._connected = asyncio.Event()
+            self._follower = asyncio.create_task(self._follow())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), CONNECT_WAIT_S)
+
+    async def _follow(self) -> None:
+        """One stream of every reported step, for all of this replica's jobs: a request per
+        job to the generator service would cost each about 10 ms on two cores. Progress is a
+        report: a lost stream is reopened, and never fails a generation."""
+        while True:
+            try:
+                async for event in self.client.events():
+                    if event.get("connected"):
+                        self._connected.set()
+                        continue
+                    following = self._listeners.get(event["id"])
+                    if following is not None:
+                        ticket, listener = following
+                        self._observe(ticket, event)
+                        await listener(ticket, event)
+            except Exception:
+                logger.warning("lost the generator service's event stream", exc_info=True)
+            await asyncio.sleep(RECONNECT_S)
 
     def _observe(self, ticket: Ticket, event: Event) -> None:
         id_, step, at = event["id"], event["step"], event["at"]

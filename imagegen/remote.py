@@ -108,10 +108,10 @@ class GeneratorClient:
         else:
             await self._generator.cancel(ids)
 
-    async def watch(self, ids: list[str]) -> AsyncIterator[Event]:
-        """The step events of ``ids``. The stream arrives in chunks that need not end on a
-        line, so lines are reassembled here."""
-        stream = (self._generator.to_async if self._remote else self._generator).watch(ids)
+    async def events(self) -> AsyncIterator[Event]:
+        """The generator service's step events, from one long-lived stream. It arrives in
+        chunks that need not end on a line, so lines are reassembled here."""
+        stream = (self._generator.to_async if self._remote else self._generator).events()
         pending = ""
         async for chunk in stream:
             pending += chunk

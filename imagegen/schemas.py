@@ -158,7 +158,8 @@ class WorkItem(BaseModel):
 
     id: str
     parameters: GenerationParameters
-    preview: bool = Field(False, description="Send a preview image with each progress event.")
+    report: bool = Field(False, description="Publish a step event after every denoising step.")
+    preview: bool = Field(False, description="Add a preview image to its step events.")
 
 
 class EncodedImage(BaseModel):

@@ -58,6 +58,7 @@ def test_jobs_benchmark_runs(tmp_path: Path) -> None:
     jobs.main(["--quick", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["cancel_by_delete"]["p50_ms"] > 0
-    assert result["throughput_8_clients"]["jobs_images_per_s"] > 0
+    for size in result["throughput_8_clients"].values():
+        assert size["jobs_images_per_s"] > 0 and size["sync_images_per_s"] > 0
     assert set(result["status_p50_ms"]) == {"memory", "redis"}
     assert result["progress"]["preview_ms_per_event"] > 0

@@ -25,8 +25,8 @@ def parameters(runner: PipelineRunner, **fields: Any) -> GenerationParameters:
     return resolve(request, runner.model.info)
 
 
-def work_items(batch: list[GenerationParameters]) -> list[WorkItem]:
-    return [WorkItem(id=f"item-{k}", parameters=p) for k, p in enumerate(batch)]
+def work_items(batch: list[GenerationParameters], report: bool = False) -> list[WorkItem]:
+    return [WorkItem(id=f"item-{k}", parameters=p, report=report) for k, p in enumerate(batch)]
 
 
 def pixels(runner: PipelineRunner, **fields: Any) -> np.ndarray:
@@ -312,7 +312,8 @@ def test_an_image_cancelled_mid_call_is_cancelled_and_its_partner_finishes_uncha
         [
             parameters(PipelineRunner(tiny_model), seed=seed, num_inference_steps=6)
             for seed in (1, 2)
-        ]
+        ],
+        report=True,
     )
     untouched = PipelineRunner(tiny_model, max_batch_size=8).generate_batch(batch)
     tracker = CancellingAtStep({batch[0].id})
@@ -325,7 +326,9 @@ def test_an_image_cancelled_mid_call_is_cancelled_and_its_partner_finishes_uncha
 def test_a_call_whose_images_are_all_cancelled_stops_at_the_next_step(
     tiny_model: LoadedModel,
 ) -> None:
-    batch = work_items([parameters(PipelineRunner(tiny_model), seed=3, num_inference_steps=20)])
+    batch = work_items(
+        [parameters(PipelineRunner(tiny_model), seed=3, num_inference_steps=20)], report=True
+    )
     tracker = CancellingAtStep({batch[0].id}, step=2)
     (outcome,) = PipelineRunner(tiny_model, 8, tracker).generate_batch(batch)
     assert isinstance(outcome, Failure) and outcome.error == "Cancelled"

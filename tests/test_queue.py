@@ -90,6 +90,8 @@ class SteppingGenerator:
 
     def __init__(self) -> None:
         self.cancelled: list[str] = []
+        self.ids: list[str] = []
+        self.running = asyncio.Event()
 
     def generate(self, items: list[WorkItem]) -> list[Any]:
         raise NotImplementedError  # replaced per test
@@ -97,13 +99,16 @@ class SteppingGenerator:
     async def cancel(self, ids: list[str]) -> None:
         self.cancelled += ids
 
-    async def watch(self, ids: list[str]) -> AsyncIterator[str]:
+    async def events(self) -> AsyncIterator[str]:
+        yield '{"connected": true}\n'
+        await self.running.wait()
         for step in (0, 1, 2):
-            for id_ in ids:
+            for id_ in self.ids:
                 yield (
-                    f'{{"id": "{id_}", "step": {step}, "steps": 2, "images": {len(ids)}, '
+                    f'{{"id": "{id_}", "step": {step}, "steps": 2, "images": {len(self.ids)}, '
                     f'"at": {100 + step * 0.5}, "preview": null}}\n'
                 )
+        await asyncio.sleep(3600)
 
 
 def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> None:
@@ -122,6 +127,8 @@ def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> 
                 started.set()
 
         async def never_ending(items: list[WorkItem]) -> Any:
+            generator.ids = [item.id for item in items]
+            generator.running.set()
             await asyncio.sleep(3600)
 
         q.client.generate = never_ending  # type: ignore[method-assign]
@@ -144,10 +151,11 @@ def test_parameters_of_a_ticket_keep_their_order_and_get_distinct_ids() -> None:
     batch: list[GenerationParameters] = [
         PARAMETERS.model_copy(update={"seed": seed}) for seed in range(3)
     ]
-    ticket = q.admit(batch, previews=True)
+    ticket = q.admit(batch, reported=True)
     assert [item.parameters.seed for item in ticket.items] == [0, 1, 2]
     assert len({item.id for item in ticket.items}) == 3
     assert [item.preview for item in ticket.items] == [True, False, False]
+    assert all(item.report for item in ticket.items)
 
 
 class LoadedGenerator:
