@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,19 @@ def cancelled_images(server: Server) -> float:
     metrics = httpx.get(f"{server.url}/metrics").text
     found = re.findall(r"^imagegen_cancelled_images_total\{[^}]*\} (\S+)$", metrics, re.M)
     return sum(float(value) for value in found)
+
+
+def job_when(server: Server, job_id: str, ready: Callable[[dict[str, Any]], bool]) -> Any:
+    """The job as ``server`` shows it, once ``ready`` holds (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while not ready(job := httpx.get(f"{server.url}/jobs/{job_id}", headers=AUTH).json()):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def stepped(steps: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda job: job["progress"]["step"] >= steps
 
 
 def wait_until_cancelled(server: Server, before: float, images: int = 1) -> None:
@@ -81,10 +94,7 @@ def test_deleting_a_running_job_stops_it_in_the_generator_service(server: Server
     before = cancelled_images(server)
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
         job_id = client.post("/jobs", json=LONG).json()["id"]
-        deadline = time.monotonic() + 30
-        while client.get(f"/jobs/{job_id}").json()["progress"]["step"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job_when(server, job_id, stepped(2))
         job = client.delete(f"/jobs/{job_id}").json()
         assert job["status"] == "cancelled"
         wait_until_cancelled(server, before)
@@ -143,10 +153,7 @@ def test_a_small_request_behind_a_big_one_gets_a_prompt_503_and_readiness_says_s
 ) -> None:
     with httpx.Client(base_url=bounded_server.url, headers=AUTH, timeout=60) as client:
         job_id = client.post("/jobs", json=LONG).json()["id"]
-        deadline = time.monotonic() + 30
-        while client.get(f"/jobs/{job_id}").json()["progress"]["step"] < 3:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job_when(bounded_server, job_id, stepped(3))
         shed = client.post("/generate/image", json={"prompt": "a", "num_inference_steps": 1})
         assert shed.status_code == 503
         assert "of work, over this server's bound of 1 s" in shed.json()["error"]

@@ -6,16 +6,16 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from harness.servers import REPO, Redis, Server, bentoml_serve, redis_server, stop
 from tests.conftest import AUTH, OTHER_AUTH
-from tests.test_jobs_e2e import LONG, cancelled_images, wait_until_cancelled
+from tests.test_jobs_e2e import LONG, cancelled_images, job_when, stepped, wait_until_cancelled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,6 +37,10 @@ def replicas(
         bentoml_serve(logs / "b.log", **settings) as b,
     ):
         yield a, b
+
+
+def running(job: dict[str, Any]) -> bool:
+    return bool(job["status"] == "running")
 
 
 def progress_steps(server: Server, job_id: str, headers: dict[str, str]) -> list[int]:
@@ -78,10 +82,7 @@ def test_a_cancel_sent_to_one_replica_stops_the_job_running_on_the_other(
     a, b = replicas
     before = cancelled_images(a)
     job_id = httpx.post(f"{a.url}/jobs", json=LONG, headers=AUTH).json()["id"]
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()["progress"]["step"] < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    job_when(b, job_id, stepped(2))
     cancelled = httpx.delete(f"{b.url}/jobs/{job_id}", headers=AUTH, timeout=30).json()
     assert cancelled["status"] == "cancelled"
     wait_until_cancelled(a, before)  # in replica A's generator service
@@ -94,15 +95,9 @@ def test_a_job_whose_replica_died_ends_failed_not_running(
     settings = {"redis_url": redis.url, "warmup": "false"}
     with bentoml_serve(tmp_path / "doomed.log", **settings) as doomed:
         job_id = httpx.post(f"{doomed.url}/jobs", json=LONG, headers=AUTH).json()["id"]
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job_when(b, job_id, running)
         stop(doomed, signal.SIGKILL)  # no shutdown: its leases simply stop being renewed
-    deadline = time.monotonic() + 30
-    while (job := httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json())["status"] == "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    job = job_when(b, job_id, lambda job: not running(job))
     assert job["status"] == "failed"
     assert "lease lapsed" in job["error"]
 
@@ -129,10 +124,7 @@ def test_sigterm_ends_a_running_job_failed_with_reason_shutdown(
     settings = {"redis_url": redis.url, "warmup": "false"}
     with bentoml_serve(tmp_path / "stopping.log", **settings) as stopping:
         job_id = httpx.post(f"{stopping.url}/jobs", json=LONG, headers=AUTH).json()["id"]
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job_when(b, job_id, running)
         stop(stopping, signal.SIGTERM)
         job = httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()
     assert job["status"] == "failed" and job["error"] == "shutdown"
