@@ -109,13 +109,32 @@ def own_home(log: Path) -> Path:
     return home
 
 
+def settings_env(settings: dict[str, str]) -> dict[str, str]:
+    return {f"IMAGEGEN_{name.upper()}": value for name, value in settings.items()}
+
+
+def failed_start(**settings: str) -> str:
+    """The output of a ``bentoml serve`` with these settings that must exit by itself, as a
+    bad setting makes it; raises if it exits 0."""
+    result = subprocess.run(
+        ["bentoml", "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=REPO,
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode == 0:
+        raise AssertionError(f"bentoml serve exited 0 with {settings}")
+    return result.stdout + result.stderr
+
+
 def bentoml_serve(
     log: Path, *, ready_path: str = "/readyz", **settings: str
 ) -> AbstractContextManager[Server]:
     """``bentoml serve`` as the README runs it, with ``IMAGEGEN_*`` settings on top, in a
     BentoML home of its own (:func:`own_home`)."""
-    env = {f"IMAGEGEN_{name.upper()}": value for name, value in settings.items()}
-    env["BENTOML_HOME"] = str(own_home(log))
+    env = {**settings_env(settings), "BENTOML_HOME": str(own_home(log))}
     command = ["bentoml", "serve", "--host", "127.0.0.1", "--port", "{port}"]
     return running(command, log, env=env, ready_path=ready_path)
 

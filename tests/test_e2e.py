@@ -5,9 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.servers import REPO, Server, bentoml_serve
+from harness.servers import Server, bentoml_serve, failed_start
 from models.store import ensure_embedded
 from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
 
@@ -302,15 +300,6 @@ def test_readyz_answers_promptly_while_the_model_loads_and_shutdown_is_clean(
 
 def test_an_unknown_model_stops_the_server_listing_the_stored_ones(tmp_path: Path) -> None:
     stored = str(ensure_embedded().tag)
-    result = subprocess.run(
-        ["bentoml", "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
-        env={**os.environ, "IMAGEGEN_MODEL": "sd-missing:v1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = failed_start(model="sd-missing:v1")
     assert "sd-missing:v1" in output
     assert stored in output

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.servers import REPO, Redis, Server, bentoml_serve, redis_server, stop
+from harness.servers import Redis, Server, bentoml_serve, failed_start, redis_server, stop
 from tests.conftest import AUTH, OTHER_AUTH
 from tests.test_jobs_e2e import LONG, cancelled_images, job_when, stepped, wait_until_cancelled
 
@@ -41,6 +39,19 @@ def replicas(
 
 def running(job: dict[str, Any]) -> bool:
     return bool(job["status"] == "running")
+
+
+def stopped_while_running(
+    redis: Redis, watcher: Server, tmp_path: Path, sig: signal.Signals
+) -> str:
+    """The id of a job that a third replica was running, as ``watcher`` saw, when it got
+    ``sig`` (and stopped)."""
+    settings = {"redis_url": redis.url, "warmup": "false"}
+    with bentoml_serve(tmp_path / "third.log", **settings) as third:
+        job_id: str = httpx.post(f"{third.url}/jobs", json=LONG, headers=AUTH).json()["id"]
+        job_when(watcher, job_id, running)
+        stop(third, sig)
+    return job_id
 
 
 def progress_steps(server: Server, job_id: str, headers: dict[str, str]) -> list[int]:
@@ -92,27 +103,15 @@ def test_a_job_whose_replica_died_ends_failed_not_running(
     redis: Redis, replicas: tuple[Server, Server], tmp_path: Path
 ) -> None:
     _, b = replicas
-    settings = {"redis_url": redis.url, "warmup": "false"}
-    with bentoml_serve(tmp_path / "doomed.log", **settings) as doomed:
-        job_id = httpx.post(f"{doomed.url}/jobs", json=LONG, headers=AUTH).json()["id"]
-        job_when(b, job_id, running)
-        stop(doomed, signal.SIGKILL)  # no shutdown: its leases simply stop being renewed
+    # No shutdown: its leases simply stop being renewed.
+    job_id = stopped_while_running(redis, b, tmp_path, signal.SIGKILL)
     job = job_when(b, job_id, lambda job: not running(job))
     assert job["status"] == "failed"
     assert "lease lapsed" in job["error"]
 
 
 def test_an_unreachable_redis_stops_start_up_with_a_clear_message() -> None:
-    result = subprocess.run(
-        ["bentoml", "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
-        env={**os.environ, "IMAGEGEN_REDIS_URL": "redis://:secret@127.0.0.1:9/0"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
+    output = failed_start(redis_url="redis://:secret@127.0.0.1:9/0")
     assert "IMAGEGEN_REDIS_URL: Redis at redis://127.0.0.1:9/0 does not answer" in output
     assert "secret" not in output
 
@@ -121,12 +120,8 @@ def test_sigterm_ends_a_running_job_failed_with_reason_shutdown(
     redis: Redis, replicas: tuple[Server, Server], tmp_path: Path
 ) -> None:
     _, b = replicas
-    settings = {"redis_url": redis.url, "warmup": "false"}
-    with bentoml_serve(tmp_path / "stopping.log", **settings) as stopping:
-        job_id = httpx.post(f"{stopping.url}/jobs", json=LONG, headers=AUTH).json()["id"]
-        job_when(b, job_id, running)
-        stop(stopping, signal.SIGTERM)
-        job = httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()
+    job_id = stopped_while_running(redis, b, tmp_path, signal.SIGTERM)
+    job = httpx.get(f"{b.url}/jobs/{job_id}", headers=AUTH).json()
     assert job["status"] == "failed" and job["error"] == "shutdown"
 
 
