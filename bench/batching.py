@@ -60,7 +60,11 @@ def measure_server(
 ) -> dict[str, dict[str, float]]:
     log = workdir / f"batch-{batch_size}.log"
     with bentoml_serve(
-        log, api_keys="", max_batch_size=str(batch_size), max_concurrency="64"
+        log,
+        api_keys="",
+        model="sd-tiny",
+        max_batch_size=str(batch_size),
+        max_concurrency="64",
     ) as server:
         round_of(server, max(clients), 2)  # warm-up
         return {str(n): round_of(server, n, max(requests // n, 2)) for n in clients}

@@ -112,9 +112,10 @@ def progress_cost(repeats: int) -> dict[str, float]:
     from imagegen.loading import load_model
     from imagegen.parameters import resolve
     from imagegen.schemas import ImageRequest, WorkItem
-    from models.store import ensure_embedded
+    from models.recipes import SD_TINY
+    from models.store import ensure_built
 
-    runner = PipelineRunner(load_model(ensure_embedded()))
+    runner = PipelineRunner(load_model(ensure_built(SD_TINY)))
     request = ImageRequest(prompt="a cat", width=256, height=256, num_inference_steps=20, seed=1)
     parameters = resolve(request, runner.model.info)
     item = WorkItem(id="bench", parameters=parameters, report=True)
@@ -193,7 +194,9 @@ def measure(quick: bool, workdir: Path) -> dict[str, Any]:
     cancels, repeats = (2, 2) if quick else (20, 21)
     rounds, statuses = (2, 20) if quick else (12, 300)
     result: dict[str, Any] = {"quick": quick, "machine": machine()}
-    with bentoml_serve(workdir / "memory.log", api_keys="", max_concurrency="64") as server:
+    with bentoml_serve(
+        workdir / "memory.log", api_keys="", model="sd-tiny", max_concurrency="64"
+    ) as server:
         result["cancel_by_delete"] = cancel_latency(server, cancels, "delete")
         result["cancel_by_disconnect"] = cancel_latency(server, cancels, "disconnect")
         images_per_s(server, 8, 1, jobs=False)  # warm-up, and the batcher learns
@@ -214,7 +217,11 @@ def measure(quick: bool, workdir: Path) -> dict[str, Any]:
     with (
         redis_server(workdir / "redis.log") as redis,
         bentoml_serve(
-            workdir / "redis-store.log", api_keys="", max_concurrency="64", redis_url=redis.url
+            workdir / "redis-store.log",
+            api_keys="",
+            model="sd-tiny",
+            max_concurrency="64",
+            redis_url=redis.url,
         ) as server,
     ):
         result["status_p50_ms"]["redis"] = status_p50_ms(server, statuses)

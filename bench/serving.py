@@ -31,7 +31,8 @@ from imagegen.generation import PipelineRunner
 from imagegen.loading import load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest
-from models.store import ensure_embedded
+from models.recipes import SD_TINY
+from models.store import ensure_built
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 1}
 
@@ -47,7 +48,7 @@ def p50_seconds(server: Server, requests: int) -> float:
 
 
 def bare_p50_seconds(requests: int) -> float:
-    runner = PipelineRunner(load_model(ensure_embedded()))
+    runner = PipelineRunner(load_model(ensure_built(SD_TINY)))
     parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
     runner.generate(parameters)  # warm-up, as the service does
     latencies = []
@@ -72,14 +73,14 @@ def measure(quick: bool, workdir: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"quick": quick, "parameters": BODY}
 
     # The service, auth off, defaults otherwise.
-    with bentoml_serve(workdir / "service.log", api_keys="") as service:
+    with bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny") as service:
         result["service_rss_after_warmup_mib"] = round(rss_mib(service), 1)
         result["service_p50_ms"] = round(p50_seconds(service, latency_requests) * 1000, 1)
         p50_seconds(service, memory_requests - latency_requests)
         result["service_rss_after_requests_mib"] = round(rss_mib(service), 1)
         result["memory_requests"] = memory_requests
 
-    model_path = str(ensure_embedded().path)
+    model_path = str(ensure_built(SD_TINY).path)
     baseline = running(
         [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--port", "{port}"],
         workdir / "baseline.log",

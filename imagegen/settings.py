@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.recipes import EMBEDDED
+
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 Switch = Literal["auto", "on", "off"]
@@ -21,9 +23,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", frozen=True)
 
     model: str = Field(
-        "sd-tiny",
+        EMBEDDED.name,
         min_length=1,
-        description="Model to serve, as `name` or `name:version` in the BentoML model store.",
+        description="Model to serve, as `name` or `name:version` in the BentoML model store; "
+        "the default, `sd-shapes`, is the demo model trained in this repository.",
     )
     device: str = Field(
         "auto",

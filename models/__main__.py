@@ -1,7 +1,9 @@
 """Put pipelines into the BentoML model store.
 
+    python -m models build sd-shapes          # store the demo model from its committed weights
     python -m models build sd-tiny            # build and store a recipe's model (no download)
     python -m models build sd15-random        # SD 1.5's architecture, random weights
+    python -m models train-shapes             # retrain sd-shapes' committed weights (CPU, ~40 min)
     python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--dtype D]
 
 SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory.
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoPipelineForText2Image
 
-from .recipes import RECIPES
+from .recipes import RECIPES, SD_SHAPES
 from .store import ensure_built, save_pipeline
 
 
@@ -47,7 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     builds = commands.add_parser("build", help="build and store a model from its recipe")
-    builds.add_argument("recipe", choices=RECIPES, help="sd-tiny (the embedded model), sd15-random")
+    builds.add_argument(
+        "recipe", choices=RECIPES, help="sd-shapes (the default), sd-tiny, sd15-random"
+    )
     imports = commands.add_parser("import", help="import a diffusers pipeline into the store")
     imports.add_argument("source", help="hub id or local directory of a diffusers pipeline")
     imports.add_argument("--name", help="model name in the store (default: from SOURCE)")
@@ -60,6 +64,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="dtype of the stored weights; the service casts at load (default: %(default)s)",
     )
     imports.add_argument("--variant", help="weights variant to fetch, such as fp16")
+    trains = commands.add_parser("train-shapes", help="train sd-shapes from its recipe on CPU")
+    trains.add_argument(
+        "--out", type=Path, default=SD_SHAPES.weights, help="weights file (default: %(default)s)"
+    )
+    trains.add_argument(
+        "--work",
+        type=Path,
+        default=Path.home() / ".cache" / "imagegen" / "sd-shapes",
+        help="where finished stages are kept, to resume (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,10 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if args.command == "build":
-        tag = str(ensure_built(RECIPES[args.recipe]).tag)
+        written = str(ensure_built(RECIPES[args.recipe]).tag)
+    elif args.command == "train-shapes":
+        from .training import train_shapes  # torch training code only for this command
+
+        written = str(train_shapes(args.out, args.work))
     else:
-        tag = import_pipeline(args)
-    sys.stdout.write(f"{tag}\n")
+        written = import_pipeline(args)
+    sys.stdout.write(f"{written}\n")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,47 @@
-"""Build a recipe's Stable Diffusion pipeline (``models.recipes``), weights drawn from its seed."""
+"""Build a recipe's Stable Diffusion pipeline (``models.recipes``): weights drawn from its seed,
+or, for a trained recipe, read from its committed weights file."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .recipes import MAX_TOKENS, Recipe
 
+TRAINED_PARTS = ("text_encoder", "unet", "vae")
 
-def build_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE tokenizer with no merges: every byte is a token, as CLIP's fallback."""
+
+def build_tokenizer(words: tuple[str, ...] = ()) -> CLIPTokenizer:
+    """A byte-level BPE tokenizer: every byte is a token, as CLIP's fallback, and each of
+    ``words`` one token of its own (its merges spell it left to right)."""
     alphabet = sorted(ByteLevel.alphabet())
     tokens = ["<|startoftext|>", "<|endoftext|>", *alphabet, *(ch + "</w>" for ch in alphabet)]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_TOKENS)
+    merges: list[tuple[str, str]] = []
+    # Longest first: a shorter word's merges (r+e for "red") would otherwise win inside a
+    # longer one ("green" would split as g, re, e, n).
+    for word in sorted(words, key=len, reverse=True):
+        # Each merge joins the word so far with its next letter; every prefix is a token.
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        spelled = pieces[0]
+        for piece in pieces[1:]:
+            if (spelled, piece) not in merges:
+                merges.append((spelled, piece))
+                tokens.append(spelled + piece)
+            spelled += piece
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    # The tokenizers-backed BPE takes (left, right) pairs, whatever the annotation says.
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,  # type: ignore[arg-type]
+        model_max_length=MAX_TOKENS,
+    )
 
 
 def _seeded(seed: int, build: Any, *args: Any, **kwargs: Any) -> Any:
@@ -28,10 +52,9 @@ def _seeded(seed: int, build: Any, *args: Any, **kwargs: Any) -> Any:
         return build(*args, **kwargs)
 
 
-def build_pipeline(recipe: Recipe) -> StableDiffusionPipeline:
-    """The recipe's pipeline: identical weights on every call, the byte-level tokenizer and
-    SD 1.x's scheduler."""
-    tokenizer = build_tokenizer()
+def build_untrained(recipe: Recipe) -> StableDiffusionPipeline:
+    """The recipe's architecture with weights drawn from its seed: identical on every call."""
+    tokenizer = build_tokenizer(recipe.words)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=0,
@@ -39,13 +62,41 @@ def build_pipeline(recipe: Recipe) -> StableDiffusionPipeline:
         pad_token_id=1,
         **recipe.text_encoder,
     )
+    scheduler_class, scheduler_config = recipe.scheduler
     return StableDiffusionPipeline(
         vae=_seeded(recipe.seed, AutoencoderKL, **recipe.vae),
         text_encoder=_seeded(recipe.seed, CLIPTextModel, text_config),
         tokenizer=tokenizer,
         unet=_seeded(recipe.seed, UNet2DConditionModel, **recipe.unet),
-        scheduler=PNDMScheduler(**recipe.scheduler),
+        scheduler=getattr(diffusers, scheduler_class)(**scheduler_config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def load_weights(pipeline: StableDiffusionPipeline, path: Path) -> dict[str, str]:
+    """Fill the pipeline's trained parts from one safetensors file (keys ``part.name``, as
+    ``models.training`` writes them); returns the file's metadata."""
+    with safe_open(path, framework="pt") as weights:
+        metadata: dict[str, str] = weights.metadata()
+        for part in TRAINED_PARTS:
+            module = getattr(pipeline, part)
+            prefix = f"{part}."
+            state = {
+                key.removeprefix(prefix): weights.get_tensor(key).float()
+                for key in weights.keys()  # noqa: SIM118 (safe_open is not a mapping)
+                if key.startswith(prefix)
+            }
+            module.load_state_dict(state, strict=True)
+    # The latents' scale is measured after the VAE is trained, so it travels with the weights.
+    pipeline.vae.register_to_config(scaling_factor=float(metadata["vae_scaling_factor"]))
+    return metadata
+
+
+def build_pipeline(recipe: Recipe) -> StableDiffusionPipeline:
+    """The recipe's pipeline, with its trained weights when it has some."""
+    pipeline = build_untrained(recipe)
+    if recipe.trained:
+        load_weights(pipeline, recipe.weights)
+    return pipeline

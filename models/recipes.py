@@ -3,10 +3,13 @@ gives the same weights on every machine, under a version derived from the recipe
 library is imported here: the service's public process resolves a recipe's tag without torch;
 ``models.build`` builds the pipeline.
 
-- ``sd-tiny`` (the embedded default): Stable Diffusion 1.x's architecture at a fraction of its
-  width. Its images are noise-like, but every code path (tokenizer, text encoder, UNet, VAE,
-  scheduler, ``from_pretrained``) is the one a real model takes; 64x64 in 4 steps takes well
-  under a second on two CPU cores.
+- ``sd-shapes`` (the embedded default): a small Stable Diffusion trained in this repository
+  (``python -m models train-shapes``) to draw a coloured shape on a coloured background; its
+  weights are committed under ``models/weights/`` and versioned by their hash.
+- ``sd-tiny``: Stable Diffusion 1.x's architecture at a fraction of its width, random weights.
+  Its images are noise-like, but every code path (tokenizer, text encoder, UNet, VAE,
+  scheduler, ``from_pretrained``) is the one a real model takes, and 64x64 in 4 steps costs
+  a few milliseconds: the plumbing tests' model.
 - ``sd15-random``: Stable Diffusion 1.5's architecture with random weights, the GPU
   benchmark's model (no download). Its images are noise; its cost per step is SD 1.5's.
 """
@@ -15,9 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
+
+from .shapes import WORDS as SHAPE_WORDS
 
 MAX_TOKENS = 77  # CLIP's context length
 # Stable Diffusion 1.x's own noise schedule.
@@ -26,9 +33,22 @@ SD_SCHEDULER: dict[str, Any] = {
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "num_train_timesteps": 1000,
-    "skip_prk_steps": True,
     "steps_offset": 1,
 }
+PNDM = ("PNDMScheduler", {**SD_SCHEDULER, "skip_prk_steps": True})
+DDIM = (
+    "DDIMScheduler",
+    # Trailing spacing starts sampling at the last training timestep, from (almost) pure
+    # noise, as training saw it (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample
+    # Steps are Flawed").
+    {
+        **SD_SCHEDULER,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "timestep_spacing": "trailing",
+    },
+)
+WEIGHTS = Path(__file__).parent / "weights"
 # Stable Diffusion's VAE shape: four blocks, a scale factor of 8.
 VAE_BLOCKS: dict[str, Any] = {
     "in_channels": 3,
@@ -47,26 +67,49 @@ class Recipe:
     vae: dict[str, Any]
     default_steps: int  # what the service applies to a blank `num_inference_steps`
     default_guidance_scale: float
-    scheduler: dict[str, Any] = field(default_factory=lambda: SD_SCHEDULER)
+    scheduler: tuple[str, dict[str, Any]] = PNDM  # (diffusers class, its config)
+    words: tuple[str, ...] = ()  # whole-word tokens beyond the byte-level ones
     seed: int = 0
+    trained: bool = False  # weights from models/weights/NAME.safetensors, else from `seed`
 
-    def version(self) -> str:
-        """Changes exactly when the recipe, or the libraries that run it, change."""
-        recipe = {
+    def architecture(self) -> dict[str, Any]:
+        return {
             "text_encoder": self.text_encoder,
             "unet": self.unet,
             "vae": self.vae,
             "scheduler": self.scheduler,
+            "words": self.words,
+        }
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS / f"{self.name}.safetensors"
+
+    def version(self) -> str:
+        """Changes exactly when the weights change: a trained recipe's with its weights file,
+        a random one's with the recipe or the libraries that draw its weights."""
+        if self.trained:
+            return f"v1-{file_digest(self.weights)[:12]}"
+        recipe = {
+            **self.architecture(),
             "seed": self.seed,
             "diffusers": version("diffusers"),
             "torch": version("torch").split("+")[0],
         }
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-        return f"v1-{digest[:12]}"
+        return f"v1-{digest(recipe)[:12]}"
 
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version()}"
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+@cache
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 SD_TINY_TEXT_WIDTH = 32
@@ -135,5 +178,48 @@ SD15_RANDOM = Recipe(
     default_steps=50,
     default_guidance_scale=7.5,
 )
-EMBEDDED = SD_TINY  # what a fresh machine serves
-RECIPES = {recipe.name: recipe for recipe in (SD_TINY, SD15_RANDOM)}
+SHAPES_TEXT_WIDTH = 128
+SD_SHAPES = Recipe(
+    name="sd-shapes",
+    text_encoder={
+        "hidden_size": SHAPES_TEXT_WIDTH,
+        "intermediate_size": 512,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": SHAPES_TEXT_WIDTH,
+        "max_position_embeddings": MAX_TOKENS,
+    },
+    unet={
+        "sample_size": 16,  # latent side; the VAE scales it by 4 to a 64x64 image
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": SHAPES_TEXT_WIDTH,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+    },
+    vae={
+        # Three blocks, a scale factor of 4 (16x16 latents): at 8 (SD's) circles blur into
+        # squares at this size.
+        **VAE_BLOCKS,
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "block_out_channels": (16, 32, 64),
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "mid_block_add_attention": False,
+        "sample_size": 64,
+    },
+    scheduler=DDIM,
+    words=SHAPE_WORDS,
+    default_steps=20,
+    # The best measured: every colour and shape right at 2, a few shapes warp from 3 on
+    # (README, "The demo model"; bench.demo_model).
+    default_guidance_scale=2.0,
+    trained=True,
+)
+EMBEDDED = SD_SHAPES  # what a fresh machine serves
+RECIPES = {recipe.name: recipe for recipe in (SD_SHAPES, SD_TINY, SD15_RANDOM)}

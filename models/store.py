@@ -11,7 +11,7 @@ from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml.exceptions import NotFound
 from bentoml.models import BentoModel
 
-from .recipes import EMBEDDED, RECIPES, Recipe
+from .recipes import RECIPES, Recipe
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -85,11 +85,6 @@ def ensure_built(recipe: Recipe) -> bentoml.Model:
         )
 
 
-def ensure_embedded() -> bentoml.Model:
-    """The model a fresh machine serves, ``sd-tiny``."""
-    return ensure_built(EMBEDDED)
-
-
 def stored_tags() -> list[str]:
     return sorted(str(model.tag) for model in bentoml.models.list())
 
@@ -110,9 +105,9 @@ def find_model(tag: str) -> bentoml.Model:
 
 class StoredPipeline(BentoModel):
     """The service's model declaration: a ``BentoModel`` (so ``bentoml build`` packs it) that
-    builds a recipe's model (``sd-tiny``, ``sd15-random``) the first time anything resolves
-    it, and names the stored models when the tag is unknown instead of trying to pull from
-    BentoCloud."""
+    stores a recipe's model (``sd-shapes``, ``sd-tiny``, ``sd15-random``) the first time
+    anything resolves it, and names the stored models when the tag is unknown instead of
+    trying to pull from BentoCloud."""
 
     def resolve(self, base_path: Any = None) -> bentoml.Model:
         find_model(str(self.tag))

@@ -48,8 +48,8 @@ user=$(docker image inspect -f '{{.Config.User}}' "$image")
 [ -n "$user" ] && [ "$user" != root ] && [ "$user" != 0 ] || fail "image runs as '${user:-root}'"
 if docker image inspect "$image" | grep -q "IMAGEGEN_API_KEYS"; then fail "image config names API keys"; fi
 # The server reads models from the bento's own store, not $BENTOML_HOME.
-docker run --rm --network host --entrypoint sh "$image" -c 'ls "$BENTO_PATH/models/sd-tiny"' \
-  | grep -q . || fail "the bento's model store holds no sd-tiny"
+docker run --rm --network host --entrypoint sh "$image" -c 'ls "$BENTO_PATH/models/sd-shapes"' \
+  | grep -q . || fail "the bento's model store holds no sd-shapes"
 
 echo "== run on 127.0.0.1:$port"
 docker run -d --name "$container" --network host \

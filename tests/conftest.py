@@ -1,5 +1,6 @@
 """Shared fixtures. Every test session gets its own BentoML home, so tests never touch the
-user's model store and always exercise the first-use build of ``sd-tiny``."""
+user's model store and always exercise the first-use build of the models they serve: ``sd-tiny``
+(random weights, milliseconds an image) for the plumbing, unless a test asks for another."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 # Before anything imports bentoml: the store location is read once per process.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="imagegen-test-bentoml-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["IMAGEGEN_MODEL"] = "sd-tiny"  # the in-process app's and every server's model
 # Auth is on for the in-process app and the session's server; tests send this key.
 API_KEY = "test-key-0f9e8d7c6b5a"
 OTHER_KEY = "test-key-second-1a2b3c"  # a second client, for what one key must not see
@@ -27,7 +29,8 @@ from harness.servers import Server, bentoml_serve
 from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
-from models.store import ensure_embedded
+from models.recipes import SD_TINY
+from models.store import ensure_built
 
 SERVER_MAX_CONCURRENCY = 4
 # Parameters of one generation, for tests that need them but no pipeline.
@@ -47,8 +50,8 @@ ARTIFACTS = Path(os.environ.get("IMAGEGEN_TEST_ARTIFACTS", "test-artifacts"))
 
 @pytest.fixture(scope="session")
 def tiny_model() -> LoadedModel:
-    """The embedded model, loaded once for the whole session the way the service loads it."""
-    return load_model(ensure_embedded())
+    """``sd-tiny``, loaded once for the whole session the way the service loads it."""
+    return load_model(ensure_built(SD_TINY))
 
 
 @pytest.fixture

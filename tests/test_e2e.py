@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from harness.servers import Server, bentoml_serve, failed_start
-from models.store import ensure_embedded
+from models.recipes import SD_TINY
+from models.store import ensure_built
 from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
 
 pytestmark = pytest.mark.e2e
@@ -299,7 +300,7 @@ def test_readyz_answers_promptly_while_the_model_loads_and_shutdown_is_clean(
 
 
 def test_an_unknown_model_stops_the_server_listing_the_stored_ones(tmp_path: Path) -> None:
-    stored = str(ensure_embedded().tag)
+    stored = str(ensure_built(SD_TINY).tag)
     output = failed_start(model="sd-missing:v1")
     assert "sd-missing:v1" in output
     assert stored in output

@@ -1,4 +1,4 @@
-"""The embedded model, the model store and the import command."""
+"""Models built from recipes, the model store and the import command."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from models.__main__ import default_name
 from models.__main__ import main as models_command
 from models.build import build_pipeline, build_tokenizer
 from models.loading import choose_device, choose_dtype
-from models.recipes import EMBEDDED, MAX_TOKENS, SD15_RANDOM
-from models.store import UnknownModel, ensure_embedded, find_model, save_pipeline
+from models.recipes import MAX_TOKENS, SD15_RANDOM, SD_TINY
+from models.store import UnknownModel, ensure_built, find_model, save_pipeline
 from tests.test_generation import pixels
 
 
@@ -34,38 +34,38 @@ def _state(pipeline: object) -> dict[str, torch.Tensor]:
     }
 
 
-def test_embedded_pipeline_is_identical_on_every_build() -> None:
-    first, second = _state(build_pipeline(EMBEDDED)), _state(build_pipeline(EMBEDDED))
+def test_a_random_recipe_is_identical_on_every_build() -> None:
+    first, second = _state(build_pipeline(SD_TINY)), _state(build_pipeline(SD_TINY))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
-def test_embedded_build_leaves_the_global_rng_alone() -> None:
+def test_a_recipe_build_leaves_the_global_rng_alone() -> None:
     torch.manual_seed(1234)
     expected = torch.rand(4)
     torch.manual_seed(1234)
-    build_pipeline(EMBEDDED)
+    build_pipeline(SD_TINY)
     assert torch.equal(torch.rand(4), expected)
 
 
 @pytest.mark.parametrize(
     ("part", "key", "value"),
     [
-        (EMBEDDED.unet, "layers_per_block", 2),
-        (EMBEDDED.text_encoder, "num_hidden_layers", 3),
-        (EMBEDDED.vae, "sample_size", 128),
-        (EMBEDDED.scheduler, "beta_end", 0.02),
+        (SD_TINY.unet, "layers_per_block", 2),
+        (SD_TINY.text_encoder, "num_hidden_layers", 3),
+        (SD_TINY.vae, "sample_size", 128),
+        (SD_TINY.scheduler[1], "beta_end", 0.02),
     ],
 )
 def test_a_recipe_version_changes_exactly_when_the_recipe_does(
     monkeypatch: pytest.MonkeyPatch, part: dict[str, Any], key: str, value: Any
 ) -> None:
-    current = EMBEDDED.version()
-    assert current.startswith("v1-") and EMBEDDED.version() == current
+    current = SD_TINY.version()
+    assert current.startswith("v1-") and SD_TINY.version() == current
     monkeypatch.setitem(part, key, value)
-    assert EMBEDDED.version() != current
+    assert SD_TINY.version() != current
     monkeypatch.undo()
-    assert EMBEDDED.version() == current
+    assert SD_TINY.version() == current
 
 
 def test_recipes_have_versions_of_their_own() -> None:
@@ -80,25 +80,25 @@ def test_tokenizer_covers_every_byte_and_pads_to_clip_length() -> None:
     assert tokenizer.unk_token_id not in ids[1 : ids.index(tokenizer.eos_token_id)]
 
 
-def test_embedded_model_is_stored_once_with_its_defaults() -> None:
-    first, second = ensure_embedded(), ensure_embedded()
+def test_a_recipe_model_is_stored_once_with_its_defaults() -> None:
+    first, second = ensure_built(SD_TINY), ensure_built(SD_TINY)
     assert first.tag == second.tag
-    assert str(first.tag) == EMBEDDED.tag
-    versions = [m for m in bentoml.models.list() if m.tag.name == EMBEDDED.name]
+    assert str(first.tag) == SD_TINY.tag
+    versions = [m for m in bentoml.models.list() if m.tag.name == SD_TINY.name]
     assert len(versions) == 1
     metadata = first.info.metadata
     assert (metadata["native_width"], metadata["native_height"]) == (64, 64)
-    assert metadata["default_steps"] == EMBEDDED.default_steps
+    assert metadata["default_steps"] == SD_TINY.default_steps
 
 
 def test_find_model_resolves_name_and_full_tag() -> None:
-    stored = ensure_embedded()
-    assert find_model(EMBEDDED.name).tag == stored.tag
+    stored = ensure_built(SD_TINY)
+    assert find_model(SD_TINY.name).tag == stored.tag
     assert find_model(str(stored.tag)).tag == stored.tag
 
 
 def test_unknown_model_error_lists_the_stored_ones() -> None:
-    stored = ensure_embedded()
+    stored = ensure_built(SD_TINY)
     with pytest.raises(UnknownModel, match=str(stored.tag)) as caught:
         find_model("sd-nonexistent:v9")
     assert "sd-nonexistent:v9" in str(caught.value)
@@ -106,7 +106,7 @@ def test_unknown_model_error_lists_the_stored_ones() -> None:
 
 def test_saved_pipeline_keeps_import_time_defaults() -> None:
     model = save_pipeline(
-        build_pipeline(EMBEDDED), "turbo-like", source="test", steps=1, guidance_scale=0.0
+        build_pipeline(SD_TINY), "turbo-like", source="test", steps=1, guidance_scale=0.0
     )
     loaded = load_model(model)
     assert (loaded.info.default_steps, loaded.info.default_guidance_scale) == (1, 0.0)
@@ -115,7 +115,7 @@ def test_saved_pipeline_keeps_import_time_defaults() -> None:
 def test_import_command_stores_a_local_diffusers_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    build_pipeline(EMBEDDED).save_pretrained(tmp_path / "my-model")
+    build_pipeline(SD_TINY).save_pretrained(tmp_path / "my-model")
     models_command(["import", str(tmp_path / "my-model"), "--steps", "2"])
     tag = capsys.readouterr().out.strip().splitlines()[-1]
     assert tag.startswith("my-model:")
@@ -168,7 +168,7 @@ def _pixels(loaded: LoadedModel) -> np.ndarray:
 
 
 def test_defaults_turn_no_switch_on_without_a_gpu() -> None:
-    assert load_model(ensure_embedded(), Settings()).info.switches == []
+    assert load_model(ensure_built(SD_TINY), Settings()).info.switches == []
 
 
 @pytest.mark.parametrize(
@@ -183,24 +183,26 @@ def test_defaults_turn_no_switch_on_without_a_gpu() -> None:
 def test_a_switch_applies_and_keeps_the_image(
     setting: dict[str, Any], switch: str, tiny_model: LoadedModel
 ) -> None:
-    loaded = load_model(ensure_embedded(), Settings(**setting))
+    loaded = load_model(ensure_built(SD_TINY), Settings(**setting))
     assert loaded.info.switches == [switch]
     assert np.abs(_pixels(loaded) - _pixels(tiny_model)).max() <= 1
 
 
 def test_channels_last_changes_the_memory_format() -> None:
-    loaded = load_model(ensure_embedded(), Settings(channels_last="on"))
+    loaded = load_model(ensure_built(SD_TINY), Settings(channels_last="on"))
     weight = loaded.pipeline.unet.conv_in.weight
     assert weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_vae_switches_reach_the_vae() -> None:
-    vae = load_model(ensure_embedded(), Settings(vae_slicing=True, vae_tiling=True)).pipeline.vae
+    vae = load_model(
+        ensure_built(SD_TINY), Settings(vae_slicing=True, vae_tiling=True)
+    ).pipeline.vae
     assert (vae.use_slicing, vae.use_tiling) == (True, True)
 
 
 def test_compile_wraps_the_denoiser() -> None:
-    loaded = load_model(ensure_embedded(), Settings(compile="reduce-overhead"))
+    loaded = load_model(ensure_built(SD_TINY), Settings(compile="reduce-overhead"))
     assert loaded.info.switches == ["compile:reduce-overhead"]
     assert isinstance(loaded.pipeline.unet, torch._dynamo.eval_frame.OptimizedModule)
 
@@ -208,14 +210,14 @@ def test_compile_wraps_the_denoiser() -> None:
 @pytest.mark.slow
 def test_a_compiled_model_warms_up_and_generates_the_same_image(tiny_model: LoadedModel) -> None:
     # Really compiles (inductor, about a minute on two cores): the path a GPU deployment takes.
-    compiled = load_model(ensure_embedded(), Settings(compile="default"))
+    compiled = load_model(ensure_built(SD_TINY), Settings(compile="default"))
     PipelineRunner(compiled).warm_up([(64, 64)])
     assert np.abs(_pixels(compiled) - _pixels(tiny_model)).max() <= 1
 
 
 def test_cpu_offload_needs_cuda() -> None:
     with pytest.raises(ValueError, match="CUDA"):
-        load_model(ensure_embedded(), Settings(device="cpu", cpu_offload=True))
+        load_model(ensure_built(SD_TINY), Settings(device="cpu", cpu_offload=True))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,8 @@ from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
 from imagegen.settings import Settings, get_settings
 from imagegen.stack import middleware_stack
 from middleware.auth import ApiKeys
-from models.store import ensure_embedded
+from models.recipes import SD_TINY
+from models.store import ensure_built
 from service import ImageGeneration, api_keys
 from tests.conftest import PIPELINE_LOADS, STARTUP_LOADS
 
@@ -208,7 +209,7 @@ def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
 
     # What every request would cost if the handler reloaded the model (the anti-pattern).
     started = time.perf_counter()
-    reloaded = PipelineRunner(load_model(ensure_embedded()))
+    reloaded = PipelineRunner(load_model(ensure_built(SD_TINY)))
     reloaded.generate(resolve(ImageRequest(prompt="a red apple", seed=0), reloaded.model.info))
     reload_cost = time.perf_counter() - started
     assert statistics.median(latencies[1:]) < reload_cost
