@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from bench import batching, gpu, jobs, middleware_overhead, serving
+from bench import batching, demo_model, gpu, jobs, middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -16,6 +17,19 @@ def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["requests_per_round"] == 20
     assert result["bare_us_median"] > 0 and result["stack_us_median"] > 0
+
+
+def test_demo_model_benchmark_runs_and_draws_its_grid(tmp_path: Path) -> None:
+    out, grid = tmp_path / "demo.json", tmp_path / "grid.png"
+    demo_model.main(["--quick", "--json", str(out), "--grid", str(grid)])
+    result = json.loads(out.read_text())
+    assert result["model"].startswith("sd-shapes:v1-")
+    assert result["seconds_per_image_64x64_20_steps"] > 0
+    assert set(result["quality"]) == {"1.0", str(result["default_guidance_scale"]), "7.0"}
+    for row in result["quality"].values():
+        assert row["images"] == 12
+        assert 0 <= row["background_right"] <= 1
+    assert Image.open(grid).size == (8 * 128, 3 * 160)
 
 
 @pytest.mark.e2e
