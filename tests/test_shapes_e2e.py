@@ -51,11 +51,11 @@ def test_a_fresh_server_serves_the_demo_model(shapes_server: Server) -> None:
         ("blue", "circle", "white"),
     ],
 )
-def test_text_to_image_draws_the_colours_asked(
+def test_text_to_image_draws_what_is_asked(
     shapes_server: Server, colour: str, shape: str, background: str
 ) -> None:
     reading = drawn(shapes_server, prompt=caption(colour, shape, background), seed=3)
-    assert (reading.colour, reading.background) == (colour, background)
+    assert (reading.colour, reading.shape, reading.background) == (colour, shape, background)
 
 
 def test_a_negative_prompt_steers_away_from_a_colour(shapes_server: Server) -> None:
