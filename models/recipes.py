@@ -202,8 +202,8 @@ SD_SHAPES = Recipe(
         "norm_num_groups": 8,
     },
     vae={
-        # Three blocks, a scale factor of 4 (16x16 latents): at 8 (SD's) circles blur into
-        # squares at this size.
+        # Three blocks, a scale factor of 4 (16x16 latents): SD's 8 would leave 8x8 latents,
+        # coarse for a circle 26 pixels wide.
         **VAE_BLOCKS,
         "down_block_types": ("DownEncoderBlock2D",) * 3,
         "up_block_types": ("UpDecoderBlock2D",) * 3,

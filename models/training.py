@@ -75,8 +75,8 @@ def stage_hash(recipe: Recipe, training: Training, stage: str) -> str:
     """Everything that makes a stage's weights; the VAE's hash ignores the UNet's settings."""
     settings = asdict(training)
     if stage == "vae":
-        settings = {k: v for k, v in settings.items() if k == "seed" or k.startswith("vae_")}
-        settings["threads"] = training.threads
+        shared = ("seed", "threads", "warmup_steps")
+        settings = {k: v for k, v in settings.items() if k in shared or k.startswith("vae_")}
         architecture: dict[str, Any] = {"vae": recipe.vae}
     else:
         architecture = recipe.architecture()
