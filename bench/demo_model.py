@@ -141,8 +141,8 @@ def grid(runner: PipelineRunner, path: Path) -> None:
     picture.save(path, optimize=True)
 
 
-def measure_model(quick: bool, grid_path: Path | None, stored: Any = None) -> dict[str, Any]:
-    stored = stored or ensure_built(SD_SHAPES)
+def measure_model(quick: bool, grid_path: Path | None) -> dict[str, Any]:
+    stored = ensure_built(SD_SHAPES)
     runner = PipelineRunner(load_model(stored), max_batch_size=len(COLOURS) * len(SHAPES))
     result: dict[str, Any] = {"quick": quick, "machine": machine(), "model": str(stored.tag)}
     result["seconds_per_image_64x64_20_steps"] = round(

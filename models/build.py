@@ -10,6 +10,7 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
+from safetensors.torch import load_file
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -75,20 +76,24 @@ def build_untrained(recipe: Recipe) -> StableDiffusionPipeline:
     )
 
 
+def load_parts(
+    pipeline: StableDiffusionPipeline, weights: dict[str, torch.Tensor], parts: tuple[str, ...]
+) -> None:
+    """Fill ``parts`` of the pipeline from tensors keyed ``part.name``, as
+    ``models.training`` writes them (in float32, whatever they were stored as)."""
+    for part in parts:
+        prefix = f"{part}."
+        own = {
+            k.removeprefix(prefix): v.float() for k, v in weights.items() if k.startswith(prefix)
+        }
+        getattr(pipeline, part).load_state_dict(own, strict=True)
+
+
 def load_weights(pipeline: StableDiffusionPipeline, path: Path) -> dict[str, str]:
-    """Fill the pipeline's trained parts from one safetensors file (keys ``part.name``, as
-    ``models.training`` writes them); returns the file's metadata."""
+    """Fill the pipeline's trained parts from one safetensors file; returns its metadata."""
     with safe_open(path, framework="pt") as weights:
         metadata: dict[str, str] = weights.metadata()
-        for part in TRAINED_PARTS:
-            module = getattr(pipeline, part)
-            prefix = f"{part}."
-            state = {
-                key.removeprefix(prefix): weights.get_tensor(key).float()
-                for key in weights.keys()  # noqa: SIM118 (safe_open is not a mapping)
-                if key.startswith(prefix)
-            }
-            module.load_state_dict(state, strict=True)
+    load_parts(pipeline, load_file(path), TRAINED_PARTS)
     # The latents' scale is measured after the VAE is trained, so it travels with the weights.
     pipeline.vae.register_to_config(scaling_factor=float(metadata["vae_scaling_factor"]))
     return metadata

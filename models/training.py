@@ -30,7 +30,7 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
-from .build import TRAINED_PARTS, build_untrained
+from .build import TRAINED_PARTS, build_untrained, load_parts
 from .recipes import SD_SHAPES, Recipe, digest
 from .shapes import WORLD, Scene, caption, draw, random_scene
 
@@ -216,11 +216,7 @@ def cached_stage(path: Path, pipeline: StableDiffusionPipeline, parts: tuple[str
     """Load a stage's weights from the work folder; False when it has not run yet."""
     if not path.exists():
         return False
-    weights = load_file(path)
-    for part in parts:
-        prefix = f"{part}."
-        own = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
-        getattr(pipeline, part).load_state_dict(own, strict=True)
+    load_parts(pipeline, load_file(path), parts)
     logger.info("reusing %s", path)
     return True
 
