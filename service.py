@@ -18,7 +18,6 @@ from imagegen.events import event_stream
 from imagegen.gateway import Gateway, job_store, owner
 from imagegen.logs import configure_logging
 from imagegen.outcomes import Failure, Generation
-from imagegen.parameters import resolve, series
 from imagegen.progress import CONNECTED
 from imagegen.schemas import (
     ImageRequest,
@@ -131,8 +130,7 @@ class ImageGeneration:
         """Generate one image. Returns its bytes, with the seed used in `X-Seed` and the model
         in `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
-        info = await self.gateway.model_info()
-        generated = await self.gateway.generate([resolve(request, info)])
+        generated = await self.gateway.generate(request)
         return image_response(generated, request.output_format, request.quality)  # type: ignore[return-value]
 
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
@@ -142,8 +140,7 @@ class ImageGeneration:
         `seed + k`, so `/generate/image` with that seed regenerates it: byte-identical with
         batching off, within 1/255 per pixel with it on."""
         request = ImagesRequest.model_construct(**fields)
-        first = resolve(request, await self.gateway.model_info(), count=request.num_images)
-        generated = await self.gateway.generate(series(first, request.num_images))
+        generated = await self.gateway.generate(request)
         return images_response(generated, request.output_format, request.quality)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])

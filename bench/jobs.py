@@ -110,6 +110,7 @@ def progress_cost(repeats: int) -> dict[str, float]:
 
     from imagegen.generation import PipelineRunner, StepWatch, preview_png
     from imagegen.loading import load_model
+    from imagegen.modes import mode_call
     from imagegen.parameters import resolve
     from imagegen.schemas import ImageRequest, WorkItem
     from models.recipes import SD_TINY
@@ -129,7 +130,7 @@ def progress_cost(repeats: int) -> dict[str, float]:
     def call(watch: StepWatch | None) -> float:
         run = runner.model.pipeline
         started = time.perf_counter()
-        runner._call(run, [parameters], watch)
+        runner._call(run, [parameters], mode_call(runner.model, [item]).arguments, watch)
         return time.perf_counter() - started
 
     call(None)  # warm-up

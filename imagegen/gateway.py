@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 import bentoml
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,13 +14,22 @@ from starlette.types import Scope
 from middleware.rate_limit import client_bucket
 
 from .encoding import image_response, images_response
+from .inputs import Edit, InputLimits, read_edit
 from .jobs import Jobs, JobStore, links
 from .lifetime import while_requested
 from .memory_store import MemoryJobStore
 from .parameters import resolve, series
 from .queue import Ticket, WorkQueue
 from .remote import Generated, GeneratorClient, generator_ready
-from .schemas import GenerationParameters, JobAccepted, JobLinks, JobRequest, ModelInfo
+from .schemas import (
+    GenerationParameters,
+    ImageRequest,
+    ImagesRequest,
+    JobAccepted,
+    JobLinks,
+    JobRequest,
+    ModelInfo,
+)
 from .settings import Settings
 from .stack import rate_limit_storage
 from .webhooks import Webhooks
@@ -49,6 +59,7 @@ class Gateway:
         self.generator = generator
         self.client = GeneratorClient(generator)
         self.settings = settings
+        self.input_limits = InputLimits(settings.max_input_pixels, settings.max_input_bytes)
         self.webhooks = Webhooks(settings.webhook_hosts, settings.webhook_secret)
         self.jobs = Jobs(store, timeout=settings.timeout, webhooks=self.webhooks)
         self.work_limit = (
@@ -76,29 +87,52 @@ class Gateway:
             )
         return self._queue
 
+    async def prepare(
+        self, request: ImageRequest | ImagesRequest
+    ) -> tuple[list[GenerationParameters], Edit | None]:
+        """A request's images, defaults filled and its input image read (off the event loop:
+        decoding a large image takes milliseconds)."""
+        edit = None
+        if request.image is not None:
+            edit = await anyio.to_thread.run_sync(
+                read_edit,
+                request.image,
+                request.mask,
+                request.width,
+                request.height,
+                self.input_limits,
+            )
+        count = request.num_images if isinstance(request, ImagesRequest) else 1
+        first = resolve(request, await self.model_info(), count=count, edit=edit)
+        return series(first, count), edit
+
     async def admit(
-        self, scope: Scope, batch: list[GenerationParameters], reported: bool = False
+        self,
+        scope: Scope,
+        batch: list[GenerationParameters],
+        reported: bool = False,
+        edit: Edit | None = None,
     ) -> tuple[WorkQueue, Ticket]:
         """Admission by work: the per-request budget, the work rate limit, the wait bound."""
         queue = await self.queue()
         queue.check_budget(batch)
         if self.work_limit is not None:
             await self.work_limit.charge(client_bucket(scope), work(batch))
-        return queue, queue.admit(batch, reported)
+        return queue, queue.admit(batch, reported, edit)
 
-    async def generate(self, batch: list[GenerationParameters]) -> Generated:
+    async def generate(self, request: ImageRequest | ImagesRequest) -> Generated:
         """A synchronous request's images, cancelled when its client leaves or its time is
         up."""
-        queue, ticket = await self.admit(bentoml.Context().request.scope, batch)
+        batch, edit = await self.prepare(request)
+        queue, ticket = await self.admit(bentoml.Context().request.scope, batch, edit=edit)
         return await while_requested(queue.run(ticket), self.settings.timeout)
 
     async def submit_job(self, body: JobRequest, request: Request) -> Response:
         """Admit a job and start it; 202 with where to follow it."""
         if body.webhook is not None:
             self.webhooks.check(body.webhook)
-        first = resolve(body, await self.model_info(), count=body.num_images)
-        batch = series(first, body.num_images)
-        queue, ticket = await self.admit(request.scope, batch, reported=True)
+        batch, edit = await self.prepare(body)
+        queue, ticket = await self.admit(request.scope, batch, reported=True, edit=edit)
         fmt, quality, single = body.output_format, body.quality, body.num_images == 1
 
         def encode(generated: Generated) -> Response:

@@ -22,6 +22,7 @@ import torch
 
 from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
 from .loading import LoadedModel, load_model
+from .modes import mode_call
 from .outcomes import Failure, Generation
 from .parameters import resolve
 from .progress import Event, Tracker
@@ -54,15 +55,24 @@ def cancelled_images() -> prometheus_client.Counter:
     )
 
 
-BatchKey = tuple[str, int, int, int, float, str]
+BatchKey = tuple[str, int, int, int, float, str, str, float | None]
 
 
 def batch_key(parameters: GenerationParameters) -> BatchKey:
     """What the images of one pipeline call share: diffusers takes one size, step count,
-    scheduler and guidance scale per call (the exact scale, not only guidance on or off);
-    prompts, negative prompts and seeds are per image."""
+    scheduler, guidance scale (the exact scale, not only guidance on or off), mode and
+    strength per call; prompts, negative prompts, seeds, images and masks are per image."""
     p = parameters
-    return (p.model, p.width, p.height, p.num_inference_steps, p.guidance_scale, p.scheduler)
+    return (
+        p.model,
+        p.width,
+        p.height,
+        p.num_inference_steps,
+        p.guidance_scale,
+        p.scheduler,
+        p.mode,
+        p.strength,
+    )
 
 
 # Latent channels to RGB, a linear fit for SD 1.x/2.x VAEs' 4-channel latents (the
@@ -136,7 +146,7 @@ class StepWatch:
             {
                 "id": item.id,
                 "step": step,
-                "steps": steps or item.parameters.num_inference_steps,
+                "steps": steps or item.parameters.denoising_steps,
                 "images": len(self.items),
                 "at": at,
                 "preview": (
@@ -229,7 +239,8 @@ class PipelineRunner:
         the call is a Cancelled failure, and the call stops once all of them are."""
         group = [item.parameters for item in items]
         first = group[0]
-        pipeline = self.model.pipeline
+        plan = mode_call(self.model, items)
+        pipeline = plan.pipeline
         scheduler = (
             # The model's own scheduler may be outside the registry: copy it as it is.
             type(pipeline.scheduler).from_config(pipeline.scheduler.config)
@@ -242,7 +253,12 @@ class PipelineRunner:
         run.scheduler = scheduler
         # The request's context (its id, for log lines) goes along to the runner thread.
         call = self._runner.submit(
-            copy_context().run, self._call, run, group, StepWatch(self.tracker, items)
+            copy_context().run,
+            self._call,
+            run,
+            group,
+            plan.arguments,
+            StepWatch(self.tracker, items),
         )
         try:
             output, started, finished = call.result()
@@ -270,12 +286,15 @@ class PipelineRunner:
                 finished=finished,
                 batch_size=len(group),
             )
-            for image, item in zip(output.images, items, strict=True)
+            for image, item in zip(plan.finish(output.images), items, strict=True)
         ]
 
     @staticmethod
     def _call(
-        run: Any, group: list[GenerationParameters], watch: StepWatch | None = None
+        run: Any,
+        group: list[GenerationParameters],
+        arguments: dict[str, Any],
+        watch: StepWatch | None = None,
     ) -> tuple[Any, float, float]:
         first = group[0]
         # Seeded on the CPU, so a seed gives the same noise whatever the device; one generator
@@ -288,12 +307,11 @@ class PipelineRunner:
             output = run(
                 prompt=[p.prompt for p in group],
                 negative_prompt=[p.negative_prompt for p in group],
-                width=first.width,
-                height=first.height,
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 generator=generators,
                 callback_on_step_end=watch,
+                **arguments,
             )
             return output, started, time.perf_counter()
 

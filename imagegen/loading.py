@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, fields
+from typing import get_args
 
 import bentoml
 from diffusers import DiffusionPipeline
@@ -13,7 +14,7 @@ from diffusers import DiffusionPipeline
 from models.loading import LoadedPipeline, Switches, load_pipeline
 
 from .schedulers import compatible_schedulers, name_of
-from .schemas import ModelInfo
+from .schemas import Mode, ModelInfo
 from .settings import Settings, get_settings
 from .work import default_budget
 
@@ -22,10 +23,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A pipeline in memory with the defaults it applies to blank request fields."""
+    """A pipeline in memory with the defaults it applies to blank request fields, and the
+    pipeline that runs each mode (all sharing its weights)."""
 
     info: ModelInfo
     pipeline: DiffusionPipeline
+    pipelines: dict[Mode, DiffusionPipeline]
+
+    @property
+    def dedicated_inpainting(self) -> bool:
+        """An inpainting model runs every mode through its inpainting pipeline."""
+        return self.pipelines["text-to-image"] is self.pipelines["inpainting"]
 
     @property
     def tag(self) -> str:
@@ -51,17 +59,32 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
         loaded.dtype,
         time.perf_counter() - started,
     )
-    return LoadedModel(info=describe(stored, loaded, settings), pipeline=loaded.pipeline)
+    return LoadedModel(
+        info=describe(stored, loaded, settings),
+        pipeline=loaded.pipeline,
+        pipelines=mode_pipelines(loaded),
+    )
+
+
+def mode_pipelines(loaded: LoadedPipeline) -> dict[Mode, DiffusionPipeline]:
+    if loaded.image_to_image is None:
+        return dict.fromkeys(get_args(Mode), loaded.inpainting)
+    return {
+        "text-to-image": loaded.pipeline,
+        "image-to-image": loaded.image_to_image,
+        "inpainting": loaded.inpainting,
+    }
 
 
 def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) -> ModelInfo:
     """What ``GET /models`` says of a loaded pipeline; its defaults come from the store."""
     metadata = stored.info.metadata
     pipeline = loaded.pipeline
+    served = loaded.inpainting if loaded.image_to_image is None else pipeline
     return ModelInfo(
         name=stored.tag.name,
         version=str(stored.tag.version),
-        pipeline=type(pipeline).__name__,
+        pipeline=type(served).__name__,
         device=str(loaded.device),
         dtype=str(loaded.dtype).removeprefix("torch."),
         native_width=metadata["native_width"],
@@ -71,5 +94,6 @@ def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) 
         default_scheduler=name_of(pipeline.scheduler),
         schedulers=compatible_schedulers(pipeline.scheduler),
         switches=loaded.switches,
+        modes=list(get_args(Mode)),
         max_request_work=settings.max_request_work or default_budget(str(loaded.device)),
     )

@@ -6,11 +6,15 @@ from __future__ import annotations
 import secrets
 
 from .errors import InvalidField
-from .schemas import MAX_SEED, GenerationParameters, ImageRequest, ModelInfo
+from .inputs import Edit
+from .schemas import MAX_SEED, GenerationParameters, ImageRequest, Mode, ModelInfo
 
 
-def resolve(request: ImageRequest, info: ModelInfo, count: int = 1) -> GenerationParameters:
-    """A drawn seed leaves room for ``count`` consecutive seeds."""
+def resolve(
+    request: ImageRequest, info: ModelInfo, count: int = 1, edit: Edit | None = None
+) -> GenerationParameters:
+    """A drawn seed leaves room for ``count`` consecutive seeds. With an ``edit`` (the
+    request's image, read), the size is the edit's."""
     if request.model not in (None, info.name, info.tag):
         raise InvalidField(
             f"`model` must be one of the loaded models ({info.tag}), but is {request.model!r}.",
@@ -22,11 +26,19 @@ def resolve(request: ImageRequest, info: ModelInfo, count: int = 1) -> Generatio
             f"but is {request.scheduler!r}.",
             field="scheduler",
         )
-    return GenerationParameters(
+    mode = mode_of(edit)
+    if mode not in info.modes:
+        field = "mask" if mode == "inpainting" else "image"
+        raise InvalidField(
+            f"`{field}` asks for {mode}, which {info.name} cannot do (it does "
+            f"{', '.join(info.modes)}).",
+            field=field,
+        )
+    parameters = GenerationParameters(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        width=request.width or info.native_width,
-        height=request.height or info.native_height,
+        width=edit.width if edit else request.width or info.native_width,
+        height=edit.height if edit else request.height or info.native_height,
         num_inference_steps=request.num_inference_steps or info.default_steps,
         guidance_scale=(
             info.default_guidance_scale
@@ -36,7 +48,24 @@ def resolve(request: ImageRequest, info: ModelInfo, count: int = 1) -> Generatio
         seed=secrets.randbelow(MAX_SEED + 2 - count) if request.seed is None else request.seed,
         scheduler=request.scheduler or info.default_scheduler,
         model=info.tag,
+        mode=mode,
+        strength=request.strength if edit else None,
+        image_sha256=edit.image_sha256 if edit else None,
+        mask_sha256=edit.mask_sha256 if edit else None,
     )
+    if parameters.denoising_steps < 1:
+        raise InvalidField(
+            f"`strength` x `num_inference_steps` must be at least 1 (the steps an edit runs), "
+            f"but is {parameters.strength:g} x {parameters.num_inference_steps}.",
+            field="strength",
+        )
+    return parameters
+
+
+def mode_of(edit: Edit | None) -> Mode:
+    if edit is None:
+        return "text-to-image"
+    return "image-to-image" if edit.mask is None else "inpainting"
 
 
 def series(parameters: GenerationParameters, count: int) -> list[GenerationParameters]:

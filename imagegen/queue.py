@@ -27,6 +27,7 @@ from functools import cache
 import prometheus_client
 
 from .errors import Overloaded, TooMuchWork
+from .inputs import Edit
 from .progress import Event
 from .remote import Generated, GeneratorClient
 from .schemas import GenerationParameters, WorkItem
@@ -85,7 +86,7 @@ class Ticket:
     preview: str | None = None  # the latest, of the first image
 
     def __post_init__(self) -> None:
-        self.steps = self.items[0].parameters.num_inference_steps
+        self.steps = self.items[0].parameters.denoising_steps
 
     @property
     def fraction(self) -> float:
@@ -134,10 +135,12 @@ class WorkQueue:
                 f"fits)."
             )
 
-    def admit(self, batch: list[GenerationParameters], reported: bool = False) -> Ticket:
+    def admit(
+        self, batch: list[GenerationParameters], reported: bool = False, edit: Edit | None = None
+    ) -> Ticket:
         """A ticket for ``batch``, or the error that refuses it: over the budget, or a wait
         past the bound. A ``reported`` ticket's images publish their steps (the first with a
-        preview)."""
+        preview); an ``edit``'s image and mask go with each of them."""
         self.check_budget(batch)
         wait = self.wait_s()
         if wait > self.max_wait_s:
@@ -154,6 +157,8 @@ class WorkQueue:
                     parameters=parameters,
                     report=reported,
                     preview=reported and k == 0,
+                    image=edit.image if edit else None,
+                    mask=edit.mask if edit else None,
                 )
                 for k, parameters in enumerate(batch)
             ],
@@ -300,7 +305,7 @@ class WorkQueue:
         if previous is None or step == 0:
             return
         parameters = next(item.parameters for item in ticket.items if item.id == id_)
-        call_work = image_work(parameters) / parameters.num_inference_steps * event["images"]
+        call_work = image_work(parameters) / parameters.denoising_steps * event["images"]
         self.record_rate(parameters, (at - previous) / call_work)
 
     def _learn(self, generated: Generated) -> None:

@@ -11,6 +11,8 @@ from pydantic import (
     JsonValue,
     ModelWrapValidatorHandler,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -18,6 +20,8 @@ from pydantic_core import PydanticCustomError
 from .field_errors import restated
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+# What a generation starts from: noise, an image, or an image and a mask.
+Mode = Literal["text-to-image", "image-to-image", "inpainting"]
 # The names imagegen.schedulers builds; a model accepts those compatible with its own.
 SchedulerName = Literal[
     "ddim", "ddpm", "euler", "euler_a", "heun", "dpm++", "dpm++_karras", "pndm", "lms", "unipc"
@@ -101,6 +105,35 @@ class ImageRequest(BaseModel):
         description="Model as `name` or `name:version`. Leave blank for the served model; "
         "`GET /models` lists them.",
     )
+    image: str | None = Field(
+        None,
+        description="Starting image, for image-to-image (or inpainting, with `mask`): a PNG, "
+        "JPEG or WebP, base64 (a `data:image/...;base64,` prefix is allowed). Blank `width` "
+        "and `height` take its size, rounded down to a multiple of 8; given, it is resized "
+        "to them. Leave blank for text-to-image.",
+    )
+    strength: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="How far to move from `image`: near 0 keeps it, 1 redraws it; the edit "
+        "runs `num_inference_steps` x `strength` steps. Only with `image`.",
+    )
+    mask: str | None = Field(
+        None,
+        description="Inpainting mask: a PNG (or JPEG, WebP), base64, the size of `image`. "
+        "White is repainted, black kept (grey is cut at half; transparent counts as black). "
+        "Only with `image`.",
+    )
+
+    @field_validator("strength", "mask")
+    @classmethod
+    def _needs_image(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only for fields the client sent: a default never needs an image.
+        if value is not None and "image" in info.data and info.data["image"] is None:
+            raise ValueError(f"`{info.field_name}` must come with `image`, which is missing")
+        return value
 
     @model_validator(mode="wrap")
     @classmethod
@@ -151,6 +184,20 @@ class GenerationParameters(BaseModel):
     seed: int
     scheduler: str
     model: str = Field(description="`name:version` of the model.")
+    mode: Mode = "text-to-image"
+    strength: float | None = Field(None, description="An edit's `strength`; null otherwise.")
+    image_sha256: str | None = Field(
+        None, description="SHA-256 of the input image's file as sent (base64-decoded)."
+    )
+    mask_sha256: str | None = Field(None, description="SHA-256 of the mask's file as sent.")
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the pipeline runs: an edit starts `strength` of the way into the schedule
+        (diffusers' rule, to the step)."""
+        if self.strength is None:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
 
 
 class WorkItem(BaseModel):
@@ -160,6 +207,8 @@ class WorkItem(BaseModel):
     parameters: GenerationParameters
     report: bool = Field(False, description="Publish a step event after every denoising step.")
     preview: bool = Field(False, description="Add a preview image to its step events.")
+    image: str | None = Field(None, description="An edit's input image at the output size, PNG.")
+    mask: str | None = Field(None, description="Its binary mask at the output size, PNG.")
 
 
 class EncodedImage(BaseModel):
@@ -201,6 +250,7 @@ class ModelInfo(BaseModel):
     default_guidance_scale: float
     default_scheduler: str
     schedulers: list[str] = Field(description="Values the `scheduler` field accepts.")
+    modes: list[Mode] = Field(description="What it can start from: noise, an image, a mask.")
     switches: list[str] = Field(description="Performance switches in effect.")
     max_request_work: float = Field(
         description="Most work one request or job may ask for, in megapixel-steps: images x "

@@ -106,7 +106,21 @@ class Settings(BaseSettings):
     )
     log_prompts: bool = Field(False, description="Put prompts in the access log lines.")
     max_body_bytes: int = Field(
-        1024 * 1024, ge=1, description="Largest request body accepted; larger ones get 413."
+        16 * 1024 * 1024,
+        ge=1,
+        description="Largest request body accepted; larger ones get 413. 16 MiB holds a "
+        "2048x2048 photograph as PNG (about 8 MiB, 11 as base64) and its mask.",
+    )
+    max_input_pixels: int = Field(
+        2048 * 2560,
+        ge=64 * 64,
+        description="Most pixels an input image or mask may have, checked from its header "
+        "before it is decoded; a little above the largest output (2048x2048).",
+    )
+    max_input_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="Largest input image or mask file, in bytes once base64-decoded.",
     )
     rate_limit: str | None = Field(
         None,

@@ -3,7 +3,8 @@ share.
 
 The unit is the **megapixel-step**: one denoising step over one million output pixels. A
 request's work is ``images * steps * width * height / 10**6``, doubled when classifier-free
-guidance is on (``guidance_scale > 1``), because the denoiser then runs twice per step. The
+guidance is on (``guidance_scale > 1``), because the denoiser then runs twice per step. An
+edit's steps are those it runs, ``num_inference_steps * strength``. The
 denoiser's convolutions scale with pixels, so this tracks measured time closely at the sizes a
 model is made for; attention grows faster than pixels, so very large images cost somewhat more
 than their share, which the measured rate (seconds per unit) absorbs over time.
@@ -25,7 +26,7 @@ def image_work(parameters: GenerationParameters) -> float:
     """Megapixel-steps of one image."""
     p = parameters
     guided = 2 if p.guidance_scale > 1 else 1
-    return p.num_inference_steps * p.width * p.height * guided / 1e6
+    return p.denoising_steps * p.width * p.height * guided / 1e6
 
 
 def work(batch: Sequence[GenerationParameters]) -> float:

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+)
+
+# A dedicated inpainting UNet reads the noisy latents (4 channels), the mask (1) and the
+# masked image's latents (4).
+INPAINTING_CHANNELS = 9
 
 
 def choose_device(setting: str) -> torch.device:
@@ -48,6 +57,10 @@ class LoadedPipeline:
     device: torch.device  # the one it runs on (under CPU offload its weights wait on the CPU)
     dtype: torch.dtype
     switches: list[str]  # the switches in effect
+    # Built from ``pipeline``'s components: the weights are in memory once. A dedicated
+    # inpainting model has no image-to-image pipeline (its UNet needs a mask).
+    image_to_image: DiffusionPipeline | None
+    inpainting: DiffusionPipeline
 
 
 def apply_switches(pipeline: Any, switches: Switches, device: torch.device) -> list[str]:
@@ -93,8 +106,18 @@ def load_pipeline(
         pipeline.enable_model_cpu_offload(device=torch_device)
     else:
         pipeline.to(torch_device)
-    pipeline.set_progress_bar_config(disable=True)
     applied = apply_switches(pipeline, switches, torch_device)
     if switches.cpu_offload:
         applied.append("cpu_offload")
-    return LoadedPipeline(pipeline, torch_device, torch_dtype, applied)
+    # from_pipe casts to its `dtype` argument, float32 when none: passed, or a float16
+    # model's shared weights would be doubled in place.
+    inpainting = AutoPipelineForInpainting.from_pipe(pipeline, dtype=torch_dtype)
+    image_to_image = (
+        None
+        if pipeline.unet.config.in_channels == INPAINTING_CHANNELS
+        else AutoPipelineForImage2Image.from_pipe(pipeline, dtype=torch_dtype)
+    )
+    for each in (pipeline, image_to_image, inpainting):
+        if each is not None:
+            each.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipeline, torch_device, torch_dtype, applied, image_to_image, inpainting)

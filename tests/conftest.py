@@ -29,6 +29,7 @@ from harness.servers import Server, bentoml_serve
 from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
+from imagegen.settings import Settings
 from models.recipes import SD_TINY
 from models.store import ensure_built
 
@@ -45,6 +46,7 @@ PARAMETERS = GenerationParameters(
     scheduler="euler",
     model="sd-tiny:v1",
 )
+MAX_BODY = Settings.model_fields["max_body_bytes"].default  # IMAGEGEN_MAX_BODY_BYTES' default
 ARTIFACTS = Path(os.environ.get("IMAGEGEN_TEST_ARTIFACTS", "test-artifacts"))
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from harness.servers import Server, bentoml_serve, failed_start
 from models.recipes import SD_TINY
 from models.store import ensure_built
-from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
+from tests.conftest import API_KEY, AUTH, MAX_BODY, SERVER_MAX_CONCURRENCY
 
 pytestmark = pytest.mark.e2e
 
@@ -223,8 +223,9 @@ def test_metrics_expose_the_generation_histogram_by_model(server: Server) -> Non
 def test_a_chunked_body_over_the_limit_is_a_413(server: Server) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"prompt": "'
-        for _ in range(20):  # 20 x 64 KiB, past the 1 MiB default
-            yield b"x" * 65536
+        chunk = 64 * 1024
+        for _ in range(MAX_BODY // chunk + 1):  # past the default limit
+            yield b"x" * chunk
         yield b'"}'
 
     response = httpx.post(

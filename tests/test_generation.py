@@ -147,13 +147,18 @@ class FailingPipeline:
         return run(**call)
 
 
+def failing_model(model: LoadedModel, failing: FailingPipeline) -> LoadedModel:
+    """``model`` with its text-to-image pipeline replaced by ``failing``."""
+    pipelines = {**model.pipelines, "text-to-image": failing}
+    return LoadedModel(info=model.info, pipeline=failing, pipelines=pipelines)  # type: ignore[arg-type]
+
+
 def test_out_of_memory_is_a_503_with_retry_after(
     tiny_model: LoadedModel,
 ) -> None:
     failing = PipelineRunner(
-        LoadedModel(
-            info=tiny_model.info,
-            pipeline=FailingPipeline(tiny_model.pipeline, torch.OutOfMemoryError("CUDA OOM")),
+        failing_model(
+            tiny_model, FailingPipeline(tiny_model.pipeline, torch.OutOfMemoryError("CUDA OOM"))
         )
     )
     with pytest.raises(OutOfMemory) as caught:
@@ -168,9 +173,8 @@ def test_a_failure_inside_generation_is_a_500_without_internals(
     tiny_model: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     failing = PipelineRunner(
-        LoadedModel(
-            info=tiny_model.info,
-            pipeline=FailingPipeline(tiny_model.pipeline, RuntimeError("secret internals")),
+        failing_model(
+            tiny_model, FailingPipeline(tiny_model.pipeline, RuntimeError("secret internals"))
         )
     )
     with pytest.raises(GenerationFailed) as caught:
@@ -195,9 +199,11 @@ def test_warm_up_makes_one_short_generation_per_size(
     made: list[tuple[int, int, int]] = []
     real_call = runner._call
 
-    def recording_call(run: Any, group: list[GenerationParameters], watch: Any) -> Any:
+    def recording_call(
+        run: Any, group: list[GenerationParameters], arguments: dict[str, Any], watch: Any
+    ) -> Any:
         made.extend((p.width, p.height, p.num_inference_steps) for p in group)
-        return real_call(run, group, watch)
+        return real_call(run, group, arguments, watch)
 
     monkeypatch.setattr(runner, "_call", recording_call)
     runner.warm_up(sizes)
@@ -261,9 +267,7 @@ def test_a_mixed_batch_answers_every_item_in_its_order(tiny_model: LoadedModel) 
 def test_a_failed_call_fails_only_its_own_items(tiny_model: LoadedModel) -> None:
     oom = torch.OutOfMemoryError("CUDA OOM")
     failing_wide = FailingPipeline(tiny_model.pipeline, oom, width=96)
-    batching = PipelineRunner(
-        LoadedModel(info=tiny_model.info, pipeline=failing_wide), max_batch_size=8
-    )
+    batching = PipelineRunner(failing_model(tiny_model, failing_wide), max_batch_size=8)
     batch = [parameters(batching, seed=1, width=96), parameters(batching, seed=2)]
     failed, made = batching.generate_batch(work_items(batch))
     assert isinstance(failed, Failure) and isinstance(failed.exception(), OutOfMemory)

@@ -12,10 +12,9 @@ from imagegen.settings import Settings
 from imagegen.stack import middleware_stack, wrap
 from middleware.auth import ApiKeys
 from tests.asgi import call, streaming_app
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, MAX_BODY
 
 NO_KEY = {"Authorization": ""}  # overrides the client's default key
-ONE_MIB = 1024 * 1024  # IMAGEGEN_MAX_BODY_BYTES' default
 
 
 def generate(client: TestClient, headers: dict[str, str] | None = None, **fields: Any) -> Any:
@@ -66,7 +65,7 @@ def test_validation_errors_carry_the_request_id(client: TestClient) -> None:
 def test_a_declared_large_body_is_a_413(client: TestClient) -> None:
     response = client.post(
         "/generate/image",
-        content=b"x" * (ONE_MIB + 1),
+        content=b"x" * (MAX_BODY + 1),
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 413
@@ -77,7 +76,7 @@ def test_a_chunked_large_body_is_a_413(client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"prompt": "'
         chunk = 64 * 1024
-        for _ in range(ONE_MIB // chunk + 1):
+        for _ in range(MAX_BODY // chunk + 1):
             yield b"x" * chunk
         yield b'"}'
 

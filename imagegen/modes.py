@@ -1,0 +1,66 @@
+"""What one pipeline call is given for its mode, and what its images become.
+
+Text-to-image starts from noise; image-to-image from the input image's latents noised to
+`strength`; inpainting (on a text-to-image model) does the same and, at every step, puts the
+input's latents back outside the mask (diffusers' masked-latent approach), then its pixels
+there too, as AUTOMATIC1111 does: black-masked pixels come back exactly as sent, not through
+the VAE's lossy round trip. A dedicated inpainting model (9-channel UNet) runs every mode
+through its inpainting pipeline: text-to-image as a fully masked grey image at strength 1,
+image-to-image as a fully masked image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import PIL.Image
+
+from .inputs import unpack
+from .loading import LoadedModel
+from .schemas import WorkItem
+
+GREY = (127, 127, 127)
+
+
+@dataclass(frozen=True)
+class ModeCall:
+    pipeline: Any
+    arguments: dict[str, Any]  # beyond prompts, steps, guidance and generators
+    images: list[PIL.Image.Image] = field(default_factory=list)
+    masks: list[PIL.Image.Image] = field(default_factory=list)
+
+    def finish(self, made: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
+        """Inpainted images with their kept pixels restored."""
+        if not self.masks:
+            return made
+        return [
+            PIL.Image.composite(image, original, mask)
+            for image, original, mask in zip(made, self.images, self.masks, strict=True)
+        ]
+
+
+def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
+    """The pipeline and arguments of one call; its items share a mode and strength."""
+    first = items[0].parameters
+    pipeline = model.pipelines[first.mode]
+    size = {"width": first.width, "height": first.height}
+    if first.mode == "text-to-image" and not model.dedicated_inpainting:
+        return ModeCall(pipeline, size)
+    images = [
+        unpack(item.image)
+        if item.image
+        else PIL.Image.new("RGB", (first.width, first.height), GREY)
+        for item in items
+    ]
+    strength = first.strength or 1.0
+    if first.mode == "image-to-image" and not model.dedicated_inpainting:
+        return ModeCall(pipeline, {"image": images, "strength": strength})
+    masks = [
+        unpack(item.mask) if item.mask else PIL.Image.new("L", (first.width, first.height), 255)
+        for item in items
+    ]
+    arguments = {**size, "image": images, "mask_image": masks, "strength": strength}
+    if first.mode == "inpainting":
+        return ModeCall(pipeline, arguments, images, masks)
+    return ModeCall(pipeline, arguments)
