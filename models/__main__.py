@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     builds = commands.add_parser("build", help="build and store a model from its recipe")
     builds.add_argument(
-        "recipe", choices=RECIPES, help="sd-shapes (the default), sd-tiny, sd15-random"
+        "recipe", choices=RECIPES, help=f"one of {', '.join(RECIPES)}; sd-shapes is the default"
     )
     imports = commands.add_parser("import", help="import a diffusers pipeline into the store")
     imports.add_argument("source", help="hub id or local directory of a diffusers pipeline")

@@ -8,13 +8,18 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .recipes import MAX_TOKENS, Recipe
+from .recipes import INPAINTING_CHANNELS, MAX_TOKENS, Recipe
 
 TRAINED_PARTS = ("text_encoder", "unet", "vae")
 
@@ -54,7 +59,8 @@ def _seeded(seed: int, build: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def build_untrained(recipe: Recipe) -> StableDiffusionPipeline:
-    """The recipe's architecture with weights drawn from its seed: identical on every call."""
+    """The recipe's architecture with weights drawn from its seed: identical on every call. A
+    UNet that reads a mask makes an inpainting pipeline, as such checkpoints are saved."""
     tokenizer = build_tokenizer(recipe.words)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -64,7 +70,9 @@ def build_untrained(recipe: Recipe) -> StableDiffusionPipeline:
         **recipe.text_encoder,
     )
     scheduler_class, scheduler_config = recipe.scheduler
-    return StableDiffusionPipeline(
+    inpainting = recipe.unet["in_channels"] == INPAINTING_CHANNELS
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    return pipeline_class(
         vae=_seeded(recipe.seed, AutoencoderKL, **recipe.vae),
         text_encoder=_seeded(recipe.seed, CLIPTextModel, text_config),
         tokenizer=tokenizer,

@@ -18,9 +18,7 @@ from diffusers import (
     DiffusionPipeline,
 )
 
-# A dedicated inpainting UNet reads the noisy latents (4 channels), the mask (1) and the
-# masked image's latents (4).
-INPAINTING_CHANNELS = 9
+from .recipes import INPAINTING_CHANNELS
 
 
 def choose_device(setting: str) -> torch.device:

@@ -10,6 +10,8 @@ library is imported here: the service's public process resolves a recipe's tag w
   Its images are noise-like, but every code path (tokenizer, text encoder, UNet, VAE,
   scheduler, ``from_pretrained``) is the one a real model takes, and 64x64 in 4 steps costs
   a few milliseconds: the plumbing tests' model.
+- ``sd-tiny-inpainting``: sd-tiny with a dedicated inpainting UNet (9 input channels), for
+  the tests of that path.
 - ``sd15-random``: Stable Diffusion 1.5's architecture with random weights, the GPU
   benchmark's model (no download). Its images are noise; its cost per step is SD 1.5's.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -27,6 +29,9 @@ from typing import Any
 from .shapes import WORDS as SHAPE_WORDS
 
 MAX_TOKENS = 77  # CLIP's context length
+# A dedicated inpainting UNet reads the noisy latents (4 channels), the mask (1) and the
+# masked image's latents (4).
+INPAINTING_CHANNELS = 9
 # Stable Diffusion 1.x's own noise schedule.
 SD_SCHEDULER: dict[str, Any] = {
     "beta_start": 0.00085,
@@ -145,6 +150,11 @@ SD_TINY = Recipe(
     default_steps=4,
     default_guidance_scale=7.5,
 )
+# sd-tiny as a dedicated inpainting model: its UNet also reads the mask and the masked image
+# (9 input channels), so it serves through diffusers' inpainting pipeline.
+SD_TINY_INPAINTING = replace(
+    SD_TINY, name="sd-tiny-inpainting", unet={**SD_TINY.unet, "in_channels": INPAINTING_CHANNELS}
+)
 SD15_RANDOM = Recipe(
     name="sd15-random",
     # CLIP ViT-L/14's text tower, as SD 1.5 uses it (the byte-level tokenizer's smaller
@@ -222,4 +232,4 @@ SD_SHAPES = Recipe(
     trained=True,
 )
 EMBEDDED = SD_SHAPES  # what a fresh machine serves
-RECIPES = {recipe.name: recipe for recipe in (SD_SHAPES, SD_TINY, SD15_RANDOM)}
+RECIPES = {recipe.name: recipe for recipe in (SD_SHAPES, SD_TINY, SD_TINY_INPAINTING, SD15_RANDOM)}

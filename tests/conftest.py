@@ -105,6 +105,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def shapes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server started as on a fresh machine: no model named, so the demo model, sd-shapes:
+    what the tests of what images show use."""
+    log = tmp_path_factory.mktemp("shapes-server") / "bentoml-serve.log"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("IMAGEGEN_MODEL")  # the plumbing tests' sd-tiny
+        with bentoml_serve(log) as running:
+            patch.undo()
+            yield running
+
+
+@pytest.fixture(scope="session")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A second server with auth off and a tight rate limit, per client address."""
     log = tmp_path_factory.mktemp("open-server") / "bentoml-serve.log"

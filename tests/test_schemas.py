@@ -31,6 +31,10 @@ VALID = {"prompt": "a cat"}
         ({"quality": 0}, "quality", "greater_than_equal"),
         ({"quality": 101}, "quality", "less_than_equal"),
         ({"steps": 4}, "steps", "extra_forbidden"),
+        ({"image": "aGk=", "strength": 0}, "strength", "greater_than"),
+        ({"image": "aGk=", "strength": 1.5}, "strength", "less_than_equal"),
+        ({"mask": "aGk="}, "mask", "value_error"),
+        ({"strength": 0.5}, "strength", "value_error"),
     ],
 )
 def test_out_of_bounds_field_is_rejected_by_name(

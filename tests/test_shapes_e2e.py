@@ -4,29 +4,17 @@ images read back by ``models.shapes.measure`` (the benchmark's measurement)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
-from harness.servers import Server, bentoml_serve
+from harness.servers import Server
 from models.shapes import Reading, caption, measure
 from tests.conftest import AUTH
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def shapes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server started as on a fresh machine: no model named."""
-    log = tmp_path_factory.mktemp("shapes-server") / "bentoml-serve.log"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("IMAGEGEN_MODEL")  # the plumbing tests' sd-tiny
-        with bentoml_serve(log) as server:
-            patch.undo()
-            yield server
 
 
 def drawn(server: Server, **fields: Any) -> Reading:
