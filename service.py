@@ -108,7 +108,7 @@ class Generator:
     logging={"access": {"enabled": False}},
 )
 class ImageGeneration:
-    """Text-to-image generation with a diffusers pipeline."""
+    """Text-to-image, image-to-image and inpainting with a diffusers pipeline."""
 
     generator = bentoml.depends(Generator)
 
@@ -127,8 +127,9 @@ class ImageGeneration:
     @bentoml.api(route="/generate/image", input_spec=ImageRequest)
     @answers_errors
     async def generate_image(self, **fields: Any) -> Image:
-        """Generate one image. Returns its bytes, with the seed used in `X-Seed` and the model
-        in `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
+        """Generate one image: from noise, or from `image` (image-to-image) and `mask`
+        (inpainting). Returns its bytes, with the seed used in `X-Seed` and the model in
+        `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
         generated = await self.gateway.generate(request)
         return image_response(generated, request.output_format, request.quality)  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench import batching, demo_model, gpu, jobs, middleware_overhead, serving
+from bench import batching, demo_model, edits, gpu, jobs, middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -33,6 +33,16 @@ def test_demo_model_benchmark_runs_and_draws_its_grid(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+def test_edits_benchmark_measures_every_mode(tmp_path: Path) -> None:
+    out = tmp_path / "edits.json"
+    edits.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert list(result["modes"]) == ["text-to-image", "image-to-image", "inpainting"]
+    steps_run = [row["steps_run"] for row in result["modes"].values()]
+    assert steps_run == [4, 2, 4]  # image-to-image at strength 0.5 runs half the steps
+    assert all(row["s_per_image"] > 0 and row["rss_mib"] > 0 for row in result["modes"].values())
+
+
 def test_serving_benchmark_runs(tmp_path: Path) -> None:
     out = tmp_path / "serving.json"
     serving.main(["--quick", "--json", str(out)])

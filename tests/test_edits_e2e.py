@@ -9,7 +9,9 @@ import hashlib
 import io
 import json
 import statistics
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.servers import Server
+from harness.servers import REPO, Server
 from imagegen.inputs import pack
 from models.shapes import Scene, caption, draw, measure
-from tests.conftest import AUTH, SERVER_MAX_CONCURRENCY
-from tests.test_jobs_e2e import job_when
+from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
+from tests.test_jobs_e2e import client_command, job_when
 
 pytestmark = pytest.mark.e2e
 
@@ -178,3 +180,19 @@ def test_a_photograph_past_the_old_one_mib_limit_is_resized_to_the_asked_size(
     assert len(image) > 1024 * 1024
     response = generated(server, image=image, width=64, height=64, strength=0.5, seed=1)
     assert Image.open(io.BytesIO(response.content)).size == (64, 64)
+
+
+def test_the_command_line_client_sends_an_image_and_a_mask(server: Server, tmp_path: Path) -> None:
+    PICTURE.save(tmp_path / "picture.png")
+    MASK.save(tmp_path / "mask.png")
+    output = tmp_path / "edited.png"
+    arguments = ["a cat", "-o", str(output), "--key", API_KEY, "--strength", "0.5"]
+    arguments += ["--image", str(tmp_path / "picture.png"), "--mask", str(tmp_path / "mask.png")]
+    done = subprocess.run(
+        client_command(server, *arguments), capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads(Image.open(output).text["parameters"])  # type: ignore[attr-defined]
+    assert (recorded["mode"], recorded["strength"]) == ("inpainting", 0.5)
+    sent = (tmp_path / "picture.png").read_bytes()
+    assert recorded["image_sha256"] == hashlib.sha256(sent).hexdigest()
