@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from harness.servers import Server, bentoml_serve
-from tests.conftest import API_KEY, AUTH, SERVER_MAX_CONCURRENCY
+from tests.conftest import API_KEY, AUTH, MAX_BODY, SERVER_MAX_CONCURRENCY
 from tests.test_jobs_e2e import cancelled_images
 
 pytestmark = pytest.mark.e2e
@@ -76,9 +76,9 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str]] = [
         "POST",
         "/generate/image",
         {**AUTH, **JSON},
-        b"x" * (2**20 + 1),
+        b"x" * (MAX_BODY + 1),
         413,
-        "at most 1048576 bytes",
+        f"at most {MAX_BODY} bytes",
     ),
     (
         "POST",

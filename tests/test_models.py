@@ -21,7 +21,7 @@ from models.__main__ import default_name
 from models.__main__ import main as models_command
 from models.build import build_pipeline, build_tokenizer
 from models.loading import choose_device, choose_dtype
-from models.recipes import MAX_TOKENS, SD15_RANDOM, SD_TINY
+from models.recipes import MAX_TOKENS, SD15_RANDOM, SD_TINY, SD_TINY_INPAINTING
 from models.store import UnknownModel, ensure_built, find_model, save_pipeline
 from tests.test_generation import pixels
 
@@ -123,6 +123,17 @@ def test_import_command_stores_a_local_diffusers_directory(
     assert stored.info.metadata["default_steps"] == 2
     assert stored.info.labels["source"] == str(tmp_path / "my-model")
     assert load_model(stored).info.pipeline == "StableDiffusionPipeline"
+
+
+def test_an_imported_inpainting_checkpoint_is_served_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build_pipeline(SD_TINY_INPAINTING).save_pretrained(tmp_path / "tiny-inpainting")
+    models_command(["import", str(tmp_path / "tiny-inpainting")])
+    tag = capsys.readouterr().out.strip().splitlines()[-1]
+    loaded = load_model(bentoml.models.get(tag))
+    assert loaded.info.pipeline == "StableDiffusionInpaintPipeline"
+    assert loaded.dedicated_inpainting
 
 
 @pytest.mark.parametrize(
