@@ -20,9 +20,11 @@ from middleware.error_body import RETRY_STATUSES
 from . import __version__
 from .schemas import ErrorBody
 
-API_DESCRIPTION = """Text-to-image generation with a diffusers pipeline loaded once per process.
+API_DESCRIPTION = """Text-to-image, image-to-image and inpainting with a diffusers pipeline
+loaded once per process.
 
-`POST /generate/image` answers the image bytes, with the seed used in `X-Seed` and the model in
+`POST /generate/image` answers the image bytes (give `image`, base64, to start from it, and
+`mask` to repaint only its white part), with the seed used in `X-Seed` and the model in
 `X-Model`; `POST /generate/images` answers several images as base64 in JSON. `GET /models`
 lists the loaded models, their defaults and accepted schedulers. Request bodies are JSON
 (`Content-Type: application/json`). Every error is a JSON object: an `error` sentence naming
@@ -39,7 +41,8 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"ty
 ERROR_STATUSES: dict[int, str] = {
     400: "A field breaks its rule, an unknown field, a scheduler or model the server does not "
     "have, a prompt longer than the text encoder reads, more work than one request may ask "
-    "for, a webhook the server will not call, or malformed JSON.",
+    "for, an `image` or `mask` that is not a readable PNG, JPEG or WebP within the size "
+    "limits, a webhook the server will not call, or malformed JSON.",
     401: "A missing or wrong API key.",
     404: "No such job, or another API key's job.",
     409: "The job has not succeeded (a result), or has already ended (a cancel).",
