@@ -18,6 +18,7 @@ from imagegen.events import event_stream
 from imagegen.gateway import Gateway, job_store, owner
 from imagegen.logs import configure_logging
 from imagegen.outcomes import Failure, Generation
+from imagegen.playground import mount_playground
 from imagegen.progress import CONNECTED
 from imagegen.schemas import (
     ImageRequest,
@@ -201,6 +202,7 @@ class ImageGeneration:
 
 
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))
+mount_playground(routes)
 
 
 # `bentoml.asgi_app`'s annotations hide that the decorated class is a bentoml.Service.

@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 
 from middleware.error_body import RETRY_STATUSES
 
@@ -156,7 +156,7 @@ def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
 
 
 def docs_router(service: Any, *, auth: bool) -> APIRouter:
-    """Routes for ``/``, ``/docs`` and ``/docs.json`` of a BentoML ``service``; with ``auth``
+    """Routes for ``/docs`` and ``/docs.json`` of a BentoML ``service``; with ``auth``
     the spec declares the API-key schemes, which gives Swagger UI its Authorize button."""
     router = APIRouter(include_in_schema=False)
 
@@ -171,9 +171,5 @@ def docs_router(service: Any, *, auth: bool) -> APIRouter:
     @router.get("/docs", response_class=HTMLResponse)
     def swagger_ui() -> str:
         return SWAGGER_PAGE
-
-    @router.get("/")
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
 
     return router

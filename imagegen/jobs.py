@@ -115,6 +115,7 @@ class Job(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    error_field: str | None = None
 
     def view(self) -> JobView:
         return JobView(
@@ -131,6 +132,7 @@ class Job(BaseModel):
             started_at=self.started_at,
             finished_at=self.finished_at,
             error=self.error,
+            error_field=self.error_field,
             parameters=self.parameters,
         )
 
@@ -297,12 +299,17 @@ class Jobs:
             except ServiceError:
                 await asyncio.sleep(1)  # the store is away; listen again when it is back
 
-    async def _end(self, job: Job, status: JobStatus, error: str | None) -> None:
+    async def _end(
+        self, job: Job, status: JobStatus, error: str | None, field: str | None = None
+    ) -> None:
         job.status, job.finished_at, job.eta_s, job.error = status, time.time(), None, error
+        job.error_field = field
         await self.store.save(job)
         terminal: dict[str, Any] = {"status": status}
         if error is not None:
             terminal["error"] = error
+        if field is not None:
+            terminal["error_field"] = field
         await self.store.publish(job.id, status, terminal)
         if job.webhook:
             self.webhooks.notify(
@@ -332,6 +339,7 @@ class Jobs:
 
         status: JobStatus
         error: str | None = None
+        field: str | None = None  # the request field a refusal names (a prompt too long)
         try:
             async with asyncio.timeout(self.timeout - (time.time() - job.created_at)):
                 generated = await queue.run(ticket, on_step)
@@ -347,14 +355,14 @@ class Jobs:
         except Cancelled as cancelled:
             status, error = "cancelled", cancelled.message
         except ServiceError as failure:
-            status, error = "failed", failure.message
+            status, error, field = "failed", failure.message, failure.field
         except Exception:
             logger.exception("job %s failed", job.id)
             status, error = "failed", "Image generation failed; the server log has the details."
         finally:
             self._running.pop(job.id, None)
         try:
-            await self._end(job, status, error)
+            await self._end(job, status, error, field)
         except ServiceError:
             # The store is away: the job is not reported ended; its lease lapses and any
             # replica that looks at it then ends it failed.

@@ -347,4 +347,7 @@ class JobView(BaseModel):
     started_at: float | None
     finished_at: float | None
     error: str | None = Field(description="Why it failed or was cancelled.")
+    error_field: str | None = Field(
+        None, description="The request field `error` names, when it names one."
+    )
     parameters: GenerationParameters = Field(description="As resolved; `seed` is image 0's.")

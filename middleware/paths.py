@@ -1,7 +1,8 @@
 """The one list of paths the middlewares treat specially, matched one way.
 
 Probes and metrics are polled by machines: they need no key, are never limited or logged, and
-must answer under any load. The docs are public too. Everything is matched on the path exactly
+must answer under any load. The docs and the playground page (its files, not what it asks
+of the API) are public too. Everything is matched on the path exactly
 as the router will match it, for GET and HEAD only, so a slash, dot-segment, percent-encoding,
 case or method trick can only turn a public path into a private one, never the reverse.
 """
@@ -12,7 +13,8 @@ from starlette.types import Scope
 
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 PUBLIC_PATHS = PROBE_PATHS | {"/", "/docs", "/docs.json"}
-PUBLIC_ASSETS = "/static_content/"  # Swagger UI's scripts and styles, served by BentoML
+# Swagger UI's scripts and styles, served by BentoML, and the playground's files.
+PUBLIC_ASSETS = ("/static_content/", "/web/")
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -32,11 +34,12 @@ def is_probe(scope: Scope) -> bool:
 
 
 def is_public(scope: Scope) -> bool:
-    """A read of a probe, the docs or a Swagger asset."""
+    """A read of a probe, the docs, the playground or one of their assets."""
     if scope["method"] not in READ_METHODS:
         return False
     path = route_path(scope)
     if path in PUBLIC_PATHS:
         return True
-    segments = path.removeprefix(PUBLIC_ASSETS).split("/")
-    return path.startswith(PUBLIC_ASSETS) and all(s not in ("", ".", "..") for s in segments)
+    prefix = next((prefix for prefix in PUBLIC_ASSETS if path.startswith(prefix)), None)
+    segments = path.removeprefix(prefix or "").split("/")
+    return prefix is not None and all(s not in ("", ".", "..") for s in segments)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the bento, containerize it on a real Docker engine, run the image and check that it
-# serves: ready, an image from the embedded model, IMAGEGEN_API_KEYS (given at run time only)
-# enforced, non-root, the model packed, no key in the image. Stops the container; exits
+# serves: ready, an image from the embedded model, the playground page, IMAGEGEN_API_KEYS
+# (given at run time only) enforced, non-root, the model packed, no key in the image. Stops the container; exits
 # non-zero on any failure. Slow (torch goes into the image), so not part of scripts/test.sh.
 #
 #   scripts/container-smoke.sh                       # BentoML's default base image
@@ -71,5 +71,8 @@ curl -sf -o "$workdir/out.png" -H "Authorization: Bearer $key" -H 'Content-Type:
 [ "$(head -c 8 "$workdir/out.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] \
   || fail "the answer is not a PNG"
 if docker logs "$container" 2>&1 | grep -qF "$key"; then fail "the key reached the logs"; fi
+for page in / /web/app.js /web/style.css; do
+  curl -sf -o /dev/null "$url$page" || fail "the playground's $page is not in the image"
+done
 
-echo "PASS: $image ($tag) served a PNG, enforced the key, runs as $user"
+echo "PASS: $image ($tag) served a PNG and the playground, enforced the key, runs as $user"

@@ -5,6 +5,7 @@ user's model store and always exercise the first-use build of the models they se
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
 
 import pytest
+from playwright.sync_api import Browser, Page, Request, sync_playwright
 from starlette.testclient import TestClient
 
 import models.loading
@@ -102,6 +104,44 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
     with bentoml_serve(log, max_concurrency=str(SERVER_MAX_CONCURRENCY)) as running:
         yield running
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright (whose own browser is not used)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("IMAGEGEN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"Chromium is required here but {CHROMIUM} is missing")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield launched
+        launched.close()
+
+
+def requests_outside(page: Page, origin: str) -> list[str]:
+    """The URLs of every request ``page`` makes from now on to anywhere but ``origin``."""
+    outside: list[str] = []
+
+    def record(request: Request) -> None:
+        # blob: and data: URLs are the page's own (images it made or was sent).
+        is_network = request.url.startswith(("http:", "https:", "ws:", "wss:"))
+        if is_network and not request.url.startswith(origin):
+            outside.append(request.url)
+
+    page.on("request", record)
+    return outside
 
 
 @pytest.fixture(scope="session")

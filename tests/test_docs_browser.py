@@ -2,56 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from harness.servers import Server
 from imagegen import __version__
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, requests_outside
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("IMAGEGEN_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"Chromium is required here but {CHROMIUM} is missing")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
 def docs_page(browser: Browser, server: Server) -> Iterator[tuple[Page, list[str]]]:
     """/docs loaded, with every request that left the server recorded."""
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
-    outside: list[str] = []
-
-    def record_outside(request: Request) -> None:
-        # blob: and data: URLs are the page's own (Swagger shows a returned image as a blob).
-        is_network = request.url.startswith(("http:", "https:", "ws:", "wss:"))
-        if is_network and not request.url.startswith(server.url):
-            outside.append(request.url)
-
-    page.on("request", record_outside)
+    outside = requests_outside(page, server.url)
     page.goto(f"{server.url}/docs", wait_until="networkidle")
     yield page, outside
     page.close()

@@ -181,6 +181,18 @@ def test_a_bad_job_field_is_a_400_naming_it(client: TestClient) -> None:
     assert body["detail"][0]["loc"] == ["width"]
 
 
+def test_a_job_refused_by_the_model_names_the_field_in_its_view_and_event(
+    client: TestClient,
+) -> None:
+    # The token count is known only where the tokenizer is: the job is accepted, then fails.
+    job = submit(client, prompt="a red apple " * 40)
+    view = wait_for(client, job["id"], "failed")
+    assert view["error"].startswith("`prompt` must be at most 77 tokens")
+    assert view["error_field"] == "prompt"
+    last = events(client, job["id"])[-1]
+    assert last["event"] == "failed" and json.loads(last["data"])["error_field"] == "prompt"
+
+
 def test_models_shows_the_work_budget(client: TestClient) -> None:
     (model,) = client.get("/models").json()
     assert model["max_request_work"] == 16.0  # the CPU default

@@ -182,7 +182,17 @@ def test_docs_page_and_spec_are_served_locally(client: TestClient) -> None:
     assert "http://" not in page.text and "https://" not in page.text
     spec = client.get("/docs.json").json()
     assert {"/generate/image", "/models"} <= set(spec["paths"])
-    assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
+
+
+def test_the_playground_page_and_its_files_are_served_without_a_key(client: TestClient) -> None:
+    page = client.get("/", headers={"Authorization": ""})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert 'href="/docs"' in page.text
+    for path, kind in [("/web/app.js", "javascript"), ("/web/style.css", "text/css")]:
+        asset = client.get(path, headers={"Authorization": ""})
+        assert asset.status_code == 200 and kind in asset.headers["content-type"]
+    assert client.get("/web/missing.js", headers={"Authorization": ""}).status_code == 404
 
 
 def test_spec_documents_every_request_field_with_an_example(client: TestClient) -> None:

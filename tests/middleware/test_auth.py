@@ -79,6 +79,7 @@ def test_the_key_id_is_recorded_and_is_not_the_key() -> None:
         "/docs",
         "/docs.json",
         "/static_content/swagger-ui-bundle.js",
+        "/web/app.js",
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
@@ -106,6 +107,10 @@ BYPASS_ATTEMPTS = [
     ("GET", "/static_content/./x"),
     ("GET", "/static_content//generate/image"),
     ("GET", "/static_content/"),
+    ("GET", "/web/../models"),
+    ("GET", "/web//jobs/x"),
+    ("GET", "/web/"),
+    ("POST", "/web/app.js"),
     ("POST", "/docs"),
     ("POST", "/docs.json"),
     ("POST", "/livez"),
