@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Page
 from harness.servers import Server
 from models.shapes import measure, nearest_colour
 from tests.conftest import API_KEY, requests_outside
+from tests.test_jobs_e2e import job_when
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -153,6 +154,24 @@ def test_a_long_generation_is_cancelled_and_the_server_is_free_after(
     page.click("#generate")
     # The cancelled job's remaining 140-odd steps would take longer than this.
     page.wait_for_selector("#results img", timeout=15_000)
+
+
+def test_leaving_the_page_cancels_its_running_job(
+    playground: tuple[Page, list[str]], shapes_server: Server
+) -> None:
+    page, _ = playground
+    enter_key(page)
+    page.fill("#prompt", PROMPT)
+    page.fill("#num_inference_steps", "150")
+    page.fill("#width", "128")
+    page.fill("#height", "128")
+    with page.expect_response(lambda response: response.url.endswith("/jobs")) as submitted:
+        page.click("#generate")
+    job_id = submitted.value.json()["id"]
+    page.wait_for_selector("#status:has-text('Step')", timeout=WAIT_MS)
+    page.goto("about:blank")
+    job = job_when(shapes_server, job_id, lambda job: job["status"] != "running")
+    assert job["status"] == "cancelled", job
 
 
 def test_without_a_key_the_api_sentence_is_shown_beside_the_key_field(

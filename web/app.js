@@ -255,7 +255,7 @@ async function follow(jobId, signal) {
 }
 
 async function generate() {
-  if (state.job) return;
+  if ($("generate").disabled) return; // one at a time, Ctrl+Enter included
   clearErrors();
   const progress = $("progress");
   progress.value = 0;
@@ -378,6 +378,12 @@ document.addEventListener("keydown", (event) => {
   }
 });
 $("cancel").addEventListener("click", cancel);
+// Nobody will see a job whose page is gone: cancel it (keepalive outlives the page).
+window.addEventListener("pagehide", () => {
+  if (state.job) {
+    fetch(`/jobs/${state.job}`, { method: "DELETE", headers: headers(false), keepalive: true });
+  }
+});
 $("model").addEventListener("change", applyModel);
 $("random_seed").addEventListener("change", () => {
   $("seed").disabled = $("random_seed").checked;
