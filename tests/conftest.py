@@ -115,9 +115,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium, driven by Playwright (whose own browser is not used)."""
+    """Debian's headless Chromium, driven by Playwright (whose own browser is not used). Per
+    module: while Playwright's sync API is open it holds an event loop on the main thread, and
+    the tests that call `asyncio.run` must not run inside it."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("IMAGEGEN_REQUIRE_BROWSER") == "1":
             pytest.fail(f"Chromium is required here but {CHROMIUM} is missing")
