@@ -211,7 +211,7 @@ function showProgress(data) {
   const progress = $("progress");
   progress.value = data.fraction;
   progress.dataset.events = String(Number(progress.dataset.events || 0) + 1);
-  const eta = data.eta_s === null || data.eta_s === undefined ? "" : `, about ${data.eta_s.toFixed(1)} s left`;
+  const eta = data.eta_s == null ? "" : `, about ${data.eta_s.toFixed(1)} s left`;
   setStatus(`Step ${data.step} of ${data.steps}${eta}.`);
   if (data.preview) {
     $("preview").src = `data:image/png;base64,${data.preview}`;
@@ -236,7 +236,8 @@ async function resultImages(jobId) {
 }
 
 async function follow(jobId, signal) {
-  const stream = await checked(await api("GET", `/jobs/${jobId}/events?preview=true`, undefined, signal));
+  const path = `/jobs/${jobId}/events?preview=true`;
+  const stream = await checked(await api("GET", path, undefined, signal));
   for await (const { name, data } of events(stream)) {
     if (name === "queued") {
       setStatus(`Queued: ${data.queue_position} ahead.`);
@@ -310,7 +311,8 @@ function figure(item, onClick) {
   image.title = "Reuse these parameters";
   image.addEventListener("click", onClick);
   const caption = document.createElement("figcaption");
-  caption.textContent = `${p.prompt} · seed ${p.seed} · ${p.width}×${p.height} · ${p.num_inference_steps} steps`;
+  const size = `${p.width}×${p.height}`;
+  caption.textContent = `${p.prompt} · seed ${p.seed} · ${size} · ${p.num_inference_steps} steps`;
   const download = document.createElement("a");
   download.href = url;
   download.download = `imagegen-${p.seed}.png`;
