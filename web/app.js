@@ -321,8 +321,14 @@ function figure(item, onClick) {
   return shown;
 }
 
+function show(container, items) {
+  // A blob: URL holds its image until revoked: free those of the figures being replaced.
+  for (const image of container.querySelectorAll("img")) URL.revokeObjectURL(image.src);
+  container.replaceChildren(...items.map((item) => figure(item, () => fill(item.parameters))));
+}
+
 function showResults(made) {
-  $("results").replaceChildren(...made.map((item) => figure(item, () => fill(item.parameters))));
+  show($("results"), made);
   $("preview").hidden = true;
 }
 
@@ -362,9 +368,7 @@ async function keep(item) {
 
 async function renderGallery() {
   const items = await transaction("readonly", (store) => store.getAll());
-  $("gallery").replaceChildren(
-    ...items.reverse().map((item) => figure(item, () => fill(item.parameters))),
-  );
+  show($("gallery"), items.reverse());
 }
 
 // ---- wiring ----------------------------------------------------------------------------
