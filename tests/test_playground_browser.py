@@ -49,13 +49,18 @@ def fix_seed(page: Page, seed: int) -> None:
 
 
 def watch_progress(page: Page) -> None:
-    """Record every change of the progress bar (its value and the events counted)."""
+    """Record every change of the progress bar (its value and the events counted) and every
+    status line shown."""
     page.evaluate(
         """() => {
           const bar = document.getElementById("progress");
+          const status = document.getElementById("status");
           window.seen = [];
+          window.said = [];
           new MutationObserver(() => window.seen.push([bar.value, bar.dataset.events]))
             .observe(bar, {attributes: true});
+          new MutationObserver(() => window.said.push(status.textContent))
+            .observe(status, {childList: true, characterData: true, subtree: true});
         }"""
     )
 
@@ -96,6 +101,9 @@ def test_a_prompt_is_drawn_with_progress_then_kept_in_the_gallery(
     assert any(0 < value < 1 for value in fractions), seen  # it moved through the steps
     assert fractions == sorted(fractions)
     assert int(page.get_attribute("#progress", "data-events") or 0) >= 10
+    said = page.evaluate("window.said")
+    assert any(line.startswith("Queued: ") and "ahead" in line for line in said), said
+    assert any(line.startswith("Step ") and "s left" in line for line in said), said  # ETA
     assert page.input_value("#seed") == str(SEED)
 
     image = shown_image(page, "#results img")
@@ -144,6 +152,7 @@ def test_a_long_generation_is_cancelled_and_the_server_is_free_after(
     while int(page.get_attribute("#progress", "data-events") or 0) < 3:  # a few steps in
         assert time.monotonic() < deadline, "no progress events"
         page.wait_for_timeout(50)
+    page.screenshot(path=str(artifacts / "playground-running.png"), full_page=True)
     page.click("#cancel")
     page.wait_for_selector("#status:has-text('Cancelled')", timeout=WAIT_MS)
     page.screenshot(path=str(artifacts / "playground-cancelled.png"), full_page=True)
