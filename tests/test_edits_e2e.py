@@ -84,19 +84,24 @@ def test_image_to_image_of_what_the_image_shows_keeps_it(shapes_server: Server) 
     assert max(kept) < 8, kept
 
 
-def test_inpainting_keeps_what_is_black_and_repaints_what_is_white(
-    shapes_server: Server,
-) -> None:
-    image = pixels(
+def red_square_inpainted(server: Server, seed: int) -> np.ndarray:
+    """``PICTURE`` with the square ``MASK`` marks repainted as "a red square"."""
+    return pixels(
         generated(
-            shapes_server,
+            server,
             prompt=caption("red", "square", "white"),
             image=pack(PICTURE),
             mask=pack(MASK),
             strength=1.0,
-            seed=1,
+            seed=seed,
         )
     )
+
+
+def test_inpainting_keeps_what_is_black_and_repaints_what_is_white(
+    shapes_server: Server,
+) -> None:
+    image = red_square_inpainted(shapes_server, seed=1)
     difference = np.abs(image - np.asarray(PICTURE, dtype=float)).mean(axis=2)
     assert difference[~INSIDE].max() == 0
     assert difference[INSIDE].mean() > 30
@@ -106,16 +111,7 @@ def test_inpainting_keeps_what_is_black_and_repaints_what_is_white(
 def test_inpainting_a_masked_square_with_a_red_square_makes_it_red(
     shapes_server: Server, seed: int
 ) -> None:
-    image = pixels(
-        generated(
-            shapes_server,
-            prompt=caption("red", "square", "white"),
-            image=pack(PICTURE),
-            mask=pack(MASK),
-            strength=1.0,
-            seed=seed,
-        )
-    )
+    image = red_square_inpainted(shapes_server, seed)
     reading = measure(image.astype(np.uint8))
     assert (reading.colour, reading.background) == ("red", "white"), reading
 

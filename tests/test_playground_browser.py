@@ -138,15 +138,20 @@ def test_the_png_downloaded_keeps_its_parameters(playground: tuple[Page, list[st
     assert '"seed":7' in saved.info["parameters"]  # type: ignore[operator]
 
 
-def test_a_long_generation_is_cancelled_and_the_server_is_free_after(
-    playground: tuple[Page, list[str]], artifacts: Path
-) -> None:
-    page, _ = playground
+def ask_for_a_long_generation(page: Page) -> None:
+    """Fill the form for 150 steps at 128x128: seconds of work, long enough to stop."""
     enter_key(page)
     page.fill("#prompt", PROMPT)
     page.fill("#num_inference_steps", "150")
     page.fill("#width", "128")
     page.fill("#height", "128")
+
+
+def test_a_long_generation_is_cancelled_and_the_server_is_free_after(
+    playground: tuple[Page, list[str]], artifacts: Path
+) -> None:
+    page, _ = playground
+    ask_for_a_long_generation(page)
     page.click("#generate")
     deadline = time.monotonic() + WAIT_MS / 1000
     while int(page.get_attribute("#progress", "data-events") or 0) < 3:  # a few steps in
@@ -169,11 +174,7 @@ def test_leaving_the_page_cancels_its_running_job(
     playground: tuple[Page, list[str]], shapes_server: Server
 ) -> None:
     page, _ = playground
-    enter_key(page)
-    page.fill("#prompt", PROMPT)
-    page.fill("#num_inference_steps", "150")
-    page.fill("#width", "128")
-    page.fill("#height", "128")
+    ask_for_a_long_generation(page)
     with page.expect_response(lambda response: response.url.endswith("/jobs")) as submitted:
         page.click("#generate")
     job_id = submitted.value.json()["id"]
