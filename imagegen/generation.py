@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import inspect
 import io
 import logging
 import time
@@ -89,8 +90,8 @@ LATENT_RGB = torch.tensor(
 
 def preview_png(latents: torch.Tensor) -> str | None:
     """One image's latents (C, h, w) as a small base64 PNG (h x w, an eighth of the image's
-    size), or None for latents this approximation does not know."""
-    if latents.shape[0] != LATENT_RGB.shape[0]:
+    size), or None for latents this approximation does not know (FLUX.1's are packed)."""
+    if latents.ndim != 3 or latents.shape[0] != LATENT_RGB.shape[0]:
         return None
     rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), LATENT_RGB)
     pixels = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
@@ -219,12 +220,17 @@ class PipelineRunner:
         return answered
 
     def check_prompts(self, parameters: GenerationParameters) -> None:
-        """CLIP reads a fixed number of tokens and drops the rest without a word; a prompt
-        longer than that is refused, naming the limit, rather than silently cut."""
-        tokenizer = getattr(self.model.pipeline, "tokenizer", None)
+        """A text encoder reads a fixed number of tokens and drops the rest without a word; a
+        prompt longer than what the family's longest reader takes (CLIP's 77 tokens, or the
+        pipeline's T5 sequence length) is refused, naming the limit, rather than silently
+        cut."""
+        pipeline = self.model.pipeline
+        tokenizer = getattr(pipeline, self.model.family.prompt_tokenizer, None)
         if tokenizer is None:
             return
-        limit = tokenizer.model_max_length
+        call = inspect.signature(pipeline.__call__).parameters
+        sequence = call.get("max_sequence_length")
+        limit = sequence.default if sequence is not None else tokenizer.model_max_length
         for field in ("prompt", "negative_prompt"):
             tokens = len(tokenizer(getattr(parameters, field)).input_ids)
             if tokens > limit:
@@ -306,7 +312,6 @@ class PipelineRunner:
             started = time.perf_counter()
             output = run(
                 prompt=[p.prompt for p in group],
-                negative_prompt=[p.negative_prompt for p in group],
                 num_inference_steps=first.num_inference_steps,
                 guidance_scale=first.guidance_scale,
                 generator=generators,

@@ -9,12 +9,14 @@ from dataclasses import dataclass, fields
 from typing import get_args
 
 import bentoml
+import torch
 from diffusers import DiffusionPipeline
 
+from models.families import Family
 from models.loading import LoadedPipeline, Switches, load_pipeline
 
 from .schedulers import compatible_schedulers, name_of
-from .schemas import Mode, ModelInfo
+from .schemas import Guidance, Mode, ModelInfo
 from .settings import Settings, get_settings
 from .work import default_budget
 
@@ -27,6 +29,7 @@ class LoadedModel:
     pipeline that runs each mode (all sharing its weights)."""
 
     info: ModelInfo
+    family: Family
     pipeline: DiffusionPipeline
     pipelines: dict[Mode, DiffusionPipeline]
 
@@ -61,6 +64,7 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
     )
     return LoadedModel(
         info=describe(stored, loaded, settings),
+        family=loaded.family,
         pipeline=loaded.pipeline,
         pipelines=mode_pipelines(loaded),
     )
@@ -76,6 +80,23 @@ def mode_pipelines(loaded: LoadedPipeline) -> dict[Mode, DiffusionPipeline]:
     }
 
 
+def guidance_of(loaded: LoadedPipeline) -> Guidance:
+    if loaded.family.classifier_free_guidance:
+        return "classifier-free"
+    # FLUX.1-dev embeds the scale; -schnell was distilled without it.
+    denoiser = getattr(loaded.pipeline, loaded.family.denoiser)
+    return "distilled" if denoiser.config.get("guidance_embeds") else "none"
+
+
+def weights_bytes(pipeline: DiffusionPipeline) -> int:
+    return sum(
+        parameter.numel() * parameter.element_size()
+        for component in pipeline.components.values()
+        if isinstance(component, torch.nn.Module)
+        for parameter in component.parameters()
+    )
+
+
 def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) -> ModelInfo:
     """What ``GET /models`` says of a loaded pipeline; its defaults come from the store."""
     metadata = stored.info.metadata
@@ -84,6 +105,7 @@ def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) 
     return ModelInfo(
         name=stored.tag.name,
         version=str(stored.tag.version),
+        family=loaded.family.name,
         pipeline=type(served).__name__,
         device=str(loaded.device),
         dtype=str(loaded.dtype).removeprefix("torch."),
@@ -94,6 +116,8 @@ def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) 
         default_scheduler=name_of(pipeline.scheduler),
         schedulers=compatible_schedulers(pipeline.scheduler),
         switches=loaded.switches,
+        guidance=guidance_of(loaded),
+        weights_bytes=weights_bytes(pipeline),
         modes=list(get_args(Mode)),
         max_request_work=settings.max_request_work or default_budget(str(loaded.device)),
     )

@@ -44,7 +44,11 @@ def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
     """The pipeline and arguments of one call; its items share a mode and strength."""
     first = items[0].parameters
     pipeline = model.pipelines[first.mode]
-    size = {"width": first.width, "height": first.height}
+    common: dict[str, Any] = {}
+    if model.family.classifier_free_guidance:  # a distilled family has no negative prompt
+        common["negative_prompt"] = [item.parameters.negative_prompt for item in items]
+    # Image-to-image takes its size from the image.
+    size = {**common, "width": first.width, "height": first.height}
     if first.mode == "text-to-image" and not model.dedicated_inpainting:
         return ModeCall(pipeline, size)
     images = [
@@ -55,7 +59,7 @@ def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
     ]
     strength = first.strength or 1.0
     if first.mode == "image-to-image" and not model.dedicated_inpainting:
-        return ModeCall(pipeline, {"image": images, "strength": strength})
+        return ModeCall(pipeline, {**common, "image": images, "strength": strength})
     masks = [
         unpack(item.mask) if item.mask else PIL.Image.new("L", (first.width, first.height), 255)
         for item in items

@@ -5,27 +5,56 @@ from __future__ import annotations
 
 import secrets
 
+from models.families import FAMILIES
+
 from .errors import InvalidField
 from .inputs import Edit
 from .schemas import MAX_SEED, GenerationParameters, ImageRequest, Mode, ModelInfo
 
 
-def resolve(
-    request: ImageRequest, info: ModelInfo, count: int = 1, edit: Edit | None = None
-) -> GenerationParameters:
-    """A drawn seed leaves room for ``count`` consecutive seeds. With an ``edit`` (the
-    request's image, read), the size is the edit's."""
-    if request.model not in (None, info.name, info.tag):
-        raise InvalidField(
-            f"`model` must be one of the loaded models ({info.tag}), but is {request.model!r}.",
-            field="model",
-        )
+def choose_model(name: str | None, infos: list[ModelInfo]) -> ModelInfo:
+    """The model a request names, as ``name`` or ``name:version``; the first when blank."""
+    if name is None:
+        return infos[0]
+    for info in infos:
+        if name in (info.name, info.tag):
+            return info
+    loaded = ", ".join(info.tag for info in infos)
+    raise InvalidField(
+        f"`model` must be one of the loaded models ({loaded}), but is {name!r}.", field="model"
+    )
+
+
+def check_family(request: ImageRequest, info: ModelInfo) -> None:
+    """Fields the model's family cannot honour are refused, never dropped."""
+    label = f"{info.name} ({FAMILIES[info.family].label})"
     if request.scheduler is not None and request.scheduler not in info.schedulers:
         raise InvalidField(
-            f"`scheduler` must be one of {', '.join(info.schedulers)} for {info.name}, "
+            f"`scheduler` must be one of {', '.join(info.schedulers)} for {label}, "
             f"but is {request.scheduler!r}.",
             field="scheduler",
         )
+    if request.negative_prompt and info.guidance != "classifier-free":
+        raise InvalidField(
+            f"`negative_prompt` must be empty for {label}: its guidance is distilled into "
+            "the model, which has no negative prompt.",
+            field="negative_prompt",
+        )
+    if request.guidance_scale is not None and info.guidance == "none":
+        raise InvalidField(
+            f"`guidance_scale` must be left blank for {label}: the model ignores it, but is "
+            f"{request.guidance_scale:g}.",
+            field="guidance_scale",
+        )
+
+
+def resolve(
+    request: ImageRequest, info: ModelInfo, count: int = 1, edit: Edit | None = None
+) -> GenerationParameters:
+    """The parameters of a request to the model ``info`` (:func:`choose_model`). A drawn
+    seed leaves room for ``count`` consecutive seeds. With an ``edit`` (the request's image,
+    read), the size is the edit's."""
+    check_family(request, info)
     mode = mode_of(edit)
     if mode not in info.modes:
         field = "mask" if mode == "inpainting" else "image"

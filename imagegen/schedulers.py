@@ -14,6 +14,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -35,6 +36,8 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
     "lms": (LMSDiscreteScheduler, {}),
     "unipc": (UniPCMultistepScheduler, {}),
+    # SD3's and FLUX.1's: they denoise along a flow, not a noise schedule.
+    "flow_match_euler": (FlowMatchEulerDiscreteScheduler, {}),
 }
 SCHEDULER_NAMES: tuple[str, ...] = get_args(SchedulerName)
 

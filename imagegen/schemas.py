@@ -24,7 +24,17 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["text-to-image", "image-to-image", "inpainting"]
 # The names imagegen.schedulers builds; a model accepts those compatible with its own.
 SchedulerName = Literal[
-    "ddim", "ddpm", "euler", "euler_a", "heun", "dpm++", "dpm++_karras", "pndm", "lms", "unipc"
+    "ddim",
+    "ddpm",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpm++",
+    "dpm++_karras",
+    "pndm",
+    "lms",
+    "unipc",
+    "flow_match_euler",
 ]
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
@@ -236,11 +246,15 @@ class ImagesResponse(BaseModel):
     timings: Timings
 
 
+Guidance = Literal["classifier-free", "distilled", "none"]
+
+
 class ModelInfo(BaseModel):
     """A loaded model and the defaults it applies to blank request fields."""
 
     name: str
     version: str
+    family: str = Field(description="Its pipeline family: `sd`, `sdxl`, `sd3` or `flux`.")
     pipeline: str = Field(description="The diffusers pipeline class.")
     device: str
     dtype: str
@@ -252,6 +266,12 @@ class ModelInfo(BaseModel):
     schedulers: list[str] = Field(description="Values the `scheduler` field accepts.")
     modes: list[Mode] = Field(description="What it can start from: noise, an image, a mask.")
     switches: list[str] = Field(description="Performance switches in effect.")
+    guidance: Guidance = Field(
+        description="What `guidance_scale` does: `classifier-free` (the denoiser runs on the "
+        "prompt and on `negative_prompt`), `distilled` (an input of one pass; no negative "
+        "prompt) or `none` (the model ignores it; leave it blank)."
+    )
+    weights_bytes: int = Field(description="Memory its weights take, all components.")
     max_request_work: float = Field(
         description="Most work one request or job may ask for, in megapixel-steps: images x "
         "steps x width x height / 10^6, doubled when `guidance_scale` > 1."

@@ -1,5 +1,5 @@
-"""Build a recipe's Stable Diffusion pipeline (``models.recipes``): weights drawn from its seed,
-or, for a trained recipe, read from its committed weights file."""
+"""Build a recipe's pipeline (``models.recipes``) in its family's shape: weights drawn from
+its seed, or, for a trained recipe, read from its committed weights file."""
 
 from __future__ import annotations
 
@@ -10,14 +10,28 @@ import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 from .recipes import INPAINTING_CHANNELS, MAX_TOKENS, Recipe
 
@@ -58,30 +72,116 @@ def _seeded(seed: int, build: Any, *args: Any, **kwargs: Any) -> Any:
         return build(*args, **kwargs)
 
 
-def build_untrained(recipe: Recipe) -> StableDiffusionPipeline:
-    """The recipe's architecture with weights drawn from its seed: identical on every call. A
-    UNet that reads a mask makes an inpainting pipeline, as such checkpoints are saved."""
-    tokenizer = build_tokenizer(recipe.words)
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        **recipe.text_encoder,
-    )
-    scheduler_class, scheduler_config = recipe.scheduler
-    inpainting = recipe.unet["in_channels"] == INPAINTING_CHANNELS
+def build_t5_tokenizer() -> T5Tokenizer:
+    """A character-level T5 tokenizer: every byte-level character one piece, as the CLIP
+    tokenizer's alphabet, and T5's special tokens."""
+    pieces = [(piece, -1.0) for piece in ["\u2581", *sorted(ByteLevel.alphabet())]]
+    specials = [(token, 0.0) for token in ("<pad>", "</s>", "<unk>")]
+    return T5Tokenizer(vocab=specials + pieces, extra_ids=0)
+
+
+class Parts:
+    """A recipe's components, each drawn from the recipe's seed."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.tokenizer = build_tokenizer(recipe.words)
+
+    def clip(self, cls: type = CLIPTextModel) -> Any:
+        config = CLIPTextConfig(
+            vocab_size=len(self.tokenizer),
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            **self.recipe.text_encoder,
+        )
+        return _seeded(self.recipe.seed, cls, config)
+
+    def t5(self, tokenizer: T5Tokenizer) -> T5EncoderModel:
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **(self.recipe.t5 or {}),
+        )
+        return _seeded(self.recipe.seed, T5EncoderModel, config)
+
+    def denoiser(self, cls: type) -> Any:
+        return _seeded(self.recipe.seed, cls, **self.recipe.denoiser)
+
+    def vae(self) -> AutoencoderKL:
+        return _seeded(self.recipe.seed, AutoencoderKL, **self.recipe.vae)
+
+    def scheduler(self) -> Any:
+        scheduler_class, scheduler_config = self.recipe.scheduler
+        return getattr(diffusers, scheduler_class)(**scheduler_config)
+
+
+def build_sd(parts: Parts) -> DiffusionPipeline:
+    """A UNet that reads a mask makes an inpainting pipeline, as such checkpoints are saved."""
+    inpainting = parts.recipe.denoiser["in_channels"] == INPAINTING_CHANNELS
     pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
     return pipeline_class(
-        vae=_seeded(recipe.seed, AutoencoderKL, **recipe.vae),
-        text_encoder=_seeded(recipe.seed, CLIPTextModel, text_config),
-        tokenizer=tokenizer,
-        unet=_seeded(recipe.seed, UNet2DConditionModel, **recipe.unet),
-        scheduler=getattr(diffusers, scheduler_class)(**scheduler_config),
+        vae=parts.vae(),
+        text_encoder=parts.clip(),
+        tokenizer=parts.tokenizer,
+        unet=parts.denoiser(UNet2DConditionModel),
+        scheduler=parts.scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_sdxl(parts: Parts) -> DiffusionPipeline:
+    return StableDiffusionXLPipeline(
+        vae=parts.vae(),
+        text_encoder=parts.clip(),
+        # The second encoder's pooled projection joins the size conditioning.
+        text_encoder_2=parts.clip(CLIPTextModelWithProjection),
+        tokenizer=parts.tokenizer,
+        tokenizer_2=parts.tokenizer,
+        unet=parts.denoiser(UNet2DConditionModel),
+        scheduler=parts.scheduler(),
+        add_watermarker=False,
+    )
+
+
+def build_sd3(parts: Parts) -> DiffusionPipeline:
+    t5_tokenizer = build_t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=parts.denoiser(SD3Transformer2DModel),
+        scheduler=parts.scheduler(),
+        vae=parts.vae(),
+        text_encoder=parts.clip(CLIPTextModelWithProjection),
+        tokenizer=parts.tokenizer,
+        text_encoder_2=parts.clip(CLIPTextModelWithProjection),
+        tokenizer_2=parts.tokenizer,
+        text_encoder_3=parts.t5(t5_tokenizer),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+def build_flux(parts: Parts) -> DiffusionPipeline:
+    t5_tokenizer = build_t5_tokenizer()
+    return FluxPipeline(
+        scheduler=parts.scheduler(),
+        vae=parts.vae(),
+        text_encoder=parts.clip(),
+        tokenizer=parts.tokenizer,
+        text_encoder_2=parts.t5(t5_tokenizer),
+        tokenizer_2=t5_tokenizer,
+        transformer=parts.denoiser(FluxTransformer2DModel),
+    )
+
+
+BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}
+
+
+def build_untrained(recipe: Recipe) -> DiffusionPipeline:
+    """The recipe's architecture with weights drawn from its seed: identical on every call."""
+    return BUILDERS[recipe.family](Parts(recipe))
 
 
 def load_parts(
@@ -107,7 +207,7 @@ def load_weights(pipeline: StableDiffusionPipeline, path: Path) -> dict[str, str
     return metadata
 
 
-def build_pipeline(recipe: Recipe) -> StableDiffusionPipeline:
+def build_pipeline(recipe: Recipe) -> DiffusionPipeline:
     """The recipe's pipeline, with its trained weights when it has some."""
     pipeline = build_untrained(recipe)
     if recipe.trained:

@@ -18,6 +18,7 @@ from diffusers import (
     DiffusionPipeline,
 )
 
+from .families import Family, family_of
 from .recipes import INPAINTING_CHANNELS
 
 
@@ -52,6 +53,7 @@ class Switches:
 @dataclass(frozen=True)
 class LoadedPipeline:
     pipeline: DiffusionPipeline
+    family: Family
     device: torch.device  # the one it runs on (under CPU offload its weights wait on the CPU)
     dtype: torch.dtype
     switches: list[str]  # the switches in effect
@@ -69,8 +71,9 @@ def apply_switches(pipeline: Any, switches: Switches, device: torch.device) -> l
     ):
         # Convolutions in NHWC, which cuDNN may run faster in half precision (measured slower
         # on an H200 with SD 1.5: README, GPU benchmark).
-        for module in (pipeline.unet, pipeline.vae):
-            module.to(memory_format=torch.channels_last)
+        for module in (getattr(pipeline, "unet", None), pipeline.vae):
+            if module is not None:  # a transformer denoiser has no convolutions to lay out
+                module.to(memory_format=torch.channels_last)
         applied.append("channels_last")
     if switches.attention_slicing:
         pipeline.enable_attention_slicing()
@@ -83,7 +86,8 @@ def apply_switches(pipeline: Any, switches: Switches, device: torch.device) -> l
         applied.append("vae_tiling")
     if switches.compile != "off":
         # Compiled lazily on the first call per shape: the warm-up sizes pay for it at start-up.
-        pipeline.unet = torch.compile(pipeline.unet, mode=switches.compile)
+        name = family_of(type(pipeline).__name__).denoiser
+        setattr(pipeline, name, torch.compile(getattr(pipeline, name), mode=switches.compile))
         applied.append(f"compile:{switches.compile}")
     return applied
 
@@ -110,12 +114,16 @@ def load_pipeline(
     # from_pipe casts to its `dtype` argument, float32 when none: passed, or a float16
     # model's shared weights would be doubled in place.
     inpainting = AutoPipelineForInpainting.from_pipe(pipeline, dtype=torch_dtype)
+    family = family_of(type(pipeline).__name__)
+    denoiser = getattr(pipeline, family.denoiser)
     image_to_image = (
         None
-        if pipeline.unet.config.in_channels == INPAINTING_CHANNELS
+        if family.denoiser == "unet" and denoiser.config.in_channels == INPAINTING_CHANNELS
         else AutoPipelineForImage2Image.from_pipe(pipeline, dtype=torch_dtype)
     )
     for each in (pipeline, image_to_image, inpainting):
         if each is not None:
             each.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipeline, torch_device, torch_dtype, applied, image_to_image, inpainting)
+    return LoadedPipeline(
+        pipeline, family, torch_device, torch_dtype, applied, image_to_image, inpainting
+    )

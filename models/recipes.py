@@ -14,6 +14,8 @@ library is imported here: the service's public process resolves a recipe's tag w
   the tests of that path.
 - ``sd15-random``: Stable Diffusion 1.5's architecture with random weights, the GPU
   benchmark's model (no download). Its images are noise; its cost per step is SD 1.5's.
+- ``sdxl-tiny``, ``sd3-tiny``, ``flux-tiny``: the SDXL, SD3 and FLUX.1 families at sd-tiny's
+  scale, random weights, for the tests of each family's path.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ VAE_BLOCKS: dict[str, Any] = {
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    text_encoder: dict[str, Any]
-    unet: dict[str, Any]
+    text_encoder: dict[str, Any]  # CLIP's text tower (each CLIP encoder of the family)
+    denoiser: dict[str, Any]  # its UNet's or transformer's config
     vae: dict[str, Any]
     default_steps: int  # what the service applies to a blank `num_inference_steps`
     default_guidance_scale: float
@@ -76,15 +78,24 @@ class Recipe:
     words: tuple[str, ...] = ()  # whole-word tokens beyond the byte-level ones
     seed: int = 0
     trained: bool = False  # weights from models/weights/NAME.safetensors, else from `seed`
+    family: str = "sd"  # a key of models.families.FAMILIES
+    t5: dict[str, Any] | None = None  # SD3's and FLUX.1's T5 encoder
+    # Image side, where the denoiser's config does not give it (FLUX.1's pipeline assumes 1024).
+    native_size: int | None = None
 
     def architecture(self) -> dict[str, Any]:
-        return {
+        # A Stable Diffusion 1.x recipe is described as before families existed, so its
+        # version (and sd-shapes' training hash) stays what it was.
+        described = {
             "text_encoder": self.text_encoder,
-            "unet": self.unet,
+            "unet" if self.family in ("sd", "sdxl") else "transformer": self.denoiser,
             "vae": self.vae,
             "scheduler": self.scheduler,
             "words": self.words,
         }
+        if self.family != "sd":
+            described.update(family=self.family, t5=self.t5)
+        return described
 
     @property
     def weights(self) -> Path:
@@ -128,7 +139,7 @@ SD_TINY = Recipe(
         "projection_dim": 32,
         "max_position_embeddings": MAX_TOKENS,
     },
-    unet={
+    denoiser={
         "sample_size": 8,  # latent side; the VAE scales it by 8 to a 64x64 image
         "in_channels": 4,
         "out_channels": 4,
@@ -153,7 +164,9 @@ SD_TINY = Recipe(
 # sd-tiny as a dedicated inpainting model: its UNet also reads the mask and the masked image
 # (9 input channels), so it serves through diffusers' inpainting pipeline.
 SD_TINY_INPAINTING = replace(
-    SD_TINY, name="sd-tiny-inpainting", unet={**SD_TINY.unet, "in_channels": INPAINTING_CHANNELS}
+    SD_TINY,
+    name="sd-tiny-inpainting",
+    denoiser={**SD_TINY.denoiser, "in_channels": INPAINTING_CHANNELS},
 )
 SD15_RANDOM = Recipe(
     name="sd15-random",
@@ -168,7 +181,7 @@ SD15_RANDOM = Recipe(
         "max_position_embeddings": MAX_TOKENS,
         "hidden_act": "quick_gelu",
     },
-    unet={
+    denoiser={
         "sample_size": 64,  # 512x512 images
         "in_channels": 4,
         "out_channels": 4,
@@ -199,7 +212,7 @@ SD_SHAPES = Recipe(
         "projection_dim": SHAPES_TEXT_WIDTH,
         "max_position_embeddings": MAX_TOKENS,
     },
-    unet={
+    denoiser={
         "sample_size": 16,  # latent side; the VAE scales it by 4 to a 64x64 image
         "in_channels": 4,
         "out_channels": 4,
@@ -231,5 +244,97 @@ SD_SHAPES = Recipe(
     default_guidance_scale=2.0,
     trained=True,
 )
+# The other families at sd-tiny's scale, 64x64 images (an 8x VAE, sd-tiny's): each runs its
+# family's real code path (two CLIP encoders and size conditioning; CLIP+CLIP+T5 into an MMDiT
+# with flow matching; CLIP+T5 into FLUX's transformer over packed latents) in milliseconds.
+# Transformer families' VAEs skip the quantisation convolutions and shift their latents.
+FLOW_VAE = {**SD_TINY.vae, "use_quant_conv": False, "use_post_quant_conv": False}
+TINY_T5 = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
+SDXL_TIME_EMBED = 8
+SDXL_TINY = Recipe(
+    name="sdxl-tiny",
+    family="sdxl",
+    text_encoder=SD_TINY.text_encoder,
+    denoiser={
+        **SD_TINY.denoiser,
+        # Both CLIP encoders' hidden states side by side.
+        "cross_attention_dim": 2 * SD_TINY_TEXT_WIDTH,
+        "use_linear_projection": True,
+        "transformer_layers_per_block": (1, 2),
+        # Size conditioning: six numbers (original size, crop, target size) embedded, next to
+        # the second encoder's pooled projection.
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": SDXL_TIME_EMBED,
+        "projection_class_embeddings_input_dim": 6 * SDXL_TIME_EMBED
+        + SD_TINY.text_encoder["projection_dim"],
+    },
+    vae=SD_TINY.vae,
+    # SDXL base's own scheduler.
+    scheduler=(
+        "EulerDiscreteScheduler",
+        {**SD_SCHEDULER, "timestep_spacing": "leading", "interpolation_type": "linear"},
+    ),
+    default_steps=4,
+    default_guidance_scale=5.0,
+)
+SD3_TINY = Recipe(
+    name="sd3-tiny",
+    family="sd3",
+    text_encoder=SD_TINY.text_encoder,
+    denoiser={
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_layers": 2,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "caption_projection_dim": 32,
+        "joint_attention_dim": TINY_T5["d_model"],  # CLIP's states are padded to T5's width
+        "pooled_projection_dim": 2 * SD_TINY.text_encoder["projection_dim"],
+        "pos_embed_max_size": 32,
+    },
+    vae={**FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+    t5=TINY_T5,
+    scheduler=("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}),  # SD3-medium's
+    default_steps=4,
+    default_guidance_scale=7.0,
+)
+FLUX_TINY = Recipe(
+    name="flux-tiny",
+    family="flux",
+    text_encoder=SD_TINY.text_encoder,
+    denoiser={
+        # 2x2 latent patches packed into one token of 4 x 4 channels.
+        "patch_size": 1,
+        "in_channels": 16,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": TINY_T5["d_model"],
+        "pooled_projection_dim": SD_TINY_TEXT_WIDTH,  # CLIP's pooled output
+        "axes_dims_rope": (4, 4, 8),
+        # Like FLUX.1-schnell: guidance distilled away, so the model ignores a scale.
+        "guidance_embeds": False,
+    },
+    vae={**FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    t5=TINY_T5,
+    scheduler=("FlowMatchEulerDiscreteScheduler", {"shift": 1.0}),  # FLUX.1-schnell's
+    default_steps=4,
+    default_guidance_scale=0.0,
+    native_size=64,
+)
 EMBEDDED = SD_SHAPES  # what a fresh machine serves
-RECIPES = {recipe.name: recipe for recipe in (SD_SHAPES, SD_TINY, SD_TINY_INPAINTING, SD15_RANDOM)}
+RECIPES = {
+    recipe.name: recipe
+    for recipe in (
+        SD_SHAPES,
+        SD_TINY,
+        SD_TINY_INPAINTING,
+        SD15_RANDOM,
+        SDXL_TINY,
+        SD3_TINY,
+        FLUX_TINY,
+    )
+}

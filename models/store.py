@@ -11,6 +11,7 @@ from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml.exceptions import NotFound
 from bentoml.models import BentoModel
 
+from .families import family_of
 from .recipes import RECIPES, Recipe
 
 if TYPE_CHECKING:
@@ -24,15 +25,21 @@ class UnknownModel(LookupError):
 
 
 def native_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
-    """(width, height) the pipeline was trained at: the denoiser's sample size in pixels."""
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
-    size = denoiser.config.sample_size
+    """(width, height) the pipeline was trained at: the denoiser's sample size in pixels, or
+    the pipeline's own default where the denoiser does not say (FLUX.1)."""
+    family = family_of(type(pipeline).__name__)
+    size = getattr(getattr(pipeline, family.denoiser).config, "sample_size", None)
+    size = size or pipeline.default_sample_size
     height, width = (size, size) if isinstance(size, int) else size
     return width * pipeline.vae_scale_factor, height * pipeline.vae_scale_factor
 
 
 def pipeline_metadata(
-    pipeline: DiffusionPipeline, *, steps: int | None = None, guidance_scale: float | None = None
+    pipeline: DiffusionPipeline,
+    *,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    size: int | None = None,
 ) -> dict[str, Any]:
     """What the service needs to know about a pipeline before loading it, stored with the model.
 
@@ -40,9 +47,10 @@ def pipeline_metadata(
     SD-Turbo need others (1 step, guidance 0), given at import time.
     """
     call_defaults = inspect.signature(pipeline.__call__).parameters
-    width, height = native_size(pipeline)
+    width, height = (size, size) if size else native_size(pipeline)
     return {
         "pipeline": type(pipeline).__name__,
+        "family": family_of(type(pipeline).__name__).name,
         "native_width": width,
         "native_height": height,
         "default_steps": steps or call_defaults["num_inference_steps"].default,
@@ -59,9 +67,10 @@ def save_pipeline(
     source: str,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    size: int | None = None,
 ) -> bentoml.Model:
     """Write ``pipeline`` into the model store as ``tag`` (a new version when it has none)."""
-    metadata = pipeline_metadata(pipeline, steps=steps, guidance_scale=guidance_scale)
+    metadata = pipeline_metadata(pipeline, steps=steps, guidance_scale=guidance_scale, size=size)
     with bentoml.models.create(tag, labels={"source": source}, metadata=metadata) as model:
         pipeline.save_pretrained(model.path)
     logger.info("saved %s to the model store as %s", source, model.tag)
@@ -82,6 +91,7 @@ def ensure_built(recipe: Recipe) -> bentoml.Model:
             source=f"recipe {recipe.name}",
             steps=recipe.default_steps,
             guidance_scale=recipe.default_guidance_scale,
+            size=recipe.native_size,
         )
 
 
