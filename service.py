@@ -11,15 +11,15 @@ from fastapi import FastAPI, Request
 from PIL.Image import Image
 from starlette.responses import Response, StreamingResponse
 
+from imagegen.catalog import stored_models, with_models
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
 from imagegen.errors import answers_errors, answers_validation_errors
 from imagegen.events import event_stream
 from imagegen.gateway import Gateway, job_store, owner
 from imagegen.logs import configure_logging
-from imagegen.outcomes import Failure, Generation
 from imagegen.playground import mount_playground
-from imagegen.progress import CONNECTED
+from imagegen.progress import CONNECTED, Tracker
 from imagegen.schemas import (
     ImageRequest,
     ImagesRequest,
@@ -28,12 +28,10 @@ from imagegen.schemas import (
     JobRequest,
     JobView,
     ModelInfo,
-    WorkItem,
 )
 from imagegen.settings import get_settings
 from imagegen.stack import middleware_stack
 from middleware.auth import ApiKeys
-from models.store import StoredPipeline
 
 settings = get_settings()
 configure_logging(settings.log_level)
@@ -55,50 +53,52 @@ BACKSTOP = {"timeout": settings.timeout + 30, "max_concurrency": 2 * settings.ma
 @bentoml.service(
     name="imagegen-generator",
     traffic={"timeout": BACKSTOP["timeout"]},
+    # One thread per model's batched API (imagegen.catalog).
+    threads=len(settings.model_tags),
     logging={"access": {"enabled": False}},
     # BentoML's client to a dependency replaces its connection pool every 100 requests or
     # 300 s by default, cutting the requests in flight on the old one (500s under load). This
     # service is on a local socket, so the pool never needs replacing.
     runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
 )
+@with_models(settings.model_tags, settings.batching)
 class Generator:
-    """Holds the diffusers pipeline; reached only through `ImageGeneration`. Its `generate` API
-    is where BentoML's adaptive batching merges concurrent requests (the dispatcher sits on
-    the HTTP endpoint of a batchable API, so batching needs this second service)."""
-
-    # Declared here so `bentoml build` packs it; resolving it builds sd-tiny on first use.
-    model = StoredPipeline(settings.model)
+    """Holds the diffusers pipelines; reached only through `ImageGeneration`. Each model's
+    `generate_<name>` API (added by `with_models`, which also declares the model so `bentoml
+    build` packs it) is where BentoML's adaptive batching merges concurrent requests (the
+    dispatcher sits on the HTTP endpoint of a batchable API, so batching needs this second
+    service)."""
 
     def __init__(self) -> None:
         # Imported here: only this service's process needs torch and diffusers.
-        from imagegen.generation import PipelineRunner, load_runner
+        from imagegen.generation import load_runners
 
+        # One tracker for all models: one event stream, cancels by id.
+        self.tracker = Tracker()
         # BentoML serves /readyz only once __init__ has returned: loaded and warmed up.
-        self.runner: PipelineRunner = load_runner(self.model, settings)
-
-    @bentoml.api(**settings.batching)
-    def generate(self, batch: list[WorkItem]) -> list[Generation | Failure]:
-        """One outcome per item: its image, or the failure of its pipeline call."""
-        return self.runner.generate_batch(batch)
+        self.runners = load_runners(
+            stored_models(self, settings.model_tags), settings, self.tracker
+        )
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
     @bentoml.api
     async def cancel(self, ids: list[str]) -> None:
         """Stop these items: a queued one never starts, a running call stops at its next step
         once all its images are cancelled."""
-        self.runner.tracker.cancel(ids)
+        self.tracker.cancel(ids)
 
     @bentoml.api
     async def events(self) -> AsyncGenerator[str, None]:
         """Every reported step event as it happens, one JSON object per line, for as long as
         the caller listens; a first line says the stream is open."""
         yield json.dumps(CONNECTED) + "\n"
-        async for event in self.runner.tracker.stream():
+        async for event in self.tracker.stream():
             yield json.dumps(event) + "\n"
 
     @bentoml.api
-    def model_info(self) -> ModelInfo:
-        return self.runner.model.info
+    async def models(self) -> list[ModelInfo]:
+        """The loaded models, the default first."""
+        return [runner.model.info for runner in self.runners.values()]
 
 
 @bentoml.asgi_app(routes)
@@ -147,8 +147,9 @@ class ImageGeneration:
 
     @routes.get("/models", tags=["Service APIs"])
     async def models(self) -> list[ModelInfo]:
-        """The loaded models: their defaults, schedulers and work budget."""
-        return [await self.gateway.model_info()]
+        """The loaded models, the default first: family, defaults, schedulers, guidance,
+        memory and work budget."""
+        return await self.gateway.models()
 
     @routes.post(
         "/jobs",

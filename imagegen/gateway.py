@@ -18,7 +18,7 @@ from .inputs import Edit, InputLimits, read_edit
 from .jobs import Jobs, JobStore, links
 from .lifetime import while_requested
 from .memory_store import MemoryJobStore
-from .parameters import resolve, series
+from .parameters import choose_model, resolve, series
 from .queue import Ticket, WorkQueue
 from .remote import Generated, GeneratorClient, generator_ready
 from .schemas import (
@@ -67,25 +67,29 @@ class Gateway:
             if settings.work_rate_limit
             else None
         )
-        self._info: ModelInfo | None = None
-        self._queue: WorkQueue | None = None
+        self._infos: list[ModelInfo] | None = None
+        self._queues: dict[str, WorkQueue] = {}
 
-    async def model_info(self) -> ModelInfo:
-        """Asked of the generator service once, when first needed (it may still be loading
-        when this process starts)."""
-        if self._info is None:
-            self._info = await self.client.model_info()
-        return self._info
+    async def models(self) -> list[ModelInfo]:
+        """The loaded models, the default first: asked of the generator service once, when
+        first needed (it may still be loading when this process starts)."""
+        if self._infos is None:
+            self._infos = await self.client.models()
+        return self._infos
 
-    async def queue(self) -> WorkQueue:
-        if self._queue is None:
-            info = await self.model_info()
-            self._queue = WorkQueue(
+    async def queue(self, model: str | None = None) -> WorkQueue:
+        """The queue of ``model`` (``name:version``; the default model's when None): each
+        model has its own, with its own budget and measured rate."""
+        infos = await self.models()
+        info = choose_model(model, infos)
+        if info.tag not in self._queues:
+            self._queues[info.tag] = WorkQueue(
                 self.client,
                 max_request_work=info.max_request_work,
                 max_wait_s=self.settings.max_queue_wait_s,
+                model=info.tag,
             )
-        return self._queue
+        return self._queues[info.tag]
 
     async def prepare(
         self, request: ImageRequest | ImagesRequest
@@ -103,7 +107,8 @@ class Gateway:
                 self.input_limits,
             )
         count = request.num_images if isinstance(request, ImagesRequest) else 1
-        first = resolve(request, await self.model_info(), count=count, edit=edit)
+        info = choose_model(request.model, await self.models())
+        first = resolve(request, info, count=count, edit=edit)
         return series(first, count), edit
 
     async def admit(
@@ -114,7 +119,7 @@ class Gateway:
         edit: Edit | None = None,
     ) -> tuple[WorkQueue, Ticket]:
         """Admission by work: the per-request budget, the work rate limit, the wait bound."""
-        queue = await self.queue()
+        queue = await self.queue(batch[0].model)
         queue.check_budget(batch)
         if self.work_limit is not None:
             await self.work_limit.charge(client_bucket(scope), work(batch))
@@ -156,8 +161,8 @@ class Gateway:
         )
 
     async def ready(self) -> bool:
-        """Ready once the model is loaded, and while this replica's queue is within its
-        bound (so a load balancer sends new work elsewhere)."""
+        """Ready once the models are loaded, and while each model's queue on this replica is
+        within its bound (so a load balancer sends new work elsewhere)."""
         if not await generator_ready(self.generator):
             return False
-        return self._queue is None or not self._queue.full
+        return not any(queue.full for queue in self._queues.values())

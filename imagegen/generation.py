@@ -331,9 +331,15 @@ class PipelineRunner:
             self.generate(resolve(request, info))
 
 
-def load_runner(stored: bentoml.Model, settings: Settings) -> PipelineRunner:
-    """The service's one runner: the model loaded, then warmed up when ``settings`` say so."""
-    runner = PipelineRunner(load_model(stored, settings), max_batch_size=settings.max_batch_size)
-    if settings.warmup:
-        runner.warm_up(settings.warmup_shapes)
-    return runner
+def load_runners(
+    stored: list[bentoml.Model], settings: Settings, tracker: Tracker
+) -> dict[str, PipelineRunner]:
+    """A runner per model, by name, each loaded and then warmed up when ``settings`` say so;
+    they report to one ``tracker``."""
+    runners = {}
+    for model in stored:
+        runner = PipelineRunner(load_model(model, settings), settings.max_batch_size, tracker)
+        if settings.warmup:
+            runner.warm_up(settings.warmup_shapes)
+        runners[model.tag.name] = runner
+    return runners

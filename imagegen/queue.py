@@ -49,17 +49,20 @@ def queue_metrics() -> tuple[
     depth = prometheus_client.Gauge(
         "imagegen_queue_depth",
         "Generations (requests and jobs) admitted and not yet finished.",
+        labelnames=["model"],
         multiprocess_mode="livesum",
     )
     queued = prometheus_client.Gauge(
         "imagegen_queued_work",
         "Work admitted and not yet done, in megapixel-steps.",
+        labelnames=["model"],
         multiprocess_mode="livesum",
     )
     wait = prometheus_client.Gauge(
         "imagegen_estimated_wait_seconds",
         "Estimated seconds until the admitted work is done (queued work x measured seconds "
         "per unit): what the autoscaler scales on.",
+        labelnames=["model"],
         multiprocess_mode="livemax",
     )
     return depth, queued, wait
@@ -107,9 +110,15 @@ Listener = Callable[[Ticket, Event], Awaitable[None]]
 
 class WorkQueue:
     def __init__(
-        self, client: GeneratorClient, *, max_request_work: float, max_wait_s: float
+        self,
+        client: GeneratorClient,
+        *,
+        max_request_work: float,
+        max_wait_s: float,
+        model: str = "",
     ) -> None:
         self.client = client
+        self.model = model  # its `name:version`, the metrics' label
         self.max_request_work = max_request_work
         self.max_wait_s = max_wait_s
         # Seconds per megapixel-step, by size class: small images cost more per pixel (fixed
@@ -318,6 +327,8 @@ class WorkQueue:
 
     def _report(self) -> None:
         depth, queued, wait = queue_metrics()
-        depth.set(self.depth)
-        queued.set(sum(ticket.remaining_work for ticket in self._tickets.values()))
-        wait.set(self.wait_s())
+        depth.labels(model=self.model).set(self.depth)
+        queued.labels(model=self.model).set(
+            sum(ticket.remaining_work for ticket in self._tickets.values())
+        )
+        wait.labels(model=self.model).set(self.wait_s())

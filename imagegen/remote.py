@@ -14,6 +14,7 @@ from typing import Any
 import anyio.to_thread
 from bentoml.exceptions import BentoMLException
 
+from .catalog import api_name
 from .errors import GenerationFailed, Overloaded
 from .outcomes import Failure, Generation
 from .progress import Event
@@ -74,14 +75,15 @@ class GeneratorClient:
         self._remote = hasattr(generator, "to_async")
 
     async def generate(self, items: list[WorkItem]) -> Generated:
-        """``items`` from the generator service, which may run them together with other
-        requests' items."""
+        """``items`` (all for one model) from that model's API of the generator service,
+        which may run them together with other requests' items."""
+        api = api_name(items[0].parameters.model)
         sent = time.perf_counter()
         try:
             if self._remote:
-                outcomes = await self._generator.to_async.generate(items)
+                outcomes = await getattr(self._generator.to_async, api)(items)
             else:
-                outcomes = await anyio.to_thread.run_sync(self._generator.generate, items)
+                outcomes = await anyio.to_thread.run_sync(getattr(self._generator, api), items)
         except BentoMLException as error:
             if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 # BentoML's batch queue sheds what has waited past the max latency.
@@ -96,11 +98,11 @@ class GeneratorClient:
                 raise outcome.exception()
         return Generated(outcomes, time.perf_counter() - sent)
 
-    async def model_info(self) -> ModelInfo:
-        if self._remote:
-            info: ModelInfo = await self._generator.to_async.model_info()
-            return info
-        return await anyio.to_thread.run_sync(self._generator.model_info)
+    async def models(self) -> list[ModelInfo]:
+        infos: list[ModelInfo] = await (
+            self._generator.to_async if self._remote else self._generator
+        ).models()
+        return infos
 
     async def cancel(self, ids: list[str]) -> None:
         if self._remote:

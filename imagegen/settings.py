@@ -26,7 +26,15 @@ class Settings(BaseSettings):
         EMBEDDED.name,
         min_length=1,
         description="Model to serve, as `name` or `name:version` in the BentoML model store; "
-        "the default, `sd-shapes`, is the demo model trained in this repository.",
+        "the default, `sd-shapes`, is the demo model trained in this repository. A one-model "
+        "`models`.",
+    )
+    models: str = Field(
+        "",
+        pattern=r"^([^,\s]+(,[^,\s]+)*)?$",
+        description="Models to serve, comma-separated (`sd-shapes,sd15:v3,...`), each loaded "
+        "once at start-up with its own queue; the first is the default of a blank `model` "
+        "field. Empty: `model` alone.",
     )
     device: str = Field(
         "auto",
@@ -176,6 +184,20 @@ class Settings(BaseSettings):
         if self.webhook_hosts.strip() and not self.webhook_secret:
             raise ValueError("`webhook_secret` must be set when `webhook_hosts` is")
         return self
+
+    @model_validator(mode="after")
+    def _model_names_differ(self) -> Settings:
+        from .catalog import api_name  # the APIs are named by the models
+
+        names = [api_name(tag) for tag in self.model_tags]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`models` must name each model once, but is {self.models!r}")
+        return self
+
+    @property
+    def model_tags(self) -> list[str]:
+        """The served models, the default first."""
+        return self.models.split(",") if self.models else [self.model]
 
     @property
     def warmup_shapes(self) -> list[tuple[int, int]]:

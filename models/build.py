@@ -102,7 +102,6 @@ class Parts:
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
             **(self.recipe.t5 or {}),
         )
         return _seeded(self.recipe.seed, T5EncoderModel, config)

@@ -86,7 +86,7 @@ class Recipe:
     def architecture(self) -> dict[str, Any]:
         # A Stable Diffusion 1.x recipe is described as before families existed, so its
         # version (and sd-shapes' training hash) stays what it was.
-        described = {
+        described: dict[str, Any] = {
             "text_encoder": self.text_encoder,
             "unet" if self.family in ("sd", "sdxl") else "transformer": self.denoiser,
             "vae": self.vae,

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
 from imagegen.settings import Settings
-from models.recipes import SD_TINY
+from models.recipes import RECIPES, SD_TINY
 from models.store import ensure_built
 
 SERVER_MAX_CONCURRENCY = 4
@@ -52,10 +53,16 @@ MAX_BODY = Settings.model_fields["max_body_bytes"].default  # IMAGEGEN_MAX_BODY_
 ARTIFACTS = Path(os.environ.get("IMAGEGEN_TEST_ARTIFACTS", "test-artifacts"))
 
 
+@cache
+def loaded_recipe(name: str) -> LoadedModel:
+    """A recipe's model, loaded once per session the way the service loads it."""
+    return load_model(ensure_built(RECIPES[name]))
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> LoadedModel:
     """``sd-tiny``, loaded once for the whole session the way the service loads it."""
-    return load_model(ensure_built(SD_TINY))
+    return loaded_recipe(SD_TINY.name)
 
 
 @pytest.fixture

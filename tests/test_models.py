@@ -51,7 +51,7 @@ def test_a_recipe_build_leaves_the_global_rng_alone() -> None:
 @pytest.mark.parametrize(
     ("part", "key", "value"),
     [
-        (SD_TINY.unet, "layers_per_block", 2),
+        (SD_TINY.denoiser, "layers_per_block", 2),
         (SD_TINY.text_encoder, "num_hidden_layers", 3),
         (SD_TINY.vae, "sample_size", 128),
         (SD_TINY.scheduler[1], "beta_end", 0.02),
@@ -249,7 +249,7 @@ def test_malformed_warmup_sizes_are_refused(sizes: str) -> None:
     ("build", "config", "parameters"),
     [
         # Stable Diffusion 1.5's published sizes.
-        (UNet2DConditionModel, SD15_RANDOM.unet, 859_520_964),
+        (UNet2DConditionModel, SD15_RANDOM.denoiser, 859_520_964),
         (AutoencoderKL, SD15_RANDOM.vae, 83_653_863),
     ],
 )

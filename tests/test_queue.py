@@ -93,7 +93,7 @@ class SteppingGenerator:
         self.ids: list[str] = []
         self.running = asyncio.Event()
 
-    def generate(self, items: list[WorkItem]) -> list[Any]:
+    def generate_sd_tiny(self, items: list[WorkItem]) -> list[Any]:
         raise NotImplementedError  # replaced per test
 
     async def cancel(self, ids: list[str]) -> None:
@@ -164,8 +164,8 @@ class LoadedGenerator:
     def __init__(self, info: ModelInfo) -> None:
         self.info = info
 
-    def model_info(self) -> ModelInfo:
-        return self.info
+    async def models(self) -> list[ModelInfo]:
+        return [self.info]
 
 
 def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: LoadedModel) -> None:
@@ -186,7 +186,7 @@ def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: Loade
 class Finishing:
     """Answers every batch with images made in one 2 s call."""
 
-    def generate(self, items: list[WorkItem]) -> list[Generation]:
+    def generate_sd_tiny(self, items: list[WorkItem]) -> list[Generation]:
         return [
             Generation(
                 image=Image.new("RGB", (64, 64)),

@@ -29,7 +29,7 @@ class Answering:
     def __init__(self, outcomes: list[Any] | None = None, error: Exception | None = None):
         self.outcomes, self.error = outcomes, error
 
-    def generate(self, batch: list[WorkItem]) -> list[Any]:
+    def generate_sd_tiny(self, batch: list[WorkItem]) -> list[Any]:
         if self.error is not None:
             raise self.error
         assert self.outcomes is not None

@@ -114,7 +114,7 @@ def test_unknown_model_400_lists_the_loaded_ones(client: TestClient) -> None:
     assert response.status_code == 400
     body = response.json()
     assert body["detail"][0]["loc"] == ["model"]
-    assert bentoml.get_current_service().generator.runner.model.tag in body["error"]
+    assert bentoml.get_current_service().generator.runners["sd-tiny"].model.tag in body["error"]
 
 
 def test_malformed_json_is_a_400(client: TestClient) -> None:
@@ -144,7 +144,7 @@ def test_models_lists_the_loaded_model_and_its_defaults(client: TestClient) -> N
 def test_out_of_memory_is_a_503_and_the_service_keeps_serving(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = bentoml.get_current_service().generator.runner.model.pipeline
+    pipeline = bentoml.get_current_service().generator.runners["sd-tiny"].model.pipeline
 
     def out_of_memory(*_: Any, **__: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -161,7 +161,7 @@ def test_out_of_memory_is_a_503_and_the_service_keeps_serving(
 def test_unexpected_failure_is_a_500_without_traceback(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = bentoml.get_current_service().generator.runner.model.pipeline
+    pipeline = bentoml.get_current_service().generator.runners["sd-tiny"].model.pipeline
 
     def broken(*_: Any, **__: Any) -> Any:
         raise ValueError("internal detail /opt/secret/path")

@@ -1,0 +1,57 @@
+"""The generator service's models: one model-store declaration and one batched API per served
+model.
+
+BentoML's adaptive batching runs one batch at a time per API, and a sync API's batches share
+the service's worker threads; one API per model, with a thread each, gives every model its
+own batch queue, so a slow model never holds up a fast one, and a batch never mixes models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import bentoml
+
+from models.store import StoredPipeline
+
+from .outcomes import Failure, Generation
+from .schemas import WorkItem
+
+
+def model_name(tag: str) -> str:
+    return tag.split(":")[0]
+
+
+def api_name(tag: str) -> str:
+    """The generator service's batched API for the model ``tag`` (``name[:version]``)."""
+    return "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
+
+
+def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
+    """A class decorator: adds ``model_<k>`` declaring the k-th model (``bentoml build``
+    packs each) and a batched API per model, named by :func:`api_name`, that runs
+    ``self.runners[name]``. Applied under ``@bentoml.service``, which collects both."""
+
+    def declare(cls: type) -> type:
+        for index, tag in enumerate(tags):
+            setattr(cls, f"model_{index}", StoredPipeline(tag))
+            setattr(cls, api_name(tag), bentoml.api(**batching)(generate_api(model_name(tag))))
+        return cls
+
+    return declare
+
+
+def generate_api(name: str) -> Any:
+    def generate(self: Any, batch: list[WorkItem]) -> list[Generation | Failure]:
+        """One outcome per item: its image, or the failure of its pipeline call."""
+        return self.runners[name].generate_batch(batch)
+
+    generate.__name__ = api_name(name)
+    return generate
+
+
+def stored_models(service: Any, tags: list[str]) -> list[bentoml.Model]:
+    """The models ``with_models`` declared on ``service``, in order, resolved."""
+    return [getattr(service, f"model_{index}") for index in range(len(tags))]
