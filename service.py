@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from PIL.Image import Image
 from starlette.responses import Response, StreamingResponse
 
-from imagegen.catalog import stored_models, with_models
+from imagegen.catalog import declared, with_models
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
 from imagegen.errors import answers_errors, answers_validation_errors
@@ -77,7 +77,7 @@ class Generator:
         self.tracker = Tracker()
         # BentoML serves /readyz only once __init__ has returned: loaded and warmed up.
         self.runners = load_runners(
-            stored_models(self, settings.model_tags), settings, self.tracker
+            declared(self, "model"), settings, self.tracker, declared(self, "lora")
         )
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import bentoml
+from bentoml.models import BentoModel
 
+from models.adapters import stored_adapters
 from models.store import StoredPipeline
 
 from .outcomes import Failure, Generation
@@ -30,14 +32,19 @@ def api_name(tag: str) -> str:
 
 
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
-    """A class decorator: adds ``model_<k>`` declaring the k-th model (``bentoml build``
-    packs each) and a batched API per model, named by :func:`api_name`, that runs
-    ``self.runners[name]``. Applied under ``@bentoml.service``, which collects both."""
+    """A class decorator: adds ``model_<k>`` declaring the k-th model and ``lora_<k>`` the
+    k-th stored LoRA adapter of any of them (``bentoml build`` packs each), and a batched
+    API per model, named by :func:`api_name`, that runs ``self.runners[name]``. Applied
+    under ``@bentoml.service``, which collects them all. Adapters are found in the store
+    here, at start-up: one imported later is served after a restart."""
 
     def declare(cls: type) -> type:
         for index, tag in enumerate(tags):
             setattr(cls, f"model_{index}", StoredPipeline(tag))
             setattr(cls, api_name(tag), bentoml.api(**batching)(generate_api(model_name(tag))))
+        adapters = stored_adapters([model_name(tag) for tag in tags])
+        for index, adapter in enumerate(adapters):
+            setattr(cls, f"lora_{index}", BentoModel(adapter.tag))
         return cls
 
     return declare
@@ -52,6 +59,10 @@ def generate_api(name: str) -> Any:
     return generate
 
 
-def stored_models(service: Any, tags: list[str]) -> list[bentoml.Model]:
-    """The models ``with_models`` declared on ``service``, in order, resolved."""
-    return [getattr(service, f"model_{index}") for index in range(len(tags))]
+def declared(service: Any, kind: str) -> list[bentoml.Model]:
+    """What ``with_models`` declared on ``service`` (``kind`` ``model`` or ``lora``), in
+    order, resolved from the store."""
+    count = 0
+    while hasattr(type(service), f"{kind}_{count}"):
+        count += 1
+    return [getattr(service, f"{kind}_{index}") for index in range(count)]

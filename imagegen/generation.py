@@ -21,6 +21,7 @@ import PIL.Image
 import prometheus_client
 import torch
 
+from .adapters import Adapters
 from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
 from .loading import LoadedModel, load_model
 from .modes import mode_call
@@ -28,7 +29,7 @@ from .outcomes import Failure, Generation
 from .parameters import resolve
 from .progress import Event, Tracker
 from .schedulers import build_scheduler
-from .schemas import GenerationParameters, ImageRequest, WorkItem
+from .schemas import MAX_LORAS, GenerationParameters, ImageRequest, WorkItem
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,14 @@ def cancelled_images() -> prometheus_client.Counter:
     )
 
 
-BatchKey = tuple[str, int, int, int, float, str, str, float | None]
+BatchKey = tuple[str, int, int, int, float, str, str, float | None, tuple[tuple[str, float], ...]]
 
 
 def batch_key(parameters: GenerationParameters) -> BatchKey:
     """What the images of one pipeline call share: diffusers takes one size, step count,
     scheduler, guidance scale (the exact scale, not only guidance on or off), mode and
-    strength per call; prompts, negative prompts, seeds, images and masks are per image."""
+    strength per call, and the adapters set on the pipeline apply to all its images;
+    prompts, negative prompts, seeds, images and masks are per image."""
     p = parameters
     return (
         p.model,
@@ -73,6 +75,7 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
         p.scheduler,
         p.mode,
         p.strength,
+        tuple((lora.name, lora.scale) for lora in p.loras),
     )
 
 
@@ -171,11 +174,16 @@ class PipelineRunner:
     """
 
     def __init__(
-        self, model: LoadedModel, max_batch_size: int = 1, tracker: Tracker | None = None
+        self,
+        model: LoadedModel,
+        max_batch_size: int = 1,
+        tracker: Tracker | None = None,
+        max_loras: int = MAX_LORAS,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
+        self.adapters = Adapters(model.pipeline, model.adapter_paths, max_loras)
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
     def generate(self, parameters: GenerationParameters) -> Generation:
@@ -260,7 +268,7 @@ class PipelineRunner:
         # The request's context (its id, for log lines) goes along to the runner thread.
         call = self._runner.submit(
             copy_context().run,
-            self._call,
+            self._adapted_call,
             run,
             group,
             plan.arguments,
@@ -294,6 +302,13 @@ class PipelineRunner:
             )
             for image, item in zip(plan.finish(output.images), items, strict=True)
         ]
+
+    def _adapted_call(
+        self, run: Any, group: list[GenerationParameters], *args: Any
+    ) -> tuple[Any, float, float]:
+        """:meth:`_call` with the group's adapters, set on the pipeline's own thread."""
+        self.adapters.activate(group[0].loras)
+        return self._call(run, group, *args)
 
     @staticmethod
     def _call(
@@ -332,13 +347,19 @@ class PipelineRunner:
 
 
 def load_runners(
-    stored: list[bentoml.Model], settings: Settings, tracker: Tracker
+    stored: list[bentoml.Model],
+    settings: Settings,
+    tracker: Tracker,
+    adapters: Sequence[bentoml.Model] = (),
 ) -> dict[str, PipelineRunner]:
-    """A runner per model, by name, each loaded and then warmed up when ``settings`` say so;
-    they report to one ``tracker``."""
+    """A runner per model, by name, each loaded with its stored adapters and then warmed up
+    when ``settings`` say so; they report to one ``tracker``."""
     runners = {}
     for model in stored:
-        runner = PipelineRunner(load_model(model, settings), settings.max_batch_size, tracker)
+        own = [a for a in adapters if a.info.metadata["base"] == model.tag.name]
+        runner = PipelineRunner(
+            load_model(model, settings, own), settings.max_batch_size, tracker, settings.max_loras
+        )
         if settings.warmup:
             runner.warm_up(settings.warmup_shapes)
         runners[model.tag.name] = runner

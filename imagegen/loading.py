@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import get_args
 
 import bentoml
@@ -16,7 +17,7 @@ from models.families import Family
 from models.loading import LoadedPipeline, Switches, load_pipeline
 
 from .schedulers import compatible_schedulers, name_of
-from .schemas import Guidance, Mode, ModelInfo
+from .schemas import AdapterInfo, Guidance, Mode, ModelInfo
 from .settings import Settings, get_settings
 from .work import default_budget
 
@@ -32,6 +33,7 @@ class LoadedModel:
     family: Family
     pipeline: DiffusionPipeline
     pipelines: dict[Mode, DiffusionPipeline]
+    adapter_paths: dict[str, str] = field(default_factory=dict)  # by `name:version`
 
     @property
     def dedicated_inpainting(self) -> bool:
@@ -47,9 +49,14 @@ def switches(settings: Settings) -> Switches:
     return Switches(**{field.name: getattr(settings, field.name) for field in fields(Switches)})
 
 
-def load_model(stored: bentoml.Model, settings: Settings | None = None) -> LoadedModel:
+def load_model(
+    stored: bentoml.Model,
+    settings: Settings | None = None,
+    adapters: Sequence[bentoml.Model] = (),
+) -> LoadedModel:
     """The one load of the process: from the model store onto the configured device, with the
-    configured dtype and performance switches."""
+    configured dtype and performance switches. ``adapters``, its stored LoRAs, load when a
+    request first names them."""
     settings = settings or get_settings()
     started = time.perf_counter()
     loaded = load_pipeline(
@@ -63,10 +70,11 @@ def load_model(stored: bentoml.Model, settings: Settings | None = None) -> Loade
         time.perf_counter() - started,
     )
     return LoadedModel(
-        info=describe(stored, loaded, settings),
+        info=describe(stored, loaded, settings, adapters),
         family=loaded.family,
         pipeline=loaded.pipeline,
         pipelines=mode_pipelines(loaded),
+        adapter_paths={str(adapter.tag): adapter.path for adapter in adapters},
     )
 
 
@@ -97,7 +105,12 @@ def weights_bytes(pipeline: DiffusionPipeline) -> int:
     )
 
 
-def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) -> ModelInfo:
+def describe(
+    stored: bentoml.Model,
+    loaded: LoadedPipeline,
+    settings: Settings,
+    adapters: Sequence[bentoml.Model] = (),
+) -> ModelInfo:
     """What ``GET /models`` says of a loaded pipeline; its defaults come from the store."""
     metadata = stored.info.metadata
     pipeline = loaded.pipeline
@@ -118,6 +131,14 @@ def describe(stored: bentoml.Model, loaded: LoadedPipeline, settings: Settings) 
         switches=loaded.switches,
         guidance=guidance_of(loaded),
         weights_bytes=weights_bytes(pipeline),
+        loras=[
+            AdapterInfo(
+                name=adapter.tag.name,
+                version=str(adapter.tag.version),
+                source=adapter.info.metadata["source"],
+            )
+            for adapter in adapters
+        ],
         modes=list(get_args(Mode)),
         max_request_work=settings.max_request_work or default_budget(str(loaded.device)),
     )

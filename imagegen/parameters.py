@@ -9,7 +9,7 @@ from models.families import FAMILIES
 
 from .errors import InvalidField
 from .inputs import Edit
-from .schemas import MAX_SEED, GenerationParameters, ImageRequest, Mode, ModelInfo
+from .schemas import MAX_SEED, GenerationParameters, ImageRequest, Lora, Mode, ModelInfo
 
 
 def choose_model(name: str | None, infos: list[ModelInfo]) -> ModelInfo:
@@ -48,6 +48,22 @@ def check_family(request: ImageRequest, info: ModelInfo) -> None:
         )
 
 
+def adapters(request: ImageRequest, info: ModelInfo) -> list[Lora]:
+    """The request's adapters by ``name:version``: each must be one of the model's."""
+    stored = {key: adapter for adapter in info.loras for key in (adapter.name, adapter.tag)}
+    resolved = []
+    for index, lora in enumerate(request.loras):
+        if lora.name not in stored:
+            names = ", ".join(adapter.tag for adapter in info.loras) or "none"
+            raise InvalidField(
+                f"`loras[{index}].name` must be an adapter of {info.name} (stored: {names}), "
+                f"but is {lora.name!r}.",
+                field="loras",
+            )
+        resolved.append(Lora(name=stored[lora.name].tag, scale=lora.scale))
+    return resolved
+
+
 def resolve(
     request: ImageRequest, info: ModelInfo, count: int = 1, edit: Edit | None = None
 ) -> GenerationParameters:
@@ -81,6 +97,7 @@ def resolve(
         strength=request.strength if edit else None,
         image_sha256=edit.image_sha256 if edit else None,
         mask_sha256=edit.mask_sha256 if edit else None,
+        loras=adapters(request, info),
     )
     if parameters.denoising_steps < 1:
         raise InvalidField(

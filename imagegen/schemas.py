@@ -39,6 +39,28 @@ SchedulerName = Literal[
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGES = 8
+MAX_LORAS = 4  # adapters per request
+
+
+class Lora(BaseModel):
+    """A LoRA adapter and how strongly to apply it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        description="A stored adapter of the model, as `name` or `name:version`; `GET /models` "
+        "lists each model's.",
+    )
+    scale: float = Field(
+        1.0,
+        ge=-2,
+        le=2,
+        allow_inf_nan=False,
+        description="How strongly to apply it: 1 as trained, 0 not at all, negative against it.",
+    )
+
 
 IMAGE_REQUEST_EXAMPLE: dict[str, JsonValue] = {
     "prompt": "a lighthouse on a cliff at sunset, oil painting",
@@ -137,6 +159,21 @@ class ImageRequest(BaseModel):
         "Only with `image`.",
     )
 
+    loras: list[Lora] = Field(
+        default_factory=list,
+        max_length=MAX_LORAS,
+        description=f"LoRA adapters to apply, at most {MAX_LORAS}, each once; their effects "
+        "add up. Leave empty for the model alone.",
+    )
+
+    @field_validator("loras")
+    @classmethod
+    def _each_lora_once(cls, value: list[Lora]) -> list[Lora]:
+        names = [lora.name for lora in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`loras` must name each adapter once, but names {names}")
+        return value
+
     @field_validator("strength", "mask")
     @classmethod
     def _needs_image(cls, value: Any, info: ValidationInfo) -> Any:
@@ -200,6 +237,9 @@ class GenerationParameters(BaseModel):
         None, description="SHA-256 of the input image's file as sent (base64-decoded)."
     )
     mask_sha256: str | None = Field(None, description="SHA-256 of the mask's file as sent.")
+    loras: list[Lora] = Field(
+        default_factory=list, description="Adapters applied, by `name:version`, and scales."
+    )
 
     @property
     def denoising_steps(self) -> int:
@@ -249,6 +289,18 @@ class ImagesResponse(BaseModel):
 Guidance = Literal["classifier-free", "distilled", "none"]
 
 
+class AdapterInfo(BaseModel):
+    """A stored LoRA adapter of a model."""
+
+    name: str
+    version: str
+    source: str = Field(description="Where it was imported from.")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
 class ModelInfo(BaseModel):
     """A loaded model and the defaults it applies to blank request fields."""
 
@@ -272,6 +324,9 @@ class ModelInfo(BaseModel):
         "prompt) or `none` (the model ignores it; leave it blank)."
     )
     weights_bytes: int = Field(description="Memory its weights take, all components.")
+    loras: list[AdapterInfo] = Field(
+        default_factory=list, description="Its stored LoRA adapters, which `loras` may name."
+    )
     max_request_work: float = Field(
         description="Most work one request or job may ask for, in megapixel-steps: images x "
         "steps x width x height / 10^6, doubled when `guidance_scale` > 1."

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.recipes import EMBEDDED
 
+from .schemas import MAX_LORAS
+
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 Switch = Literal["auto", "on", "off"]
@@ -35,6 +37,12 @@ class Settings(BaseSettings):
         description="Models to serve, comma-separated (`sd-shapes,sd15:v3,...`), each loaded "
         "once at start-up with its own queue; the first is the default of a blank `model` "
         "field. Empty: `model` alone.",
+    )
+    max_loras: int = Field(
+        8,
+        ge=MAX_LORAS,
+        description="LoRA adapters kept loaded per model; the least recently used is unloaded "
+        f"past it. At least {MAX_LORAS}, the most one request may apply.",
     )
     device: str = Field(
         "auto",

@@ -4,9 +4,14 @@
     python -m models build sd-tiny            # build and store a recipe's model (no download)
     python -m models build sd15-random        # SD 1.5's architecture, random weights
     python -m models train-shapes             # retrain sd-shapes' committed weights (CPU, ~40 min)
+    python -m models build sdxl-tiny          # also sd3-tiny, flux-tiny: each family, tiny
+    python -m models build sd-tiny-style      # a LoRA adapter of sd-tiny, built from code
     python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--dtype D]
+    python -m models import-lora FILE --name NAME --base MODEL
 
-SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory.
+SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory, of any
+family the service runs (SD 1.x/2.x, SDXL, SD3, FLUX.1). FILE is a LoRA's .safetensors
+(diffusers' or kohya's layout) or a directory holding one; MODEL is a stored model's name.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoPipelineForText2Image
 
+from .adapters import ADAPTER_RECIPES, BadAdapter, ensure_adapter, import_lora
 from .recipes import RECIPES, SD_SHAPES
-from .store import ensure_built, save_pipeline
+from .store import UnknownModel, ensure_built, save_pipeline
 
 
 def default_name(source: str) -> str:
@@ -49,8 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     builds = commands.add_parser("build", help="build and store a model from its recipe")
+    recipes = [*RECIPES, *ADAPTER_RECIPES]
     builds.add_argument(
-        "recipe", choices=RECIPES, help=f"one of {', '.join(RECIPES)}; sd-shapes is the default"
+        "recipe", choices=recipes, help=f"one of {', '.join(recipes)}; sd-shapes is the default"
     )
     imports = commands.add_parser("import", help="import a diffusers pipeline into the store")
     imports.add_argument("source", help="hub id or local directory of a diffusers pipeline")
@@ -64,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="dtype of the stored weights; the service casts at load (default: %(default)s)",
     )
     imports.add_argument("--variant", help="weights variant to fetch, such as fp16")
+    loras = commands.add_parser("import-lora", help="import a LoRA adapter into the store")
+    loras.add_argument("source", type=Path, help="a .safetensors file, or a directory of one")
+    loras.add_argument("--name", required=True, help="adapter name, as requests give it")
+    loras.add_argument("--base", required=True, help="the stored model it adapts")
     trains = commands.add_parser("train-shapes", help="train sd-shapes from its recipe on CPU")
     trains.add_argument(
         "--out", type=Path, default=SD_SHAPES.weights, help="weights file (default: %(default)s)"
@@ -80,15 +91,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    try:
+        written = run(args)
+    except (BadAdapter, UnknownModel) as error:
+        sys.exit(f"error: {error}")
+    sys.stdout.write(f"{written}\n")
+
+
+def run(args: argparse.Namespace) -> str:
+    """The command's result: the tag (or file) it wrote."""
+    if args.command == "build" and args.recipe in ADAPTER_RECIPES:
+        return str(ensure_adapter(ADAPTER_RECIPES[args.recipe]).tag)
     if args.command == "build":
-        written = str(ensure_built(RECIPES[args.recipe]).tag)
-    elif args.command == "train-shapes":
+        return str(ensure_built(RECIPES[args.recipe]).tag)
+    if args.command == "import-lora":
+        return str(import_lora(args.source, args.name, args.base).tag)
+    if args.command == "train-shapes":
         from .training import train_shapes  # torch training code only for this command
 
-        written = str(train_shapes(args.out, args.work))
-    else:
-        written = import_pipeline(args)
-    sys.stdout.write(f"{written}\n")
+        return str(train_shapes(args.out, args.work))
+    return import_pipeline(args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tokenizers.pre_tokenizers import ByteLevel
@@ -33,7 +35,8 @@ from transformers import (
     T5Tokenizer,
 )
 
-from .recipes import INPAINTING_CHANNELS, MAX_TOKENS, Recipe
+from .adapters import AdapterRecipe
+from .recipes import INPAINTING_CHANNELS, MAX_TOKENS, RECIPES, Recipe
 
 TRAINED_PARTS = ("text_encoder", "unet", "vae")
 
@@ -181,6 +184,26 @@ BUILDERS = {"sd": build_sd, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_
 def build_untrained(recipe: Recipe) -> DiffusionPipeline:
     """The recipe's architecture with weights drawn from its seed: identical on every call."""
     return BUILDERS[recipe.family](Parts(recipe))
+
+
+def build_lora(recipe: AdapterRecipe, directory: Path) -> None:
+    """Write the adapter recipe's LoRA into ``directory``, as diffusers saves one: random
+    low-rank updates (both factors drawn, so it changes the output) of the base UNet's
+    attention projections."""
+    base = build_pipeline(RECIPES[recipe.base])
+    config = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        init_lora_weights=False,
+    )
+    _seeded(recipe.seed, base.unet.add_adapter, config)
+    type(base).save_lora_weights(
+        directory,
+        unet_lora_layers=get_peft_model_state_dict(base.unet),
+        # Saved with the weights, or a loader would take alpha to be the rank.
+        unet_lora_adapter_metadata=config.to_dict(),
+    )
 
 
 def load_parts(
