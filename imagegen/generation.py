@@ -21,7 +21,6 @@ import PIL.Image
 import prometheus_client
 import torch
 
-from .adapters import Adapters
 from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
 from .loading import LoadedModel, load_model
 from .modes import mode_call
@@ -29,7 +28,7 @@ from .outcomes import Failure, Generation
 from .parameters import resolve
 from .progress import Event, Tracker
 from .schedulers import build_scheduler
-from .schemas import MAX_LORAS, GenerationParameters, ImageRequest, WorkItem
+from .schemas import GenerationParameters, ImageRequest, WorkItem
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -178,12 +177,10 @@ class PipelineRunner:
         model: LoadedModel,
         max_batch_size: int = 1,
         tracker: Tracker | None = None,
-        max_loras: int = MAX_LORAS,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
-        self.adapters = Adapters(model.pipeline, model.adapter_paths, max_loras)
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
     def generate(self, parameters: GenerationParameters) -> Generation:
@@ -307,7 +304,7 @@ class PipelineRunner:
         self, run: Any, group: list[GenerationParameters], *args: Any
     ) -> tuple[Any, float, float]:
         """:meth:`_call` with the group's adapters, set on the pipeline's own thread."""
-        self.adapters.activate(group[0].loras)
+        self.model.adapters.activate(group[0].loras)
         return self._call(run, group, *args)
 
     @staticmethod
@@ -357,9 +354,7 @@ def load_runners(
     runners = {}
     for model in stored:
         own = [a for a in adapters if a.info.metadata["base"] == model.tag.name]
-        runner = PipelineRunner(
-            load_model(model, settings, own), settings.max_batch_size, tracker, settings.max_loras
-        )
+        runner = PipelineRunner(load_model(model, settings, own), settings.max_batch_size, tracker)
         if settings.warmup:
             runner.warm_up(settings.warmup_shapes)
         runners[model.tag.name] = runner

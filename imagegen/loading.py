@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import get_args
 
 import bentoml
@@ -16,6 +16,7 @@ from diffusers import DiffusionPipeline
 from models.families import Family
 from models.loading import LoadedPipeline, Switches, load_pipeline
 
+from .adapters import Adapters
 from .schedulers import compatible_schedulers, name_of
 from .schemas import AdapterInfo, Guidance, Mode, ModelInfo
 from .settings import Settings, get_settings
@@ -33,7 +34,7 @@ class LoadedModel:
     family: Family
     pipeline: DiffusionPipeline
     pipelines: dict[Mode, DiffusionPipeline]
-    adapter_paths: dict[str, str] = field(default_factory=dict)  # by `name:version`
+    adapters: Adapters  # its LoRAs, on its pipeline's modules
 
     @property
     def dedicated_inpainting(self) -> bool:
@@ -74,7 +75,11 @@ def load_model(
         family=loaded.family,
         pipeline=loaded.pipeline,
         pipelines=mode_pipelines(loaded),
-        adapter_paths={str(adapter.tag): adapter.path for adapter in adapters},
+        adapters=Adapters(
+            loaded.pipeline,
+            {str(adapter.tag): adapter.path for adapter in adapters},
+            settings.max_loras,
+        ),
     )
 
 

@@ -11,6 +11,7 @@ image-to-image as a fully masked image.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,6 @@ def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
     common: dict[str, Any] = {}
     if model.family.classifier_free_guidance:  # a distilled family has no negative prompt
         common["negative_prompt"] = [item.parameters.negative_prompt for item in items]
-    # Image-to-image takes its size from the image.
     size = {**common, "width": first.width, "height": first.height}
     if first.mode == "text-to-image" and not model.dedicated_inpainting:
         return ModeCall(pipeline, size)
@@ -59,7 +59,10 @@ def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
     ]
     strength = first.strength or 1.0
     if first.mode == "image-to-image" and not model.dedicated_inpainting:
-        return ModeCall(pipeline, {**common, "image": images, "strength": strength})
+        # SD's and SDXL's take the image's size; FLUX.1's would take its own default.
+        takes_size = "width" in inspect.signature(pipeline.__call__).parameters
+        arguments = {**(size if takes_size else common), "image": images, "strength": strength}
+        return ModeCall(pipeline, arguments)
     masks = [
         unpack(item.mask) if item.mask else PIL.Image.new("L", (first.width, first.height), 255)
         for item in items

@@ -284,8 +284,9 @@ SD3_TINY = Recipe(
     denoiser={
         "sample_size": 8,
         "patch_size": 2,
-        "in_channels": 4,
-        "out_channels": 4,
+        # SD3's 16 latent channels: its inpainting pipeline checks for them.
+        "in_channels": 16,
+        "out_channels": 16,
         "num_layers": 2,
         "attention_head_dim": 16,
         "num_attention_heads": 2,
@@ -294,7 +295,7 @@ SD3_TINY = Recipe(
         "pooled_projection_dim": 2 * SD_TINY.text_encoder["projection_dim"],
         "pos_embed_max_size": 32,
     },
-    vae={**FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+    vae={**FLOW_VAE, "latent_channels": 16, "scaling_factor": 1.5305, "shift_factor": 0.0609},
     t5=TINY_T5,
     scheduler=("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}),  # SD3-medium's
     default_steps=4,
