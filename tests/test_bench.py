@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench import batching, demo_model, edits, gpu, jobs, middleware_overhead, serving
+from bench import batching, demo_model, edits, gpu, jobs, loras, middleware_overhead, serving
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -41,6 +41,15 @@ def test_edits_benchmark_measures_every_mode(tmp_path: Path) -> None:
     steps_run = [row["steps_run"] for row in result["modes"].values()]
     assert steps_run == [4, 2, 4]  # image-to-image at strength 0.5 runs half the steps
     assert all(row["s_per_image"] > 0 and row["rss_mib"] > 0 for row in result["modes"].values())
+
+
+def test_lora_benchmark_measures_first_use_and_switches(tmp_path: Path) -> None:
+    out = tmp_path / "loras.json"
+    loras.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [tag.split(":")[0] for tag in result["adapters"]] == ["sd-tiny-style", "sd-tiny-tint"]
+    assert result["first_use_ms"] > 0 and result["cached_switch_ms"] > 0
+    assert result["image_with_one_ms"] > 0 and result["image_without_ms"] > 0
 
 
 def test_serving_benchmark_runs(tmp_path: Path) -> None:
