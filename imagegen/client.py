@@ -2,6 +2,7 @@
 
     python -m imagegen.client generate "a cat" -o cat.png --steps 30 [--n 4]
     python -m imagegen.client generate "a cat" --image photo.jpg [--mask mask.png] [--strength 0.6]
+    python -m imagegen.client generate "a cat" --model sd15 --lora pixel-art=0.8 [--lora ...]
 
 It submits a job (with ``--image``, an image-to-image one; with ``--mask`` too, inpainting),
 draws a progress bar from the job's event stream, saves the images (with ``--n`` above 1, as
@@ -81,9 +82,12 @@ def generate(args: argparse.Namespace) -> int:
         ("seed", args.seed),
         ("negative_prompt", args.negative),
         ("strength", args.strength),
+        ("model", args.model),
     ]:
         if value is not None:
             body[field] = value
+    if args.lora:
+        body["loras"] = [lora(given) for given in args.lora]
     for field, path in [("image", args.image), ("mask", args.mask)]:
         if path is not None:
             body[field] = base64.b64encode(path.read_bytes()).decode()
@@ -111,6 +115,12 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def lora(given: str) -> dict[str, Any]:
+    """``NAME[=SCALE]`` as the API's ``{"name", "scale"}``."""
+    name, _, scale = given.partition("=")
+    return {"name": name, "scale": float(scale)} if scale else {"name": name}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imagegen.client")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--image", type=Path, help="starting image (PNG, JPEG or WebP)")
     command.add_argument("--mask", type=Path, help="inpainting mask: white is repainted")
     command.add_argument("--strength", type=float, help="how far to move from --image")
+    command.add_argument("--model", help="a loaded model (default: the server's first)")
+    command.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME[=SCALE]",
+        help="apply a LoRA adapter of the model, at SCALE (default 1); repeatable",
+    )
     command.add_argument("--url", default=os.environ.get("IMAGEGEN_URL", "http://127.0.0.1:3000"))
     command.add_argument("--key", default=os.environ.get("IMAGEGEN_API_KEY"))
     return generate(parser.parse_args(argv))

@@ -6,7 +6,8 @@
     python -m models train-shapes             # retrain sd-shapes' committed weights (CPU, ~40 min)
     python -m models build sdxl-tiny          # also sd3-tiny, flux-tiny: each family, tiny
     python -m models build sd-tiny-style      # a LoRA adapter of sd-tiny, built from code
-    python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--dtype D]
+    python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--size S]
+                                   [--dtype D] [--variant V]
     python -m models import-lora FILE --name NAME --base MODEL
 
 SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory, of any
@@ -47,6 +48,7 @@ def import_pipeline(args: argparse.Namespace) -> str:
         source=args.source,
         steps=args.steps,
         guidance_scale=args.guidance,
+        size=args.size,
     )
     return str(model.tag)
 
@@ -64,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     imports.add_argument("--name", help="model name in the store (default: from SOURCE)")
     imports.add_argument("--steps", type=int, help="default steps (default: the pipeline's)")
     imports.add_argument("--guidance", type=float, help="default guidance scale")
+    imports.add_argument(
+        "--size",
+        type=int,
+        help="native image side, where the model was distilled at another "
+        "size than its denoiser's config says (SDXL-Turbo: 512)",
+    )
     imports.add_argument(
         "--dtype",
         choices=["float16", "bfloat16", "float32"],

@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import Browser
 
-from harness.servers import Server, bentoml_serve
+from harness.servers import REPO, Server, bentoml_serve
 from imagegen.inputs import pack
 from models.adapters import SD_TINY_STYLE, SD_TINY_TINT, ensure_adapter
-from tests.conftest import AUTH
+from tests.conftest import API_KEY, AUTH, requests_outside
 from tests.test_edits import INSIDE, MASK, PICTURE
-from tests.test_jobs_e2e import job_when, stepped
+from tests.test_jobs_e2e import client_command, job_when, stepped
+from tests.test_playground_browser import shown_image
 
 pytestmark = pytest.mark.e2e
 
@@ -134,7 +139,8 @@ def test_a_long_generation_on_one_model_does_not_hold_up_another(models_server: 
         still = httpx.get(f"{models_server.url}/jobs/{job_id}", headers=AUTH).json()
         assert still["status"] == "running" and still["progress"]["step"] < 100
     finally:
-        httpx.delete(f"{models_server.url}/jobs/{job_id}", headers=AUTH)
+        cancelled = httpx.delete(f"{models_server.url}/jobs/{job_id}", headers=AUTH)
+    assert cancelled.json()["status"] == "cancelled"  # cancel works per model too
 
 
 def test_a_job_on_another_model_streams_its_progress(models_server: Server) -> None:
@@ -170,3 +176,68 @@ def test_no_adapter_leaks_into_concurrent_requests_without_one(models_server: Se
     with ThreadPoolExecutor(max_workers=8) as pool:
         together = list(pool.map(lambda ask: image(models_server, **ask).content, asks * 3))
     assert together == alone * 3
+
+
+def test_bentoml_build_packs_every_listed_model_and_their_adapters() -> None:
+    ensure_adapter(SD_TINY_STYLE), ensure_adapter(SD_TINY_TINT)
+    env = {**os.environ, "IMAGEGEN_MODELS": "sdxl-tiny,sd-tiny"}
+    built = subprocess.run(
+        ["bentoml", "build", "--output", "tag"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    tag = built.stdout.split("__tag__:")[-1].strip()
+    shown = subprocess.run(
+        ["bentoml", "get", tag, "-o", "json"], capture_output=True, text=True, check=True
+    )
+    services = {s["name"]: s["models"] for s in json.loads(shown.stdout)["services"]}
+    packed = sorted(model["tag"].split(":")[0] for model in services["imagegen-generator"])
+    assert packed == ["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny"]
+
+
+@pytest.mark.browser
+def test_the_playground_follows_each_model_s_family_and_applies_its_adapters(
+    browser: Browser, models_server: Server, artifacts: Path
+) -> None:
+    """FLUX.1 has no negative prompt and flux-tiny takes no guidance: those fields are off;
+    sd-tiny lists its adapters, and the image made with one at half scale is the API's."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    outside = requests_outside(page, models_server.url)
+    page.goto(f"{models_server.url}/", wait_until="networkidle")
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill("#api_key", API_KEY)
+    page.press("#api_key", "Tab")
+    page.wait_for_selector("#model option[value=flux-tiny]", state="attached")
+    page.select_option("#model", "flux-tiny")
+    assert page.is_disabled("#negative_prompt") and page.is_disabled("#guidance_scale")
+    assert page.is_hidden("#adapters")
+    page.select_option("#model", "sd-tiny")
+    assert page.is_enabled("#negative_prompt") and page.is_enabled("#guidance_scale")
+    page.click("#adapters summary")
+    page.check("#lora-sd-tiny-style")
+    page.fill("#lora-scale-sd-tiny-style", "0.5")
+    page.fill("#prompt", "a red circle")
+    page.uncheck("#random_seed")
+    page.fill("#seed", "7")
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=60_000)
+    page.screenshot(path=str(artifacts / "playground-lora.png"), full_page=True)
+    expected = pixels(image(models_server, loras=[{**STYLE, "scale": 0.5}]))
+    assert np.array_equal(np.asarray(shown_image(page, "#results img"), dtype=int), expected)
+    assert outside == []
+    context.close()
+
+
+def test_the_command_line_client_names_the_model_and_its_adapters(
+    models_server: Server, tmp_path: Path
+) -> None:
+    output = tmp_path / "circle.png"
+    args = ["a red circle", "-o", str(output), "--seed", "7", "--model", "sd-tiny"]
+    done = subprocess.run(
+        client_command(models_server, *args, "--lora", "sd-tiny-style=0.5", "--lora",
+                       "sd-tiny-tint", "--key", API_KEY),
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    expected = image(models_server, model="sd-tiny", loras=[{**STYLE, "scale": 0.5}, TINT])
+    assert output.read_bytes() == expected.content

@@ -119,9 +119,11 @@ def test_the_command_line_client_saves_every_image(server: Server, tmp_path: Pat
     assert all(Image.open(path).format == "PNG" for path in saved)
 
 
-def test_ctrl_c_in_the_command_line_client_cancels_its_job(server: Server) -> None:
+def test_ctrl_c_in_the_command_line_client_cancels_its_job(server: Server, tmp_path: Path) -> None:
     before = cancelled_images(server)
-    args = ["a long one", "--steps", "100", "--width", "256", "--height", "256"]
+    output = tmp_path / "never.png"
+    # About 10 s of work on two cores: the client cannot finish before the signal lands.
+    args = ["a long one", "--steps", "150", "--width", "384", "--height", "384", "-o", str(output)]
     client = subprocess.Popen(
         client_command(server, *args),
         stderr=subprocess.PIPE,
@@ -138,6 +140,7 @@ def test_ctrl_c_in_the_command_line_client_cancels_its_job(server: Server) -> No
     assert client.wait(timeout=30) == 130
     assert b": cancelled" in shown + client.stderr.read()
     wait_until_cancelled(server, before)
+    assert not output.exists()
 
 
 @pytest.fixture(scope="module")

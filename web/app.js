@@ -94,6 +94,7 @@ function showError(error, outcome = "Not generated") {
     if (error.field === "image" || error.field === "mask" || error.field === "strength") {
       $("edit").open = true;
     }
+    if (error.field === "loras") $("adapters").open = true;
     setStatus(`${outcome}: see the field marked.`);
   } else {
     setStatus(error.message);
@@ -128,6 +129,11 @@ async function requestBody() {
     if (file) body[name] = await readFile(file);
   }
   if (!body.image) delete body.strength; // the API refuses a strength without an image
+  const loras = [...$("loras").querySelectorAll("input[type=checkbox]:checked")].map((use) => ({
+    name: use.value,
+    scale: Number($(`lora-scale-${use.value}`).value),
+  }));
+  if (loras.length) body.loras = loras;
   return body;
 }
 
@@ -143,6 +149,12 @@ function fill(parameters) {
     } else {
       element.value = parameters[name];
     }
+  }
+  applyModel();
+  const used = new Map((parameters.loras ?? []).map((l) => [l.name.split(":")[0], l.scale]));
+  for (const use of $("loras").querySelectorAll("input[type=checkbox]")) {
+    use.checked = used.has(use.value);
+    if (use.checked) $(`lora-scale-${use.value}`).value = used.get(use.value);
   }
   $("random_seed").checked = false;
   $("seed").disabled = false;
@@ -181,6 +193,32 @@ function applyModel() {
   scheduler.replaceChildren(new Option(`model's default (${info.default_scheduler})`, ""));
   for (const name of info.schedulers) scheduler.append(new Option(name, name));
   $("edit").hidden = !info.modes?.includes("image-to-image");
+  // What the model's family cannot take is off, so it is never sent (the API would refuse it).
+  const negative = $("negative_prompt");
+  negative.disabled = info.guidance !== "classifier-free";
+  negative.placeholder = negative.disabled ? `${info.name} has no negative prompt` : "";
+  $("guidance_scale").disabled = info.guidance === "none";
+  $("loras").replaceChildren(...(info.loras ?? []).map(loraRow));
+  $("adapters").hidden = !info.loras?.length;
+}
+
+function loraRow(adapter) {
+  // A checkbox to apply the adapter and its scale; the ids carry the adapter's name.
+  const use = Object.assign(document.createElement("input"), {
+    type: "checkbox", id: `lora-${adapter.name}`, value: adapter.name,
+  });
+  const label = Object.assign(document.createElement("label"), {
+    htmlFor: use.id, textContent: adapter.name, title: adapter.source,
+  });
+  const scale = Object.assign(document.createElement("input"), {
+    type: "number", id: `lora-scale-${adapter.name}`, min: -2, max: 2, step: 0.05, value: 1,
+    inputMode: "decimal",
+  });
+  scale.setAttribute("aria-label", `Scale of ${adapter.name}`);
+  const row = document.createElement("div");
+  row.className = "lora";
+  row.append(use, label, scale);
+  return row;
 }
 
 async function loadModels() {
