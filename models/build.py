@@ -90,13 +90,13 @@ class Parts:
         self.recipe = recipe
         self.tokenizer = build_tokenizer(recipe.words)
 
-    def clip(self, cls: type = CLIPTextModel) -> Any:
+    def clip(self, cls: type = CLIPTextModel, shape: dict[str, Any] | None = None) -> Any:
         config = CLIPTextConfig(
             vocab_size=len(self.tokenizer),
             bos_token_id=0,
             eos_token_id=1,
             pad_token_id=1,
-            **self.recipe.text_encoder,
+            **(shape or self.recipe.text_encoder),
         )
         return _seeded(self.recipe.seed, cls, config)
 
@@ -141,7 +141,7 @@ def build_sdxl(parts: Parts) -> DiffusionPipeline:
         vae=parts.vae(),
         text_encoder=parts.clip(),
         # The second encoder's pooled projection joins the size conditioning.
-        text_encoder_2=parts.clip(CLIPTextModelWithProjection),
+        text_encoder_2=parts.clip(CLIPTextModelWithProjection, parts.recipe.text_encoder_2),
         tokenizer=parts.tokenizer,
         tokenizer_2=parts.tokenizer,
         unet=parts.denoiser(UNet2DConditionModel),

@@ -16,6 +16,7 @@ library is imported here: the service's public process resolves a recipe's tag w
   benchmark's model (no download). Its images are noise; its cost per step is SD 1.5's.
 - ``sdxl-tiny``, ``sd3-tiny``, ``flux-tiny``: the SDXL, SD3 and FLUX.1 families at sd-tiny's
   scale, random weights, for the tests of each family's path.
+- ``sdxl-random``: SDXL base's architecture with random weights, for GPU benchmarks at 1024².
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Recipe:
     trained: bool = False  # weights from models/weights/NAME.safetensors, else from `seed`
     family: str = "sd"  # a key of models.families.FAMILIES
     t5: dict[str, Any] | None = None  # SD3's and FLUX.1's T5 encoder
+    text_encoder_2: dict[str, Any] | None = None  # SDXL's second CLIP, when it differs
     # Image side, where the denoiser's config does not give it (FLUX.1's pipeline assumes 1024).
     native_size: int | None = None
 
@@ -94,7 +96,7 @@ class Recipe:
             "words": self.words,
         }
         if self.family != "sd":
-            described.update(family=self.family, t5=self.t5)
+            described.update(family=self.family, t5=self.t5, text_encoder_2=self.text_encoder_2)
         return described
 
     @property
@@ -277,6 +279,42 @@ SDXL_TINY = Recipe(
     default_steps=4,
     default_guidance_scale=5.0,
 )
+# SDXL base's architecture with random weights, the GPU benchmark's SDXL-size model: CLIP
+# ViT-L and OpenCLIP ViT-bigG text towers, the 2.6B-parameter UNet, SDXL's VAE. 1024x1024.
+SDXL_RANDOM = Recipe(
+    name="sdxl-random",
+    family="sdxl",
+    text_encoder=SD15_RANDOM.text_encoder,
+    text_encoder_2={
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_attention_heads": 20,
+        "num_hidden_layers": 32,
+        "projection_dim": 1280,
+        "max_position_embeddings": MAX_TOKENS,
+        "hidden_act": "gelu",
+    },
+    denoiser={
+        "sample_size": 128,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (320, 640, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "transformer_layers_per_block": (1, 2, 10),
+        "attention_head_dim": (5, 10, 20),
+        "cross_attention_dim": 768 + 1280,
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 6 * 256 + 1280,
+    },
+    vae={**SD15_RANDOM.vae, "sample_size": 1024, "scaling_factor": 0.13025},
+    scheduler=SDXL_TINY.scheduler,
+    default_steps=50,
+    default_guidance_scale=5.0,
+)
 SD3_TINY = Recipe(
     name="sd3-tiny",
     family="sd3",
@@ -335,6 +373,7 @@ RECIPES = {
         SD_TINY_INPAINTING,
         SD15_RANDOM,
         SDXL_TINY,
+        SDXL_RANDOM,
         SD3_TINY,
         FLUX_TINY,
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from pydantic import ValidationError
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from imagegen.generation import PipelineRunner
 from imagegen.loading import LoadedModel, load_model
@@ -21,7 +21,7 @@ from models.__main__ import default_name
 from models.__main__ import main as models_command
 from models.build import build_pipeline, build_tokenizer
 from models.loading import choose_device, choose_dtype
-from models.recipes import MAX_TOKENS, SD15_RANDOM, SD_TINY, SD_TINY_INPAINTING
+from models.recipes import MAX_TOKENS, SD15_RANDOM, SD_TINY, SD_TINY_INPAINTING, SDXL_RANDOM
 from models.store import UnknownModel, ensure_built, find_model, save_pipeline
 from tests.test_generation import pixels
 
@@ -251,14 +251,24 @@ def test_malformed_warmup_sizes_are_refused(sizes: str) -> None:
         # Stable Diffusion 1.5's published sizes.
         (UNet2DConditionModel, SD15_RANDOM.denoiser, 859_520_964),
         (AutoencoderKL, SD15_RANDOM.vae, 83_653_863),
+        # SDXL base's.
+        (UNet2DConditionModel, SDXL_RANDOM.denoiser, 2_567_463_684),
+        (AutoencoderKL, SDXL_RANDOM.vae, 83_653_863),
     ],
 )
-def test_sd15_random_has_sd15s_architecture(
+def test_random_recipes_have_their_models_architecture(
     build: Any, config: dict[str, Any], parameters: int
 ) -> None:
     with torch.device("meta"):  # shapes only: no memory, no time
         model = build(**config)
     assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_sdxl_second_text_encoder_is_openclip_bigg() -> None:
+    config = CLIPTextConfig(vocab_size=49408, **(SDXL_RANDOM.text_encoder_2 or {}))
+    with torch.device("meta"):
+        encoder = CLIPTextModelWithProjection(config)
+    assert sum(p.numel() for p in encoder.parameters()) == 694_659_840  # ViT-bigG's text tower
 
 
 def test_sd15_text_encoder_matches_clip_vit_l_but_for_the_vocabulary() -> None:
