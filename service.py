@@ -12,6 +12,8 @@ from PIL.Image import Image
 from starlette.responses import Response, StreamingResponse
 
 from imagegen.catalog import declared, with_models
+from imagegen.compat import openai
+from imagegen.compat.openai import OpenAIImageRequest
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
 from imagegen.errors import answers_errors, answers_validation_errors
@@ -189,10 +191,32 @@ class ImageGeneration:
 
     @routes.get("/jobs/{job_id}/result", tags=["Jobs"])
     @answers_errors
-    async def job_result(self, job_id: str, request: Request) -> Response:
+    async def job_result(self, job_id: str, request: Request, image: int | None = None) -> Response:
         """One image: its bytes and headers as `/generate/image` sends them; several: the
-        JSON of `/generate/images`. 409 until the job has succeeded, 410 once expired."""
-        return await self.gateway.jobs.result(owner(request), job_id)
+        JSON of `/generate/images`, or with `image=k` image k's bytes alone. 409 until the
+        job has succeeded, 410 once expired."""
+        return await self.gateway.jobs.result(owner(request), job_id, image)
+
+    @routes.post("/v1/images/generations", tags=["OpenAI Images API"])
+    @answers_errors
+    async def openai_generations(self, body: OpenAIImageRequest, request: Request) -> Response:
+        """OpenAI's `images.generate`: the same queue, batching, limits and keys as
+        `/generate/images`; answers and errors in OpenAI's shapes."""
+        return await openai.generate(self.gateway, body, request, edit={})
+
+    @routes.post(openai.EDITS_PATH, tags=["OpenAI Images API"])
+    @answers_errors
+    async def openai_edits(self, request: Request) -> Response:
+        """OpenAI's `images.edit`: a multipart form (the one route that takes one) with an
+        `image` file, a `mask` whose transparent pixels are repainted, and the fields of
+        `/v1/images/generations`."""
+        body, edit = await openai.read_form(request, self.gateway.input_limits)
+        return await openai.generate(self.gateway, body, request, edit)
+
+    @routes.get("/v1/models", tags=["OpenAI Images API"])
+    async def openai_models(self) -> dict[str, Any]:
+        """The loaded models in OpenAI's list shape."""
+        return openai.model_list(await self.gateway.models())
 
     @routes.delete("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
     @answers_errors

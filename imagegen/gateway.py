@@ -15,7 +15,7 @@ from middleware.rate_limit import client_bucket
 
 from .encoding import image_response, images_response
 from .inputs import Edit, InputLimits, read_edit
-from .jobs import Jobs, JobStore, links
+from .jobs import Job, Jobs, JobStore, links
 from .lifetime import while_requested
 from .memory_store import MemoryJobStore
 from .parameters import choose_model, resolve, series
@@ -31,7 +31,6 @@ from .schemas import (
     ModelInfo,
 )
 from .settings import Settings
-from .stack import rate_limit_storage
 from .webhooks import Webhooks
 from .work import work
 from .work_limit import WorkRateLimit
@@ -63,7 +62,7 @@ class Gateway:
         self.webhooks = Webhooks(settings.webhook_hosts, settings.webhook_secret)
         self.jobs = Jobs(store, timeout=settings.timeout, webhooks=self.webhooks)
         self.work_limit = (
-            WorkRateLimit(settings.work_rate_limit, rate_limit_storage(settings))
+            WorkRateLimit(settings.work_rate_limit, settings.limits_storage)
             if settings.work_rate_limit
             else None
         )
@@ -125,15 +124,18 @@ class Gateway:
             await self.work_limit.charge(client_bucket(scope), work(batch))
         return queue, queue.admit(batch, reported, edit)
 
-    async def generate(self, request: ImageRequest | ImagesRequest) -> Generated:
+    async def generate(
+        self, request: ImageRequest | ImagesRequest, http_request: Request | None = None
+    ) -> Generated:
         """A synchronous request's images, cancelled when its client leaves or its time is
-        up."""
+        up; ``http_request`` is the current BentoML request when None."""
         batch, edit = await self.prepare(request)
-        queue, ticket = await self.admit(bentoml.Context().request.scope, batch, edit=edit)
-        return await while_requested(queue.run(ticket), self.settings.timeout)
+        scope = (http_request or bentoml.Context().request).scope
+        queue, ticket = await self.admit(scope, batch, edit=edit)
+        return await while_requested(queue.run(ticket), self.settings.timeout, http_request)
 
-    async def submit_job(self, body: JobRequest, request: Request) -> Response:
-        """Admit a job and start it; 202 with where to follow it."""
+    async def start_job(self, body: JobRequest, request: Request) -> Job:
+        """Admit a job and start it."""
         if body.webhook is not None:
             self.webhooks.check(body.webhook)
         batch, edit = await self.prepare(body)
@@ -145,9 +147,13 @@ class Gateway:
                 return image_response(generated, fmt, quality)
             return images_response(generated, fmt, quality)
 
-        job = await self.jobs.submit(
+        return await self.jobs.submit(
             queue, ticket, owner(request), batch, webhook=body.webhook, encode=encode
         )
+
+    async def submit_job(self, body: JobRequest, request: Request) -> Response:
+        """Admit a job and start it; 202 with where to follow it."""
+        job = await self.start_job(body, request)
         accepted = JobAccepted(
             id=job.id,
             status=job.status,

@@ -14,6 +14,7 @@ job stays ``running`` for ever.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -24,11 +25,12 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
-from .errors import Cancelled, ServiceError
+from .encoding import MEDIA_TYPES
+from .errors import Cancelled, InvalidField, ServiceError
 from .progress import Event
 from .queue import Ticket, WorkQueue
 from .remote import Generated
-from .schemas import GenerationParameters, JobStatus, JobView, Progress
+from .schemas import GenerationParameters, ImagesResponse, JobStatus, JobView, Progress
 from .webhooks import Webhooks
 
 logger = logging.getLogger(__name__)
@@ -240,7 +242,9 @@ class Jobs:
             raise JobGone(f"Job {job_id} has expired; results are kept {self.store.ttl:g} s.")
         return job
 
-    async def result(self, owner: str, job_id: str) -> Response:
+    async def result(self, owner: str, job_id: str, image: int | None = None) -> Response:
+        """The job's answer; with ``image``, that one image's bytes alone (what the OpenAI
+        layer's URLs point at)."""
         job = await self.find(owner, job_id)
         result = await self.store.result(job_id) if job.status == "succeeded" else None
         if result is None:
@@ -248,7 +252,24 @@ class Jobs:
             raise JobConflict(
                 f"Job {job.id} is {job.status}{why}; its result exists once it has succeeded."
             )
-        return result.response()
+        if image is None:
+            return result.response()
+        if not 0 <= image < job.num_images:
+            raise InvalidField(
+                f"`image` must be from 0 to {job.num_images - 1} for job {job_id}, but is {image}.",
+                field="image",
+            )
+        if job.num_images == 1:
+            return result.response()
+        encoded = ImagesResponse.model_validate_json(result.body).images[image]
+        return Response(base64.b64decode(encoded.data), media_type=MEDIA_TYPES[encoded.format])
+
+    async def ended(self, job_id: str) -> None:
+        """Wait for a job started on this replica to end (its task is not cancelled when
+        the waiter is)."""
+        running = self._running.get(job_id)
+        if running is not None:
+            await asyncio.wait({running[0]})
 
     async def cancel(self, owner: str, job_id: str, reason: str = "cancelled by its client") -> Job:
         job = await self.find(owner, job_id)

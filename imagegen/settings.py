@@ -203,6 +203,14 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def limits_storage(self) -> str:
+        """Where the rate limits' windows live: the replicas' Redis when there is one and no
+        other storage is named."""
+        if self.redis_url and self.rate_limit_storage == "memory://":
+            return self.redis_url
+        return self.rate_limit_storage
+
+    @property
     def model_tags(self) -> list[str]:
         """The served models, the default first."""
         return self.models.split(",") if self.models else [self.model]

@@ -18,19 +18,12 @@ from middleware.rate_limit import RateLimitMiddleware
 from middleware.request_id import RequestIdMiddleware
 from middleware.timing import TimingMiddleware
 
+from .compat.openai import EDITS_PATH, openai_error
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TIMEOUT_GRACE_S = 5
-
-
-def rate_limit_storage(settings: Settings) -> str:
-    """The rate limits' windows live in the replicas' Redis when there is one and no other
-    storage is named."""
-    if settings.redis_url and settings.rate_limit_storage == "memory://":
-        return settings.redis_url
-    return settings.rate_limit_storage
 
 
 def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
@@ -41,16 +34,18 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
     1. access log: sees the final status and bytes of everything inside, the request id and
        the key id auth records;
     2. request id: set before anything else logs;
-    3. error body: every error answer inside becomes one JSON shape carrying that id;
+    3. error body: every error answer inside becomes one JSON shape carrying that id (in
+       OpenAI's shape under `/v1/`);
     4. timing: `total` covers auth, limits and the handler;
     5. auth, then 6. the per-key rate limit, which needs the key id;
     7. admission: requests in flight and the timeout, for requests that passed the above;
-    8. JSON bodies only, then 9. the body limit: neither reads a refused body.
+    8. JSON bodies only (a form on OpenAI's image edits), then 9. the body limit: neither
+       reads a refused body.
     """
     stack = [
         Middleware(AccessLogMiddleware, log_prompts=settings.log_prompts),
         Middleware(RequestIdMiddleware),
-        Middleware(ErrorBodyMiddleware),
+        Middleware(ErrorBodyMiddleware, dialects={"/v1/": openai_error}),
         Middleware(TimingMiddleware),
     ]
     if len(api_keys):
@@ -62,7 +57,7 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
     if settings.rate_limit:
         stack.append(
             Middleware(
-                RateLimitMiddleware, rate=settings.rate_limit, storage=rate_limit_storage(settings)
+                RateLimitMiddleware, rate=settings.rate_limit, storage=settings.limits_storage
             )
         )
     stack += [
@@ -73,7 +68,7 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
             # this later one answers for anything else that hangs.
             timeout=settings.timeout + TIMEOUT_GRACE_S,
         ),
-        Middleware(JsonBodyMiddleware),
+        Middleware(JsonBodyMiddleware, multipart_paths=frozenset({EDITS_PATH})),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
     ]
     return stack

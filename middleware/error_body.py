@@ -14,6 +14,7 @@ body passes through untouched, and so does an error body over ``MAX_ERROR_BODY``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -64,12 +65,22 @@ def error_document(status: int, body: bytes, scope: Scope, allow: str | None) ->
     return document
 
 
+Reshape = Callable[[int, dict[str, Any]], dict[str, Any]]
+
+
 class ErrorBodyMiddleware:
-    def __init__(self, app: ASGIApp, *, retry_after: int = 5) -> None:
+    def __init__(
+        self, app: ASGIApp, *, retry_after: int = 5, dialects: Mapping[str, Reshape] | None = None
+    ) -> None:
+        """``dialects``: path prefix -> how a compatibility API under it says the same
+        error, for clients that parse their own shape (OpenAI's SDK)."""
         if retry_after < 1:
             raise ValueError(f"`retry_after` must be at least 1, but is {retry_after}")
+        if any(not prefix.startswith("/") for prefix in dialects or {}):
+            raise ValueError(f"`dialects` must be keyed by paths, but has {list(dialects or {})}")
         self.app = app
         self.retry_after = str(retry_after)
+        self.dialects = dict(dialects or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,6 +114,9 @@ class ErrorBodyMiddleware:
         headers = MutableHeaders(scope=start)
         document = error_document(start["status"], body, scope, headers.get("allow"))
         document["request_id"] = scope.get("state", {}).get("request_id")
+        for prefix, reshape in self.dialects.items():
+            if scope["path"].startswith(prefix):
+                document = reshape(start["status"], document)
         shaped = json.dumps(document).encode()
         headers["content-type"] = "application/json"
         headers["content-length"] = str(len(shaped))

@@ -58,3 +58,31 @@ def test_requests_without_a_body_pass() -> None:
     answer = call(JsonBodyMiddleware(echo_body_app), method="POST", headers={"Content-Length": "0"})
     assert answer.status == 200
     assert call(JsonBodyMiddleware(echo_body_app), "/models").status == 200
+
+
+FORM = "multipart/form-data; boundary=x"
+FORMS = JsonBodyMiddleware(echo_body_app, multipart_paths=frozenset({"/v1/images/edits"}))
+
+
+def form_post(path: str, method: str = "POST", **headers: str) -> int:
+    sent = {"Content-Type": FORM, "Content-Length": "5", "Host": "127.0.0.1:3000", **headers}
+    return call(FORMS, path, method=method, headers=sent, chunks=(b"--x--",)).status
+
+
+def test_a_form_passes_only_where_a_compatibility_route_takes_one() -> None:
+    assert form_post("/v1/images/edits") == 200
+    assert form_post("/v1/images/generations") == 415
+    assert form_post("/v1/images/edits", method="PUT") == 415
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [("http://127.0.0.1:3000", 200), ("https://evil.example", 415), ("null", 415)],
+)
+def test_a_cross_site_form_is_refused_even_there(origin: str, status: int) -> None:
+    assert form_post("/v1/images/edits", Origin=origin) == status
+
+
+def test_multipart_paths_must_be_paths() -> None:
+    with pytest.raises(ValueError, match="`multipart_paths` must be paths"):
+        JsonBodyMiddleware(echo_body_app, multipart_paths=frozenset({"v1/images/edits"}))

@@ -119,3 +119,21 @@ def test_an_error_answer_is_valid_json_even_from_plain_text() -> None:
         await PlainTextResponse("Internal Server Error", 500)(scope, receive, send)
 
     assert json.loads(call(shaped(app)).body)["error"] == "Internal Server Error."
+
+
+def test_a_dialect_reshapes_errors_under_its_prefix_only() -> None:
+    def nested(status: int, document: dict[str, Any]) -> dict[str, Any]:
+        return {"error": {"message": document["error"], "status": status}}
+
+    app = RequestIdMiddleware(
+        ErrorBodyMiddleware(error_app(400, {"error": "bad"}), dialects={"/v1/": nested})
+    )
+    assert call(app, "/v1/images/generations").json() == {
+        "error": {"message": "bad", "status": 400}
+    }
+    assert call(app, "/generate/image").json()["error"] == "bad"
+
+
+def test_dialects_must_be_keyed_by_paths() -> None:
+    with pytest.raises(ValueError, match="`dialects` must be keyed by paths"):
+        ErrorBodyMiddleware(ok_app, dialects={"v1": lambda status, document: document})

@@ -1,0 +1,1 @@
+"""Foreign APIs spoken over the native one: thin translators, no generation logic."""

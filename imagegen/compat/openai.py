@@ -1,0 +1,288 @@
+"""OpenAI's Images API (`/v1`) as a thin translator over the native one: a request becomes a
+native `ImagesRequest` (or, for `response_format: url`, a job), and goes through the same
+gateway, queue, batching, limits and auth as `/generate/images`; the answer and the errors
+come back in OpenAI's shapes, so its SDK and the chat front-ends that speak it work unchanged.
+
+Mapped: `prompt`, `model`, `n` (num_images), `size` (`WxH`, or `auto` for the model's native
+size), `output_format`, `output_compression` (the encoder's quality), `quality` (denoising
+steps: `low` half the model's default, `high`/`hd` twice it, others the default),
+`response_format`. Accepted and ignored as OpenAI does for models that lack them: `style`,
+`moderation`, `user`, `background` `auto`/`opaque`; `background: transparent` is refused (no
+served model draws alpha). Extensions (the SDK's `extra_body`): `negative_prompt`, `seed`,
+`num_inference_steps`, `guidance_scale`, `scheduler`, `loras`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from http import HTTPStatus
+from typing import Any, Literal, cast
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..encoding import encode_image
+from ..errors import Cancelled, GenerationFailed, InvalidField, ServiceError, TimedOut
+from ..gateway import Gateway, owner
+from ..inputs import InputLimits, decoded, opened, pack
+from ..lifetime import while_requested
+from ..parameters import choose_model
+from ..remote import Generated
+from ..schemas import (
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    ImagesRequest,
+    JobRequest,
+    Lora,
+    ModelInfo,
+    OutputFormat,
+    SchedulerName,
+)
+
+EDITS_PATH = "/v1/images/edits"
+# Native field -> the OpenAI parameter a client sent it as.
+PARAMS = {"num_images": "n", "width": "size", "height": "size", "quality": "output_compression"}
+MAX_STEPS = 150
+
+
+class OpenAIImageRequest(BaseModel):
+    """Body of `POST /v1/images/generations` (and the form of `/v1/images/edits`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    model: str | None = Field(None, description="A loaded model's name; blank: the default.")
+    n: int = Field(1, ge=1, le=MAX_IMAGES, description="How many images.")
+    size: str | None = Field(
+        None,
+        pattern=r"^(auto|[0-9]{1,5}x[0-9]{1,5})$",
+        description="`WxH` (multiples of 8, 64..2048) or `auto`: the model's native size.",
+    )
+    response_format: Literal["b64_json", "url"] | None = Field(
+        None,
+        description="`b64_json` (the default here), or `url`: `/jobs/{id}/result?image=k`, "
+        "fetched with the same key while the job is kept (`IMAGEGEN_JOB_TTL`).",
+    )
+    output_format: OutputFormat | None = Field(None, description="png (default), jpeg, webp.")
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="Encoder quality for jpeg and webp."
+    )
+    quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = Field(
+        None, description="Steps: `low` half the model's default, `high`/`hd` twice it."
+    )
+    background: Literal["auto", "opaque", "transparent"] | None = Field(
+        None, description="`transparent` is refused: no served model draws alpha."
+    )
+    style: Literal["vivid", "natural"] | None = Field(None, description="Ignored (DALL-E 3's).")
+    moderation: Literal["auto", "low"] | None = Field(None, description="Ignored.")
+    user: str | None = Field(None, max_length=256, description="Ignored.")
+    # Extensions: the native fields OpenAI's API lacks.
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    seed: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: SchedulerName | None = None
+    loras: list[Lora] | None = None
+
+
+def param_of(error: ServiceError | ValidationError) -> str | None:
+    """The OpenAI parameter an error is about."""
+    if isinstance(error, ValidationError):
+        loc = error.errors()[0]["loc"]
+        field = str(loc[0]) if loc else None
+    else:
+        field = error.field
+    return PARAMS.get(field, field) if field else None
+
+
+def native_fields(body: OpenAIImageRequest, info: ModelInfo) -> dict[str, Any]:
+    """The native request's fields for ``body``, to the model ``info``."""
+    if body.background == "transparent":
+        raise InvalidField(
+            "`background` must be `auto` or `opaque`: no served model draws transparency, "
+            "but is 'transparent'.",
+            field="background",
+        )
+    extensions = ("negative_prompt", "seed", "num_inference_steps", "guidance_scale")
+    fields: dict[str, Any] = {
+        "prompt": body.prompt,
+        "model": body.model,
+        "num_images": body.n,
+        "output_format": body.output_format or "png",
+        "scheduler": body.scheduler,
+        "loras": body.loras or [],
+        **{name: getattr(body, name) for name in extensions if getattr(body, name) is not None},
+    }
+    if body.output_compression is not None:
+        fields["quality"] = max(1, body.output_compression)
+    if body.size not in (None, "auto"):
+        width, _, height = body.size.partition("x")
+        fields["width"], fields["height"] = int(width), int(height)
+    if body.quality in ("low", "high", "hd") and body.num_inference_steps is None:
+        factor = 0.5 if body.quality == "low" else 2
+        fields["num_inference_steps"] = min(MAX_STEPS, max(1, round(info.default_steps * factor)))
+    return fields
+
+
+def created(
+    generations: list[tuple[str, str]], body: OpenAIImageRequest, size: tuple[int, int]
+) -> JSONResponse:
+    """OpenAI's answer: ``generations`` are (key, value) pairs, `b64_json` or `url`."""
+    return JSONResponse(
+        {
+            "created": int(time.time()),
+            "data": [{key: value, "revised_prompt": body.prompt} for key, value in generations],
+            "background": "opaque",
+            "output_format": body.output_format or "png",
+            "quality": body.quality or "auto",
+            "size": f"{size[0]}x{size[1]}",
+        }
+    )
+
+
+async def generate(
+    gateway: Gateway, body: OpenAIImageRequest, request: Request, edit: dict[str, str]
+) -> JSONResponse:
+    """`/v1/images/generations` and, with ``edit`` (native `image`, `mask`), `/edits`."""
+    info = choose_model(body.model, await gateway.models())
+    fields = {**native_fields(body, info), **edit}
+    url = body.response_format == "url"
+    try:
+        native = (JobRequest if url else ImagesRequest).model_validate(fields)
+    except ValidationError as error:
+        raise InvalidField(error.errors()[0]["msg"], field=param_of(error)) from None
+    if not isinstance(native, JobRequest):
+        generated = await gateway.generate(native, request)
+        return created(b64_images(generated, native), body, size_of(generated))
+    job = await gateway.start_job(native, request)
+    try:
+        await while_requested(gateway.jobs.ended(job.id), gateway.settings.timeout, request)
+    except (Cancelled, TimedOut):  # nobody waits for its URLs any more
+        await gateway.jobs.cancel(owner(request), job.id, "its OpenAI client left")
+        raise
+    ended = await gateway.jobs.find(owner(request), job.id)
+    if ended.error_field is not None:  # refused by the model: a prompt too long, say
+        raise InvalidField(ended.error or "", field=ended.error_field)
+    if ended.status != "succeeded":
+        raise GenerationFailed(f"The generation {ended.status}: {ended.error}.")
+    base = str(request.base_url).rstrip("/")
+    urls = [("url", f"{base}/jobs/{job.id}/result?image={k}") for k in range(native.num_images)]
+    p = ended.parameters
+    return created(urls, body, (p.width, p.height))
+
+
+def b64_images(generated: Generated, native: ImagesRequest) -> list[tuple[str, str]]:
+    return [
+        (
+            "b64_json",
+            base64.b64encode(
+                encode_image(g.image, g.parameters, native.output_format, native.quality)
+            ).decode(),
+        )
+        for g in generated.generations
+    ]
+
+
+def size_of(generated: Generated) -> tuple[int, int]:
+    p = generated.generations[0].parameters
+    return p.width, p.height
+
+
+async def read_form(
+    request: Request, limits: InputLimits
+) -> tuple[OpenAIImageRequest, dict[str, str]]:
+    """`/v1/images/edits`' multipart form: at most two files (`image`, `mask`) and a few
+    fields, each bounded; the files go through the native image checks, and OpenAI's mask
+    (transparent = repaint) becomes a native one (white = repaint)."""
+    async with request.form(max_files=2, max_fields=16, max_part_size=64 * 1024) as form:
+        fields: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+        for name, value in form.multi_items():
+            key = name.removesuffix("[]")
+            if isinstance(value, UploadFile):
+                if key not in ("image", "mask") or key in files:
+                    raise InvalidField(f"`{key}` must be one file, `image` or `mask`.", field=key)
+                files[key] = await value.read(limits.max_bytes + 1)
+            else:
+                fields[key] = value
+    try:
+        body = OpenAIImageRequest.model_validate(fields)
+    except ValidationError as error:
+        raise InvalidField(error.errors()[0]["msg"], field=param_of(error)) from None
+    if "image" not in files:
+        raise InvalidField("`image` must be sent, as a file part of the form.", field="image")
+    edit = await anyio.to_thread.run_sync(native_edit, files, limits)
+    return body, edit
+
+
+def native_edit(files: dict[str, bytes], limits: InputLimits) -> dict[str, str]:
+    """The native `image` and `mask` (base64): the mask from the mask file's alpha, else from
+    the image's own transparency; neither transparent, image-to-image."""
+    for field, data in files.items():
+        if len(data) > limits.max_bytes:
+            raise InvalidField(
+                f"`{field}` must be at most {limits.max_bytes} bytes (`IMAGEGEN_MAX_INPUT_BYTES`).",
+                field=field,
+            )
+    edit = {"image": base64.b64encode(files["image"]).decode()}
+    source = "mask" if "mask" in files else "image"
+    drawn = decoded(opened(files[source], source, limits), source)
+    if "transparency" in drawn.info:  # a palette's or a colour key's transparency
+        drawn = drawn.convert("RGBA")
+    if "A" not in drawn.getbands():
+        if source == "mask":
+            raise InvalidField(
+                "`mask` must have an alpha channel (transparent where the image is to be "
+                "edited), but has none.",
+                field="mask",
+            )
+        return edit
+    alpha = drawn.getchannel("A")
+    lowest, _ = cast(tuple[int, int], alpha.getextrema())
+    if source == "image" and lowest > 0:
+        return edit  # no transparent pixel: the whole image is redrawn at `strength`
+    repaint = alpha.point(lambda value: 255 if value == 0 else 0)
+    edit["mask"] = pack(repaint)
+    return edit
+
+
+def openai_error(status: int, document: dict[str, Any]) -> dict[str, Any]:
+    """A native error document in OpenAI's shape (its SDK raises by status, and reads
+    `error.message`, `type`, `param`, `code`)."""
+    detail = document.get("detail") or [{}]
+    field = detail[0].get("loc", [None])[0] if isinstance(detail, list) else None
+    kind, code = ERROR_KINDS.get(status, ("invalid_request_error", None))
+    if status >= 500:
+        kind = "server_error"
+    return {
+        "error": {
+            "message": document.get("error", HTTPStatus(status).phrase),
+            "type": kind,
+            "param": PARAMS.get(field, field) if isinstance(field, str) else None,
+            "code": code,
+        },
+        "request_id": document.get("request_id"),
+    }
+
+
+ERROR_KINDS = {
+    401: ("invalid_request_error", "invalid_api_key"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    503: ("server_error", "overloaded"),
+    504: ("server_error", "timeout"),
+}
+
+
+def model_list(infos: list[ModelInfo]) -> dict[str, Any]:
+    """`GET /v1/models` in OpenAI's list shape."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": info.name, "object": "model", "created": 0, "owned_by": "imagegen"}
+            for info in infos
+        ],
+    }

@@ -1,0 +1,186 @@
+"""OpenAI's Images API against a real `bentoml serve`, driven by the published `openai` SDK
+as its users drive it: `images.generate`, `images.edit` (multipart), `models.list`, and its
+own exception classes from this service's errors. The layer shares the native API's queue,
+work budget, auth, rate limit, body limit and request ids."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from harness.servers import Server, bentoml_serve
+from tests.conftest import API_KEY, AUTH
+from tests.test_edits import INSIDE, MASK, PICTURE
+
+pytestmark = pytest.mark.e2e
+
+RATE = 40  # requests per minute per key: the last test spends what is left
+
+
+@pytest.fixture(scope="module")
+def compat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("compat-server") / "bentoml-serve.log"
+    with bentoml_serve(log, rate_limit=f"{RATE}/minute", max_batch_size="1") as running:
+        yield running
+
+
+@pytest.fixture
+def client(compat_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{compat_server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def png(data: str | bytes) -> Image.Image:
+    raw = base64.b64decode(data) if isinstance(data, str) else data
+    return Image.open(io.BytesIO(raw))
+
+
+def native_images(server: Server, **fields: object) -> list[str]:
+    response = httpx.post(
+        f"{server.url}/generate/images",
+        json={"prompt": "a red circle", **fields},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return [image["data"] for image in response.json()["images"]]
+
+
+def test_generate_answers_in_openai_s_shape_with_the_native_images(
+    client: openai.OpenAI, compat_server: Server
+) -> None:
+    made = client.images.generate(
+        model="sd-tiny", prompt="a red circle", n=2, size="64x64", extra_body={"seed": 5}
+    )
+    assert made.created > 0 and len(made.data) == 2
+    assert all(item.revised_prompt == "a red circle" for item in made.data)
+    assert made.size == "64x64" and made.output_format == "png"
+    native = native_images(compat_server, seed=5, num_images=2, width=64, height=64)
+    assert [item.b64_json for item in made.data] == native  # the same generation, byte for byte
+
+
+def test_size_auto_and_output_format_are_mapped(client: openai.OpenAI) -> None:
+    made = client.images.generate(
+        prompt="a cat", size="auto", output_format="webp", output_compression=80
+    )
+    image = png(made.data[0].b64_json or "")
+    assert (image.format, image.size) == ("WEBP", (64, 64))  # sd-tiny's native size
+
+
+def test_urls_serve_each_image_with_the_same_key(
+    client: openai.OpenAI, compat_server: Server
+) -> None:
+    made = client.images.generate(prompt="a cat", n=2, response_format="url")
+    urls = [item.url or "" for item in made.data]
+    assert all(url.startswith(f"{compat_server.url}/jobs/") for url in urls)
+    fetched = [httpx.get(url, headers=AUTH) for url in urls]
+    assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in fetched)
+    assert fetched[0].content != fetched[1].content
+    assert httpx.get(urls[0]).status_code == 401  # the URL is the key's, like its job
+
+
+def test_edit_inpaints_where_the_mask_is_transparent(client: openai.OpenAI) -> None:
+    # OpenAI's masks: transparent = edit, opaque = keep (the native mask, white = repaint).
+    alpha = MASK.point(lambda value: 0 if value else 255)
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    mask.putalpha(alpha)
+    files = {name: io.BytesIO() for name in ("image", "mask")}
+    PICTURE.save(files["image"], format="PNG")
+    mask.save(files["mask"], format="PNG")
+    made = client.images.edit(
+        image=("picture.png", files["image"].getvalue(), "image/png"),
+        mask=("mask.png", files["mask"].getvalue(), "image/png"),
+        prompt="a green square",
+        extra_body={"seed": 3},
+    )
+    edited = np.asarray(png(made.data[0].b64_json or "").convert("RGB"), dtype=int)
+    original = np.asarray(PICTURE, dtype=int)
+    assert np.array_equal(edited[~INSIDE], original[~INSIDE])
+    assert not np.array_equal(edited[INSIDE], original[INSIDE])
+
+
+def test_an_edit_without_a_mask_redraws_the_whole_image(client: openai.OpenAI) -> None:
+    buffer = io.BytesIO()
+    PICTURE.save(buffer, format="PNG")
+    made = client.images.edit(image=("p.png", buffer.getvalue(), "image/png"), prompt="a cat")
+    assert png(made.data[0].b64_json or "").size == PICTURE.size
+
+
+@pytest.mark.parametrize(
+    ("call", "param"),
+    [
+        ({"prompt": "a cat", "size": "65x64"}, "size"),
+        ({"prompt": "a cat", "n": 9}, "n"),
+        ({"prompt": "a cat", "model": "dall-e-3"}, "model"),
+        ({"prompt": "a cat", "background": "transparent"}, "background"),
+        ({"prompt": "a cat", "extra_body": {"stepz": 3}}, "stepz"),
+    ],
+)
+def test_bad_input_raises_the_sdk_s_bad_request_error_naming_the_param(
+    client: openai.OpenAI, call: dict[str, object], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(**call)  # type: ignore[arg-type]
+    assert caught.value.param == param, caught.value.body
+    assert caught.value.type == "invalid_request_error"
+    assert isinstance(caught.value.message, str) and caught.value.message
+
+
+def test_an_edit_with_a_file_that_is_no_image_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(image=("x.png", b"not an image", "image/png"), prompt="a cat")
+    assert caught.value.param == "image"
+
+
+def test_a_wrong_key_raises_authentication_error(compat_server: Server) -> None:
+    stranger = openai.OpenAI(base_url=f"{compat_server.url}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        stranger.images.generate(prompt="a cat")
+    assert caught.value.code == "invalid_api_key"
+
+
+def test_the_native_work_budget_applies(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a cat", n=8, size="512x512", quality="high")
+    assert "work" in caught.value.message
+
+
+def test_models_lists_the_loaded_models(client: openai.OpenAI) -> None:
+    assert [model.id for model in client.models.list()] == ["sd-tiny"]
+
+
+def test_answers_carry_the_native_request_id(client: openai.OpenAI) -> None:
+    raw = client.images.with_raw_response.generate(prompt="a cat", size="64x64")
+    assert len(raw.headers["x-request-id"]) == 32
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="a cat", size="1x1")
+    # The SDK reads X-Request-ID; the body carries the same id, as native errors do.
+    assert caught.value.request_id == caught.value.response.json()["request_id"]
+
+
+def test_only_the_edit_route_takes_a_form(compat_server: Server, tmp_path: Path) -> None:
+    form = {"prompt": (None, "a cat")}
+    for path in ("/v1/images/generations", "/generate/image", "/jobs"):
+        refused = httpx.post(f"{compat_server.url}{path}", files=form, headers=AUTH)
+        assert refused.status_code == 415, (path, refused.text)
+    cross_site = httpx.post(
+        f"{compat_server.url}/v1/images/edits",
+        files=form,
+        headers={**AUTH, "Origin": "https://evil.example"},
+    )
+    assert cross_site.status_code == 415
+
+
+def test_the_rate_limit_raises_rate_limit_error(client: openai.OpenAI) -> None:
+    """Last in this module: it spends the key's window."""
+    with pytest.raises(openai.RateLimitError) as caught:
+        for _ in range(RATE + 1):
+            client.models.list()
+    assert caught.value.code == "rate_limit_exceeded"
