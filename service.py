@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from imagegen.catalog import declared, with_models
 from imagegen.compat import openai
+from imagegen.compat.a1111 import A1111, a1111_router
 from imagegen.compat.openai import OpenAIImageRequest
 from imagegen.docs import docs_router
 from imagegen.encoding import image_response, images_response
@@ -44,7 +45,7 @@ jobs_store = job_store(settings)
 # Plain GET routes beside the BentoML APIs, matched before BentoML's own. FastAPI's docs pages
 # would load scripts from a CDN, so they are off and /docs is served from local assets.
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-answers_validation_errors(routes)
+answers_validation_errors(routes, statuses={"/sdapi/": 422})
 
 
 # BentoML's own timeout and concurrency limit, looser than the stack's admission middleware
@@ -117,6 +118,7 @@ class ImageGeneration:
 
     def __init__(self) -> None:
         self.gateway = Gateway(self.generator, settings, jobs_store)
+        self.a1111 = A1111(self.gateway)
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()
@@ -227,6 +229,7 @@ class ImageGeneration:
 
 
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))
+routes.include_router(a1111_router(lambda: bentoml.get_current_service().a1111))
 mount_playground(routes)
 
 

@@ -4,7 +4,7 @@ server errors never carry a traceback (that goes to the log)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI, Request
@@ -103,10 +103,11 @@ def answers_errors(handler: Handler) -> Handler:
     return answered  # type: ignore[return-value]
 
 
-def answers_validation_errors(app: FastAPI) -> None:
+def answers_validation_errors(app: FastAPI, statuses: Mapping[str, int] | None = None) -> None:
     """FastAPI answers a body that breaks its schema with 422; this service's routes answer
     400, with the same ``detail`` as BentoML's APIs (the schema's sentences, located by
-    field)."""
+    field), except under a path prefix of ``statuses`` (a compatibility API that answers as
+    its original does)."""
 
     async def bad_request(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
@@ -118,6 +119,8 @@ def answers_validation_errors(app: FastAPI) -> None:
             }
             for item in error.errors()
         ]
-        return JSONResponse({"detail": detail}, status_code=400)
+        path = request.url.path
+        status = next((s for p, s in (statuses or {}).items() if path.startswith(p)), 400)
+        return JSONResponse({"detail": detail}, status_code=status)
 
     app.add_exception_handler(RequestValidationError, bad_request)

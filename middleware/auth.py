@@ -1,4 +1,5 @@
-"""API-key authentication: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+"""API-key authentication: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (or HTTP
+basic auth with the key as the password, for AUTOMATIC1111's clients).
 
 Every path needs a key except the public ones (``middleware.paths``: probes, metrics and the
 docs, read with GET or HEAD) and CORS preflights. Keys are kept as SHA-256 digests and
@@ -8,6 +9,7 @@ digest.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -86,6 +88,14 @@ def presented_key(headers: Headers) -> str | None:
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
+    if scheme.lower() == "basic" and credentials.strip():
+        # AUTOMATIC1111's clients know only HTTP basic auth (`--api-auth user:pass`): the
+        # password is the key, the user name is not read.
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
     return headers.get("x-api-key") or None
 
 

@@ -169,6 +169,15 @@ def shapes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def compat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server for the OpenAI and AUTOMATIC1111 layers, auth on; batching off, so their
+    images compare byte for byte with the native API's."""
+    log = tmp_path_factory.mktemp("compat-server") / "bentoml-serve.log"
+    with bentoml_serve(log, max_batch_size="1") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A second server with auth off and a tight rate limit, per client address."""
     log = tmp_path_factory.mktemp("open-server") / "bentoml-serve.log"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -15,6 +16,10 @@ OTHER_KEY = "k-11aa22bb33"
 KEYS = ApiKeys.parse([KEY, f"sha256:{hashlib.sha256(OTHER_KEY.encode()).hexdigest()}"])
 
 
+def basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def guarded() -> ApiKeyAuthMiddleware:
     return ApiKeyAuthMiddleware(ok_app, keys=KEYS)
 
@@ -26,6 +31,7 @@ def guarded() -> ApiKeyAuthMiddleware:
         {"Authorization": f"bearer {KEY}"},
         {"X-API-Key": KEY},
         {"Authorization": f"Bearer {OTHER_KEY}"},  # stored as sha256:<hex>
+        {"Authorization": f"Basic {basic('any-user', KEY)}"},  # AUTOMATIC1111's clients
     ],
 )
 def test_a_known_key_is_let_through(headers: dict[str, str]) -> None:
@@ -44,7 +50,9 @@ def test_a_missing_key_is_a_401_with_a_bearer_challenge() -> None:
     [
         {"Authorization": "Bearer wrong"},
         {"Authorization": f"Bearer {KEY}x"},
-        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": f"Basic {KEY}"},  # not base64
+        {"Authorization": f"Basic {basic(KEY, 'wrong')}"},  # the key as the user name
+        {"Authorization": f"Basic {basic('me', '')}"},
         {"X-API-Key": KEY.upper()},
         {"Authorization": "Bearer "},
     ],

@@ -1,0 +1,529 @@
+"""AUTOMATIC1111's web UI API (`/sdapi/v1`, the subset its clients use) as a thin translator
+over the native one: `txt2img` and `img2img` become a native `ImagesRequest` that goes through
+the same gateway, queue, batching, limits and keys; the answer has A1111's `images`,
+`parameters` and `info` (a JSON string with its infotext fields).
+
+Fields are A1111's. A field that asks for a feature this service lacks (hires fix, face
+restoration, tiling, styles, scripts, variation seeds, ...) is accepted only at the value that
+turns it off, as A1111 itself would then ignore it; any other value is a 422 naming the field.
+Unknown fields are ignored, as A1111's API ignores them. LoRAs are named in the prompt as A1111
+does (`<lora:name:0.8>`). `progress`, `interrupt` and `skip` see only the calling key's
+A1111 generations on this replica; `options` holds each key's default model (never a reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import PIL.Image
+import PIL.ImageOps
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+
+from .. import __version__
+from ..encoding import encode_image
+from ..errors import InvalidField, ServiceError, answers_errors
+from ..gateway import Gateway, owner
+from ..lifetime import while_requested
+from ..parameters import choose_model
+from ..queue import Ticket, WorkQueue
+from ..remote import Generated
+from ..schemas import MAX_IMAGES, ImagesRequest, ModelInfo
+
+# A1111's sampler names -> the native scheduler names ("Euler" is also flow matching's).
+SAMPLERS = {
+    "Euler a": "euler_a",
+    "Euler": "euler",
+    "Heun": "heun",
+    "LMS": "lms",
+    "DDIM": "ddim",
+    "PLMS": "pndm",
+    "DDPM": "ddpm",
+    "UniPC": "unipc",
+    "DPM++ 2M": "dpm++",
+}
+KARRAS = {"dpm++": "dpm++_karras"}  # what A1111's `Karras` schedule makes of a sampler
+SCHEDULES = ("automatic", "karras")
+# Native field -> the A1111 field it came from, for error messages.
+FIELDS = {
+    "num_inference_steps": "steps",
+    "guidance_scale": "cfg_scale",
+    "scheduler": "sampler_name",
+    "num_images": "batch_size",
+    "image": "init_images",
+    "strength": "denoising_strength",
+    "model": "override_settings.sd_model_checkpoint",
+    "loras": "prompt",
+}
+# Features this service lacks, with the values that turn them off (A1111 then ignores them).
+OFF: dict[str, tuple[Any, ...]] = {
+    "enable_hr": (False,),
+    "restore_faces": (False, None),
+    "tiling": (False, None),
+    "styles": ([], None),
+    "script_name": (None, "", "None"),
+    "script_args": ([], None),
+    "alwayson_scripts": ({}, None),
+    "subseed_strength": (0, None),
+    "seed_resize_from_h": (0, -1, None),
+    "seed_resize_from_w": (0, -1, None),
+    "refiner_checkpoint": (None, "", "None"),
+    "resize_mode": (0, None),
+    "include_init_images": (False, None),
+    "initial_noise_multiplier": (1, None),
+}
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::(-?[0-9.]+))?(?::[^>]*)?>")
+
+
+class Unsupported(ServiceError):
+    """A field A1111 would honour and this service cannot (A1111's status for bad fields)."""
+
+    status_code = 422
+
+
+class Txt2Img(BaseModel):
+    """Body of `POST /sdapi/v1/txt2img`: A1111's fields (more are ignored, as A1111 does)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(-1, description="-1 for random.")
+    steps: int | None = Field(None, description="Blank: the model's default.")
+    cfg_scale: float | None = Field(None, description="Blank: the model's default.")
+    width: int | None = Field(None, description="Blank: the model's native size.")
+    height: int | None = None
+    sampler_name: str | None = Field(None, description="`GET /sdapi/v1/samplers`.")
+    sampler_index: str | None = Field(None, description="Deprecated alias of `sampler_name`.")
+    scheduler: str | None = Field(None, description="`automatic` or `karras`.")
+    batch_size: int = Field(1, ge=1, le=MAX_IMAGES)
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES)
+    override_settings: dict[str, Any] = Field(
+        default_factory=dict, description="Only `sd_model_checkpoint` (a loaded model)."
+    )
+    send_images: bool = True
+
+
+class Img2Img(Txt2Img):
+    """Body of `POST /sdapi/v1/img2img`."""
+
+    init_images: list[str] = Field(min_length=1, max_length=1, description="One image, base64.")
+    mask: str | None = Field(None, description="White is repainted, base64.")
+    denoising_strength: float = 0.75
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: black is repainted.")
+
+
+class Options(BaseModel):
+    """`POST /sdapi/v1/options`: only the key's default model can be set."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: str | None = None
+
+
+def model_hash(info: ModelInfo) -> str:
+    """A1111's short model hash: 10 hex digits (here of the model's `name:version`)."""
+    return hashlib.sha256(info.tag.encode()).hexdigest()[:10]
+
+
+def title(info: ModelInfo) -> str:
+    return f"{info.name} [{model_hash(info)}]"
+
+
+def checkpoint(name: str, infos: list[ModelInfo]) -> ModelInfo:
+    """The loaded model an A1111 checkpoint title, file name or model name means."""
+    bare = name.split(" [")[0].removesuffix(".safetensors").removesuffix(".ckpt")
+    for info in infos:
+        if bare in (info.name, info.tag) or name == title(info):
+            return info
+    raise Unsupported(
+        f"`sd_model_checkpoint` must be one of the loaded models "
+        f"({', '.join(title(info) for info in infos)}), but is {name!r}.",
+        field="override_settings.sd_model_checkpoint",
+    )
+
+
+def scheduler_of(body: Txt2Img, info: ModelInfo) -> str | None:
+    """The native scheduler for A1111's sampler and schedule names."""
+    sampler = body.sampler_name or body.sampler_index
+    schedule = (body.scheduler or "automatic").lower()
+    if sampler is None:
+        return None
+    if sampler.endswith(" Karras"):  # the names from before A1111 1.9
+        sampler, schedule = sampler.removesuffix(" Karras"), "karras"
+    native = SAMPLERS.get(sampler)
+    if native == "euler" and info.schedulers == ["flow_match_euler"]:
+        native = "flow_match_euler"
+    if native is None or native not in info.schedulers:
+        names = ", ".join(samplers_of(info))
+        raise Unsupported(
+            f"`sampler_name` must be one of {names} for {info.name}, but is {sampler!r}.",
+            field="sampler_name",
+        )
+    if schedule not in SCHEDULES or (schedule == "karras" and native not in KARRAS):
+        raise Unsupported(
+            f"`scheduler` must be `automatic` (or `karras` with DPM++ 2M), but is "
+            f"{body.scheduler!r}.",
+            field="scheduler",
+        )
+    return KARRAS[native] if schedule == "karras" else native
+
+
+def samplers_of(info: ModelInfo) -> list[str]:
+    flow = info.schedulers == ["flow_match_euler"]
+    return [
+        name
+        for name, native in SAMPLERS.items()
+        if native in info.schedulers or (flow and native == "euler")
+    ]
+
+
+def check_off(body: Txt2Img) -> None:
+    sent = {**body.model_dump(), **(body.model_extra or {})}
+    for name, off in OFF.items():
+        if name in sent and sent[name] not in off:
+            raise Unsupported(
+                f"`{name}` is not supported here: it must be {off[0]!r} (off), but is "
+                f"{sent[name]!r}.",
+                field=name,
+            )
+    extra_settings = set(body.override_settings) - {"sd_model_checkpoint"}
+    if extra_settings:
+        name = sorted(extra_settings)[0]
+        raise Unsupported(
+            f"`override_settings.{name}` is not supported here: only `sd_model_checkpoint` is.",
+            field=f"override_settings.{name}",
+        )
+
+
+def native_fields(body: Txt2Img, info: ModelInfo) -> dict[str, Any]:
+    """The native request's fields for an A1111 body, to the model ``info``."""
+    check_off(body)
+    loras = [
+        {"name": name, "scale": float(scale) if scale else 1.0}
+        for name, scale in LORA_TAG.findall(body.prompt)
+    ]
+    fields: dict[str, Any] = {
+        "prompt": LORA_TAG.sub("", body.prompt).strip(),
+        "negative_prompt": body.negative_prompt,
+        "seed": body.seed if body.seed >= 0 else None,
+        "num_inference_steps": body.steps,
+        "guidance_scale": body.cfg_scale,
+        "width": body.width,
+        "height": body.height,
+        "scheduler": scheduler_of(body, info),
+        "num_images": body.batch_size * body.n_iter,
+        "model": info.tag,
+        "loras": loras,
+    }
+    if isinstance(body, Img2Img):
+        fields.update(image=body.init_images[0], strength=body.denoising_strength)
+        if body.mask is not None:
+            fields["mask"] = inverted(body.mask) if body.inpainting_mask_invert else body.mask
+    return fields
+
+
+def inverted(mask: str) -> str:
+    """A1111's `inpainting_mask_invert`: black is repainted."""
+    data = mask.partition(",")[2] if mask.startswith("data:") else mask
+    try:
+        image = PIL.Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+    except (ValueError, OSError) as error:
+        raise Unsupported(f"`mask` must be a readable image: {error}.", field="mask") from None
+    buffer = io.BytesIO()
+    PIL.ImageOps.invert(image.convert("L")).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def infotext(p: Any, info: ModelInfo, sampler: str, strength: float | None) -> str:
+    """The parameters line A1111 writes under an image."""
+    line = [
+        f"Steps: {p.num_inference_steps}",
+        f"Sampler: {sampler}",
+        f"CFG scale: {p.guidance_scale:g}",
+        f"Seed: {p.seed}",
+        f"Size: {p.width}x{p.height}",
+        f"Model hash: {model_hash(info)}",
+        f"Model: {info.name}",
+    ]
+    if strength is not None:
+        line.append(f"Denoising strength: {strength:g}")
+    if p.loras:
+        line.append(
+            "Lora weights: " + ", ".join(f"{lora.name}: {lora.scale:g}" for lora in p.loras)
+        )
+    line.append(f"Version: imagegen {__version__}")
+    negative = f"\nNegative prompt: {p.negative_prompt}" if p.negative_prompt else ""
+    return f"{p.prompt}{negative}\n{', '.join(line)}"
+
+
+def answer(body: Txt2Img, generated: Generated | None, info: ModelInfo) -> dict[str, Any]:
+    """A1111's answer; an interrupted request has no images, as A1111's then has none."""
+    generations = generated.generations if generated else []
+    sampler = body.sampler_name or body.sampler_index or "Automatic"
+    strength = body.denoising_strength if isinstance(body, Img2Img) else None
+    texts = [infotext(g.parameters, info, sampler, strength) for g in generations]
+    seeds = [g.parameters.seed for g in generations]
+    first = generations[0].parameters if generations else None
+    details = {
+        "prompt": first.prompt if first else body.prompt,
+        "all_prompts": [g.parameters.prompt for g in generations],
+        "negative_prompt": body.negative_prompt,
+        "all_negative_prompts": [g.parameters.negative_prompt for g in generations],
+        "seed": seeds[0] if seeds else body.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * len(seeds),
+        "subseed_strength": 0,
+        "width": first.width if first else body.width,
+        "height": first.height if first else body.height,
+        "sampler_name": sampler,
+        "cfg_scale": first.guidance_scale if first else body.cfg_scale,
+        "steps": first.num_inference_steps if first else body.steps,
+        "batch_size": body.batch_size,
+        "restore_faces": False,
+        "sd_model_name": info.name,
+        "sd_model_hash": model_hash(info),
+        "denoising_strength": strength,
+        "styles": [],
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": info.pipeline.endswith("InpaintPipeline"),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "index_of_first_image": 0,
+        "infotexts": texts,
+        "version": f"imagegen {__version__}",
+    }
+    images = [
+        base64.b64encode(encode_image(g.image, g.parameters, "png", 90)).decode()
+        for g in generations
+        if body.send_images
+    ]
+    parameters = body.model_dump(exclude={"init_images", "mask"})
+    return {"images": images, "parameters": parameters, "info": json.dumps(details)}
+
+
+@dataclass
+class Running:
+    """One A1111 generation of a key, as `progress` and `interrupt` see it."""
+
+    queue: WorkQueue
+    ticket: Ticket
+    task: asyncio.Task[Generated]
+    job: str  # txt2img or img2img
+    started: float = field(default_factory=time.time)
+    interrupted: bool = False
+
+
+class A1111:
+    """The layer's state on one replica: each key's running generations and default model."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.running: dict[str, list[Running]] = {}
+        self.checkpoints: dict[str, str] = {}  # key -> its default model's `name:version`
+
+    async def model_for(self, body: Txt2Img, key: str) -> ModelInfo:
+        infos = await self.gateway.models()
+        named = body.override_settings.get("sd_model_checkpoint")
+        if named:
+            return checkpoint(str(named), infos)
+        return choose_model(self.checkpoints.get(key), infos)
+
+    async def generate(self, body: Txt2Img, request: Request) -> dict[str, Any]:
+        key = owner(request)
+        info = await self.model_for(body, key)
+        try:
+            native = ImagesRequest.model_validate(native_fields(body, info))
+            batch, edit = await self.gateway.prepare(native)
+            queue, ticket = await self.gateway.admit(request.scope, batch, True, edit)
+        except ValidationError as error:
+            name = str(error.errors()[0]["loc"][0])
+            raise Unsupported(error.errors()[0]["msg"], field=FIELDS.get(name, name)) from None
+        except InvalidField as error:
+            field = FIELDS.get(error.field or "", error.field)
+            raise Unsupported(error.message, field=field) from None
+        job = "img2img" if isinstance(body, Img2Img) else "txt2img"
+        run = Running(queue, ticket, asyncio.ensure_future(queue.run(ticket, observed)), job)
+        self.running.setdefault(key, []).append(run)
+        try:
+            generated = await while_requested(run.task, self.gateway.settings.timeout, request)
+        except asyncio.CancelledError:
+            if not run.interrupted:
+                raise
+            generated = None
+        finally:
+            self.running[key].remove(run)
+        return answer(body, generated, info)
+
+    def interrupt(self, key: str) -> None:
+        """Stop the key's A1111 generations (`skip` too: a request's images are one call)."""
+        for run in self.running.get(key, []):
+            run.interrupted = True
+            run.task.cancel()
+
+    def progress(self, key: str) -> dict[str, Any]:
+        runs = self.running.get(key) or []
+        run = runs[0] if runs else None
+        ticket = run.ticket if run else None
+        return {
+            "progress": ticket.fraction if ticket else 0.0,
+            "eta_relative": (run.queue.eta_s(run.ticket) or 0.0) if run else 0.0,
+            "state": {
+                "skipped": False,
+                "interrupted": bool(run and run.interrupted),
+                "job": run.job if run else "",
+                "job_count": len(runs),
+                "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(run.started))
+                if run
+                else "0",
+                "job_no": 0,
+                "sampling_step": ticket.step if ticket else 0,
+                "sampling_steps": ticket.steps if ticket else 0,
+            },
+            "current_image": ticket.preview if ticket else None,
+            "textinfo": None,
+        }
+
+    async def options(self, key: str) -> dict[str, Any]:
+        infos = await self.gateway.models()
+        info = choose_model(self.checkpoints.get(key), infos)
+        return {
+            "sd_model_checkpoint": title(info),
+            "sd_checkpoint_hash": model_hash(info),
+            "samples_format": "png",
+            "CLIP_stop_at_last_layers": 1,
+        }
+
+    async def set_options(self, body: Options, key: str) -> None:
+        unknown = sorted(set(body.model_extra or {}))
+        if unknown:
+            raise Unsupported(
+                f"`{unknown[0]}` is not an option this service sets: only `sd_model_checkpoint`.",
+                field=unknown[0],
+            )
+        if body.sd_model_checkpoint is not None:
+            info = checkpoint(body.sd_model_checkpoint, await self.gateway.models())
+            self.checkpoints[key] = info.tag
+
+    async def sd_models(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "title": title(info),
+                "model_name": info.name,
+                "hash": model_hash(info),
+                "sha256": hashlib.sha256(info.tag.encode()).hexdigest(),
+                "filename": info.tag,
+                "config": None,
+            }
+            for info in await self.gateway.models()
+        ]
+
+    async def samplers(self, key: str) -> list[dict[str, Any]]:
+        info = choose_model(self.checkpoints.get(key), await self.gateway.models())
+        return [{"name": name, "aliases": [], "options": {}} for name in samplers_of(info)]
+
+    async def loras(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": lora.name,
+                "alias": lora.name,
+                "path": lora.tag,
+                "metadata": {"base": info.name, "source": lora.source},
+            }
+            for info in await self.gateway.models()
+            for lora in info.loras
+        ]
+
+
+SCHEDULER_LIST = [
+    {"name": "automatic", "label": "Automatic", "aliases": None},
+    {"name": "karras", "label": "Karras", "aliases": None},
+]
+
+
+async def observed(ticket: Ticket, event: Any) -> None:
+    """The queue records a followed ticket's steps and preview; nothing else to do here."""
+
+
+def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
+    """The `/sdapi/v1` routes; ``layer`` gives the serving instance's :class:`A1111`."""
+    router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
+
+    @router.post("/txt2img")
+    @answers_errors
+    async def txt2img(body: Txt2Img, request: Request) -> dict[str, Any]:
+        """Text to image: `images` (base64 PNG), `parameters`, `info` (a JSON string)."""
+        return await layer().generate(body, request)
+
+    @router.post("/img2img")
+    @answers_errors
+    async def img2img(body: Img2Img, request: Request) -> dict[str, Any]:
+        """Image to image, and inpainting with `mask`."""
+        return await layer().generate(body, request)
+
+    @router.get("/progress")
+    async def progress(request: Request) -> dict[str, Any]:
+        """The calling key's running generation: fraction, ETA, steps, a preview image."""
+        return layer().progress(owner(request))
+
+    @router.post("/interrupt")
+    async def interrupt(request: Request) -> dict[str, Any]:
+        """Stop the calling key's generations (never another key's)."""
+        layer().interrupt(owner(request))
+        return {}
+
+    @router.post("/skip")
+    async def skip(request: Request) -> dict[str, Any]:
+        """As `interrupt`: a request's images are made in one call, so there is no next."""
+        layer().interrupt(owner(request))
+        return {}
+
+    @router.get("/options")
+    async def get_options(request: Request) -> dict[str, Any]:
+        return await layer().options(owner(request))
+
+    @router.post("/options")
+    @answers_errors
+    async def set_options(body: Options, request: Request) -> dict[str, Any]:
+        """`sd_model_checkpoint`: the calling key's default model from now on (no reload)."""
+        await layer().set_options(body, owner(request))
+        return {}
+
+    @router.get("/sd-models")
+    async def sd_models() -> list[dict[str, Any]]:
+        return await layer().sd_models()
+
+    @router.post("/refresh-checkpoints")
+    async def refresh_checkpoints() -> None:
+        """Nothing to refresh: the models are loaded at start-up."""
+
+    @router.get("/samplers")
+    async def samplers(request: Request) -> list[dict[str, Any]]:
+        """The samplers the calling key's default model accepts."""
+        return await layer().samplers(owner(request))
+
+    @router.get("/schedulers")
+    async def schedulers() -> list[dict[str, Any]]:
+        return SCHEDULER_LIST
+
+    @router.get("/loras")
+    async def loras() -> list[dict[str, Any]]:
+        return await layer().loras()
+
+    @router.get("/scripts")
+    async def scripts() -> dict[str, list[str]]:
+        """No scripts or extensions."""
+        return {"txt2img": [], "img2img": []}
+
+    return router
