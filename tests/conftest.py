@@ -109,10 +109,7 @@ def client() -> Iterator[TestClient]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real server for the session, auth on."""
     log = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
-    # A budget four times the CPU default, for jobs long enough to interrupt on a busy machine.
-    with bentoml_serve(
-        log, max_concurrency=str(SERVER_MAX_CONCURRENCY), max_request_work="64"
-    ) as running:
+    with bentoml_serve(log, max_concurrency=str(SERVER_MAX_CONCURRENCY)) as running:
         yield running
 
 
