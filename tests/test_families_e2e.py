@@ -192,6 +192,15 @@ def test_bentoml_build_packs_every_listed_model_and_their_adapters() -> None:
     services = {s["name"]: s["models"] for s in json.loads(shown.stdout)["services"]}
     packed = sorted(model["tag"].split(":")[0] for model in services["imagegen-generator"])
     assert packed == ["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny"]
+    # And every module the service imports, subpackages included.
+    name, version = tag.split(":")
+    source = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version / "src"
+    modules = subprocess.run(
+        ["git", "ls-files", "service.py", "imagegen", "models", "middleware"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    missing = [m for m in modules if m.endswith(".py") and not (source / m).exists()]
+    assert missing == []
 
 
 @pytest.mark.browser
