@@ -234,3 +234,33 @@ def test_both_layers_wait_in_the_native_queue(compat_server: Server) -> None:
         httpx.delete(f"{url}/jobs/{first}", headers=AUTH)
         for thread in layers:
             thread.join(timeout=120)
+
+
+def test_native_openai_and_a1111_images_share_one_pipeline_call(server: Server) -> None:
+    """On the batching server: while a long job holds sd-tiny, one request from each API
+    waits in its batch queue; cancelled, the three run as one batch of 3."""
+    url = server.url
+    long = {"prompt": "a long one", "width": 256, "height": 256, "num_inference_steps": 100}
+    first = httpx.post(f"{url}/jobs", json=long, headers=AUTH).json()["id"]
+    job_when(server, first, stepped(1))
+    answers: dict[str, httpx.Response] = {}
+    small = {"width": 64, "height": 64, "num_inference_steps": 4}
+
+    def ask(name: str, path: str, body: dict[str, Any]) -> None:
+        answers[name] = httpx.post(f"{url}{path}", json=body, headers=AUTH, timeout=120)
+
+    asks = [
+        ("native", "/generate/image", {"prompt": "a cat", "seed": 1, **small}),
+        ("openai", "/v1/images/generations", {"prompt": "a dog", "size": "64x64",
+                                              "num_inference_steps": 4, "seed": 2}),
+        ("a1111", "/sdapi/v1/txt2img", {"prompt": "a cow", "seed": 3, **SMALL}),
+    ]  # fmt: skip
+    threads = [threading.Thread(target=ask, args=one) for one in asks]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)  # all three admitted and waiting behind the job's call
+    httpx.delete(f"{url}/jobs/{first}", headers=AUTH)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(answer.status_code == 200 for answer in answers.values()), answers
+    assert answers["native"].headers["X-Batch-Size"] == "3"

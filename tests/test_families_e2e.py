@@ -26,7 +26,7 @@ from playwright.sync_api import Browser
 from harness.servers import REPO, Server, bentoml_serve
 from imagegen.inputs import pack
 from models.adapters import SD_TINY_STYLE, SD_TINY_TINT, ensure_adapter
-from tests.conftest import API_KEY, AUTH, requests_outside
+from tests.conftest import API_KEY, AUTH, OTHER_KEY, requests_outside
 from tests.test_edits import INSIDE, MASK, PICTURE
 from tests.test_jobs_e2e import client_command, job_when, stepped
 from tests.test_playground_browser import shown_image
@@ -195,12 +195,13 @@ def test_bentoml_build_packs_every_listed_model_and_their_adapters() -> None:
     # And every module the service imports, subpackages included.
     name, version = tag.split(":")
     source = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version / "src"
-    modules = subprocess.run(
-        ["git", "ls-files", "service.py", "imagegen", "models", "middleware"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    missing = [m for m in modules if m.endswith(".py") and not (source / m).exists()]
-    assert missing == []
+    modules = [
+        path.relative_to(REPO)
+        for package in ("imagegen", "models", "middleware")
+        for path in (REPO / package).rglob("*.py")
+    ]
+    missing = [m for m in [Path("service.py"), *modules] if not (source / m).exists()]
+    assert len(modules) > 40 and missing == []
 
 
 @pytest.mark.browser
@@ -250,3 +251,26 @@ def test_the_command_line_client_names_the_model_and_its_adapters(
     assert done.returncode == 0, done.stderr
     expected = image(models_server, model="sd-tiny", loras=[{**STYLE, "scale": 0.5}, TINT])
     assert output.read_bytes() == expected.content
+
+
+def test_a1111_options_choose_the_calling_key_s_model(models_server: Server) -> None:
+    """POST options picks the model of that key's later requests, no other key's."""
+
+    def txt2img(key: str) -> dict[str, Any]:
+        response = httpx.post(
+            f"{models_server.url}/sdapi/v1/txt2img",
+            json={"prompt": "a cat", "steps": 2},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        return dict(json.loads(response.json()["info"]))
+
+    chosen = httpx.post(
+        f"{models_server.url}/sdapi/v1/options",
+        json={"sd_model_checkpoint": "sdxl-tiny"},
+        headers=AUTH,
+    )
+    assert chosen.status_code == 200, chosen.text
+    assert txt2img(API_KEY)["sd_model_name"] == "sdxl-tiny"
+    assert txt2img(OTHER_KEY)["sd_model_name"] == "sd-tiny"  # still the server's default
