@@ -35,7 +35,6 @@ class Adapters:
         self.paths = paths
         self.capacity = capacity
         self.loaded: OrderedDict[str, str] = OrderedDict()  # tag -> PEFT name, oldest first
-        self.load_seconds: dict[str, float] = {}  # the last load of each, for the benchmark
 
     def activate(self, loras: list[Lora]) -> None:
         """Apply exactly ``loras`` at their scales to the next call; none when empty."""
@@ -58,7 +57,6 @@ class Adapters:
         started = time.perf_counter()
         name = adapter_name(tag)
         self.pipeline.load_lora_weights(self.paths[tag], weight_name=WEIGHTS, adapter_name=name)
-        self.load_seconds[tag] = time.perf_counter() - started
         self.loaded[tag] = name
-        logger.info("loaded LoRA %s in %.3fs", tag, self.load_seconds[tag])
+        logger.info("loaded LoRA %s in %.3fs", tag, time.perf_counter() - started)
         return name
