@@ -6,7 +6,7 @@ off, and the time of a generation with and without one, through the service's ow
     python -m bench.loras [--model sd-tiny] [--steps 4] [--repeats 20] [--json PATH] [--quick]
 
 ``--model`` names a stored model with stored adapters (``python -m models import-lora``); for
-sd-tiny its two adapters built from code are stored first. Every figure is a median; the
+sd-tiny and sd15-random their two adapters built from code are stored first. Every figure is a median; the
 first use is measured on a freshly loaded model each time.
 """
 
@@ -57,8 +57,8 @@ def first_use_ms(stored: bentoml.Model, adapters: list[bentoml.Model], repeats: 
 
 
 def run(model: str, steps: int, repeats: int) -> dict[str, Any]:
-    if model == SD_TINY.name:
-        for recipe in ADAPTER_RECIPES.values():
+    for recipe in ADAPTER_RECIPES.values():
+        if recipe.base == model:
             ensure_adapter(recipe)
     stored = find_model(model)
     adapters = stored_adapters([stored.tag.name])

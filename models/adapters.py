@@ -49,7 +49,13 @@ class AdapterRecipe:
 
 SD_TINY_STYLE = AdapterRecipe(name="sd-tiny-style", base="sd-tiny")
 SD_TINY_TINT = AdapterRecipe(name="sd-tiny-tint", base="sd-tiny", seed=8)
-ADAPTER_RECIPES = {recipe.name: recipe for recipe in (SD_TINY_STYLE, SD_TINY_TINT)}
+# At SD 1.5's scale, for the GPU benchmark of adapter switching (rank 16: a mid-sized LoRA).
+SD15_RANDOM_STYLE = AdapterRecipe(name="sd15-random-style", base="sd15-random", rank=16)
+SD15_RANDOM_TINT = AdapterRecipe(name="sd15-random-tint", base="sd15-random", rank=16, seed=8)
+ADAPTER_RECIPES = {
+    recipe.name: recipe
+    for recipe in (SD_TINY_STYLE, SD_TINY_TINT, SD15_RANDOM_STYLE, SD15_RANDOM_TINT)
+}
 
 
 def weights_file(source: Path) -> Path:
