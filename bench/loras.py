@@ -6,8 +6,8 @@ off, and the time of a generation with and without one, through the service's ow
     python -m bench.loras [--model sd-tiny] [--steps 4] [--repeats 20] [--json PATH] [--quick]
 
 ``--model`` names a stored model with stored adapters (``python -m models import-lora``); for
-sd-tiny and sd15-random their two adapters built from code are stored first. Every figure is a median; the
-first use is measured on a freshly loaded model each time.
+sd-tiny and sd15-random their two adapters built from code are stored first. Every figure is
+a median; the first use is measured on a freshly loaded model each time.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import copy
 import inspect
 import io
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -161,6 +162,21 @@ class StepWatch:
         ]
 
 
+def prompt_limit(model: LoadedModel) -> tuple[Any, int] | None:
+    """A tokenizer to count a prompt's tokens with, and how many the model reads (None when
+    its family names no tokenizer). The tokenizer is a copy of the pipeline's: a fast
+    tokenizer sets its padding and truncation on itself at each call, so counting with the
+    pipeline's own while the pipeline thread encodes a prompt can turn that prompt's padding
+    off under it, and its image changes."""
+    pipeline = model.pipeline
+    tokenizer = getattr(pipeline, model.family.prompt_tokenizer, None)
+    if tokenizer is None:
+        return None
+    sequence = inspect.signature(pipeline.__call__).parameters.get("max_sequence_length")
+    limit = sequence.default if sequence is not None else tokenizer.model_max_length
+    return copy.deepcopy(tokenizer), limit
+
+
 class PipelineRunner:
     """Runs one loaded pipeline.
 
@@ -182,6 +198,8 @@ class PipelineRunner:
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        self._prompt_limit = prompt_limit(model)
+        self._counting = threading.Lock()
 
     def generate(self, parameters: GenerationParameters) -> Generation:
         """One image, alone in its pipeline call."""
@@ -229,15 +247,12 @@ class PipelineRunner:
         prompt longer than what the family's longest reader takes (CLIP's 77 tokens, or the
         pipeline's T5 sequence length) is refused, naming the limit, rather than silently
         cut."""
-        pipeline = self.model.pipeline
-        tokenizer = getattr(pipeline, self.model.family.prompt_tokenizer, None)
-        if tokenizer is None:
+        if self._prompt_limit is None:
             return
-        call = inspect.signature(pipeline.__call__).parameters
-        sequence = call.get("max_sequence_length")
-        limit = sequence.default if sequence is not None else tokenizer.model_max_length
+        counter, limit = self._prompt_limit
         for field in ("prompt", "negative_prompt"):
-            tokens = len(tokenizer(getattr(parameters, field)).input_ids)
+            with self._counting:
+                tokens = len(counter(getattr(parameters, field)).input_ids)
             if tokens > limit:
                 raise InvalidField(
                     f"`{field}` must be at most {limit} tokens for {self.model.info.name} "

@@ -302,6 +302,21 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_alone(
     assert f"`{field}` must be at most 77 tokens for sd-tiny" in error.message
 
 
+def test_counting_a_prompt_leaves_the_pipelines_tokenizer_as_it_is(runner: PipelineRunner) -> None:
+    """A fast tokenizer keeps its padding on itself, set at each call: counting a request's
+    tokens (on a caller's thread) with the pipeline's own, while the pipeline thread was
+    between setting padding and encoding, turned that prompt's padding off, and its image
+    changed (seen as a 1-in-8 flake of the LoRA concurrency test). The pipeline's tokenizer,
+    padded as the pipeline pads it, stays so while requests are counted."""
+    tokenizer = runner.model.pipeline.tokenizer
+    tokenizer._tokenizer.enable_padding(length=tokenizer.model_max_length)
+    try:
+        runner.check_prompts(parameters(runner, seed=1, negative_prompt="blurry"))
+        assert tokenizer._tokenizer.padding is not None
+    finally:
+        tokenizer._tokenizer.no_padding()
+
+
 class CancellingAtStep(Tracker):
     """A tracker that cancels ``victims`` when the pipeline reports ``step``, as a client's
     cancel arriving mid-call would; it records every step event."""
