@@ -17,6 +17,7 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound
 
+from .families import family_of
 from .recipes import RECIPES, digest
 from .store import find_model
 
@@ -84,7 +85,8 @@ def import_lora(source: Path, name: str, base: str, *, label: str | None = None)
         ) from error
     metadata = {
         "base": stored_base.tag.name,
-        "family": stored_base.info.metadata["family"],
+        # From the pipeline class: models stored before families were recorded lack "family".
+        "family": family_of(stored_base.info.metadata["pipeline"]).name,
         "source": label or str(source),
     }
     with bentoml.models.create(name, labels={"kind": KIND}, metadata=metadata) as model:

@@ -238,3 +238,22 @@ def test_an_adapter_that_does_not_fit_its_base_is_refused_at_import(
         models_command(
             ["import-lora", str(tmp_path / "missing"), "--name", "x", "--base", "sd-tiny"]
         )
+
+
+def test_a_model_stored_before_families_were_recorded_takes_adapters(
+    adapters: list[bentoml.Model],
+) -> None:
+    """Models imported before the store recorded their family have only their pipeline class;
+    the adapter's family comes from that."""
+    base = ensure_built(SD_TINY)
+    metadata = {k: v for k, v in base.info.metadata.items() if k != "family"}
+    with bentoml.models.create("sd-tiny-unlabelled", metadata=metadata) as old:
+        shutil.copytree(
+            base.path, old.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.yaml")
+        )
+    try:
+        stored = import_lora(Path(adapters[0].path) / WEIGHTS, "unlabelled-style", old.tag.name)
+        assert stored.info.metadata["family"] == "sd"
+        bentoml.models.delete(str(stored.tag))
+    finally:
+        bentoml.models.delete(str(old.tag))
