@@ -86,7 +86,7 @@ def import_lora(source: Path, name: str, base: str, *, label: str | None = None)
     metadata = {
         "base": stored_base.tag.name,
         # From the pipeline class: models stored before families were recorded lack "family".
-        "family": family_of(stored_base.info.metadata["pipeline"]).name,
+        "family": family_of(str(stored_base.info.metadata["pipeline"])).name,
         "source": label or str(source),
     }
     with bentoml.models.create(name, labels={"kind": KIND}, metadata=metadata) as model:
