@@ -97,7 +97,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     try:
         written = run(args)
@@ -122,4 +121,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
+    # Here, not in main(): the tests call main(), and a handler it left on their captured
+    # stderr would fail every later log line once pytest closes that stream.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()
