@@ -11,18 +11,14 @@ from fastapi import FastAPI, Request
 from PIL.Image import Image
 from starlette.responses import Response, StreamingResponse
 
-from imagegen.catalog import declared, with_models
-from imagegen.compat import openai
-from imagegen.compat.a1111 import A1111, a1111_router
-from imagegen.compat.openai import OpenAIImageRequest
-from imagegen.docs import docs_router
-from imagegen.encoding import image_response, images_response
+from app.docs import docs_router
+from app.logs import configure_logging
+from app.playground import mount_playground
+from app.stack import middleware_stack
+from imagegen.engine.catalog import declared, with_models
+from imagegen.engine.progress import Tracker
 from imagegen.errors import answers_errors, answers_validation_errors
-from imagegen.events import event_stream
-from imagegen.gateway import Gateway, job_store, owner
-from imagegen.logs import configure_logging
-from imagegen.playground import mount_playground
-from imagegen.progress import CONNECTED, Tracker
+from imagegen.hop import CONNECTED
 from imagegen.schemas import (
     ImageRequest,
     ImagesRequest,
@@ -32,8 +28,13 @@ from imagegen.schemas import (
     JobView,
     ModelInfo,
 )
+from imagegen.serving.compat import openai
+from imagegen.serving.compat.a1111 import A1111, a1111_router
+from imagegen.serving.compat.openai import OpenAIImageRequest
+from imagegen.serving.encoding import image_response, images_response
+from imagegen.serving.gateway import Gateway, job_store, owner
+from imagegen.serving.jobs.events import event_stream
 from imagegen.settings import get_settings
-from imagegen.stack import middleware_stack
 from middleware.auth import ApiKeys
 
 settings = get_settings()
@@ -56,7 +57,7 @@ BACKSTOP = {"timeout": settings.timeout + 30, "max_concurrency": 2 * settings.ma
 @bentoml.service(
     name="imagegen-generator",
     traffic={"timeout": BACKSTOP["timeout"]},
-    # One thread per model's batched API (imagegen.catalog).
+    # One thread per model's batched API (imagegen.engine.catalog).
     threads=len(settings.model_tags),
     logging={"access": {"enabled": False}},
     # BentoML's client to a dependency replaces its connection pool every 100 requests or
@@ -74,7 +75,7 @@ class Generator:
 
     def __init__(self) -> None:
         # Imported here: only this service's process needs torch and diffusers.
-        from imagegen.generation import load_runners
+        from imagegen.engine.generation import load_runners
 
         # One tracker for all models: one event stream, cancels by id.
         self.tracker = Tracker()

@@ -14,7 +14,7 @@ median).
 
     python -m bench.demo_model [--quick] [--json PATH] [--grid PATH]
 
-``--grid`` also draws the README's picture of what the model draws.
+``--grid`` also draws the picture of what the model draws in docs/models.md.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from bench.reporting import machine, report
-from imagegen.generation import PipelineRunner
-from imagegen.loading import load_model
-from imagegen.outcomes import Failure
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import load_model
+from imagegen.hop import Failure
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest, WorkItem
 from models.recipes import SD_SHAPES
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.demo_model")
     parser.add_argument("--quick", action="store_true", help="a few prompts, to check it runs")
     parser.add_argument("--json", type=Path, default=Path("bench/results/demo_model.json"))
-    parser.add_argument("--grid", type=Path, help="also draw the README's grid picture here")
+    parser.add_argument("--grid", type=Path, help="also draw docs/models.md's grid picture here")
     args = parser.parse_args(argv)
     return report(measure_model(args.quick, args.grid), args.json, table)
 

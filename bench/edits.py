@@ -28,10 +28,10 @@ import psutil
 from PIL import Image
 
 from bench.reporting import machine, report
-from imagegen.generation import PipelineRunner
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import load_model
+from imagegen.hop import Failure
 from imagegen.inputs import InputLimits, pack, read_edit
-from imagegen.loading import load_model
-from imagegen.outcomes import Failure
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest, Mode, WorkItem
 from models.recipes import SD_SHAPES

@@ -9,8 +9,8 @@ in float16:
                         [--switches off compile ...] [--json PATH]
     python -m bench.gpu --quick      # sd-tiny at 64x64 on any device, to check that it runs
 
-Each configuration loads the model the way the service does (`imagegen.loading.load_model` with
-the switch set as its setting), warms up every batch size (compiling it, with `compile`), then
+Each configuration loads the model the way the service does (`imagegen.engine.loading.load_model`
+with the switch set as its setting), warms up every batch size (compiling it, with `compile`), then
 times `--repeats` pipeline calls per (steps, batch) and keeps the median. it/s counts denoising
 steps per second between the first and the last step's end (what diffusers' progress bar
 shows); s/image is the whole call (text encoding, denoising, VAE decode) over the batch size.
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bench.reporting import machine, report
-from imagegen.loading import LoadedModel, load_model
+from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.settings import Settings
 from models.store import find_model
 

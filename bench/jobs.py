@@ -108,9 +108,9 @@ def progress_cost(repeats: int) -> dict[str, float]:
 
     import torch
 
-    from imagegen.generation import PipelineRunner, StepWatch, preview_png
-    from imagegen.loading import load_model
-    from imagegen.modes import mode_call
+    from imagegen.engine.generation import PipelineRunner, StepWatch, preview_png
+    from imagegen.engine.loading import load_model
+    from imagegen.engine.modes import mode_call
     from imagegen.parameters import resolve
     from imagegen.schemas import ImageRequest, WorkItem
     from models.recipes import SD_TINY

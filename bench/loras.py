@@ -23,12 +23,12 @@ from typing import Any
 import bentoml
 
 from bench.reporting import machine, report
-from imagegen.generation import PipelineRunner
-from imagegen.loading import LoadedModel, load_model
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest, Lora
-from models.adapters import ADAPTER_RECIPES, ensure_adapter, stored_adapters
-from models.recipes import SD_TINY
+from models.adapters import ensure_adapter, stored_adapters
+from models.recipes import ADAPTER_RECIPES, SD_TINY
 from models.store import find_model
 
 

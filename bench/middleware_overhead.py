@@ -1,7 +1,7 @@
 """What the middleware stack adds per request, on a trivial endpoint.
 
 The same ASGI app is called bare and wrapped in the service's whole stack, as
-``imagegen.stack.middleware_stack`` lists it (access log, request id, error body, timing,
+``app.stack.middleware_stack`` lists it (access log, request id, error body, timing,
 API-key auth, rate limit, admission, JSON bodies, body limit), in-process, so only the
 middlewares' own cost is measured, not the network or the server. Access lines are formatted
 as in production and written to /dev/null.
@@ -26,10 +26,10 @@ from typing import Any
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.logs import configure_logging
+from app.stack import middleware_stack, wrap
 from bench.reporting import machine, report
-from imagegen.logs import configure_logging
 from imagegen.settings import Settings
-from imagegen.stack import middleware_stack, wrap
 from middleware.auth import ApiKeys
 
 KEY = "bench-key"

@@ -12,7 +12,7 @@ from typing import Any
 
 
 def machine() -> str:
-    """The machine a result was measured on, as the README quotes it."""
+    """The machine a result was measured on, as the docs quote it."""
     import torch  # only here: the benchmarks that need no model should not pay for it
 
     accelerator = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

@@ -27,8 +27,8 @@ import psutil
 
 from bench.reporting import machine, report
 from harness.servers import Server, bentoml_serve, running
-from imagegen.generation import PipelineRunner
-from imagegen.loading import load_model
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest
 from models.recipes import SD_TINY

@@ -31,7 +31,7 @@ import numpy as np
 import PIL.Image
 from PIL import ImageOps
 
-from .errors import InvalidField
+from imagegen.errors import InvalidField
 
 SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
 DATA_URL = re.compile(r"^data:image/[a-z.+-]+;base64,", re.IGNORECASE)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import secrets
 
+from imagegen.errors import InvalidField
+from imagegen.inputs import Edit
+from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest, Lora, Mode, ModelInfo
 from models.families import FAMILIES
-
-from .errors import InvalidField
-from .inputs import Edit
-from .schemas import MAX_SEED, GenerationParameters, ImageRequest, Lora, Mode, ModelInfo
 
 
 def choose_model(name: str | None, infos: list[ModelInfo]) -> ModelInfo:

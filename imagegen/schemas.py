@@ -17,12 +17,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .field_errors import restated
+from imagegen.field_errors import restated
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # What a generation starts from: noise, an image, or an image and a mask.
 Mode = Literal["text-to-image", "image-to-image", "inpainting"]
-# The names imagegen.schedulers builds; a model accepts those compatible with its own.
+# The names imagegen.engine.schedulers builds; a model accepts those compatible with its own.
 SchedulerName = Literal[
     "ddim",
     "ddpm",

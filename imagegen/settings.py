@@ -9,9 +9,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imagegen.hop import api_name
+from imagegen.schemas import MAX_LORAS
 from models.recipes import EMBEDDED
-
-from .schemas import MAX_LORAS
 
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
@@ -20,7 +20,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class Settings(BaseSettings):
-    """Every knob of the service; the README's configuration table mirrors this class."""
+    """Every knob of the service; `python -m imagegen.settings` writes docs/configuration.md
+    from this class."""
 
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", frozen=True)
 
@@ -47,7 +48,8 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-        description="Torch device: `auto` picks CUDA when available, else CPU.",
+        description="Torch device: `auto` (CUDA when available, else CPU), `cpu`, `cuda`, "
+        "`cuda:N` or `mps`.",
     )
     dtype: DtypeName = Field(
         "auto", description="Weights dtype: `auto` is float16 on CUDA and float32 elsewhere."
@@ -63,10 +65,13 @@ class Settings(BaseSettings):
     channels_last: Switch = Field(
         "off",
         description="UNet/VAE in channels-last memory format; `auto` is on with CUDA. Off by "
-        "default: it measured slower on an H200 (README, GPU benchmark).",
+        "default: it measured slower on an H200 (docs/benchmarks.md, GPU).",
     )
     compile: CompileMode = Field(
-        "off", description="`torch.compile` the denoiser with this mode; `off` skips it."
+        "off",
+        description="`torch.compile` the denoiser with this mode; `off` skips it. Pair it "
+        "with the `warmup_sizes` you serve. On CPU, inductor compiles C++: it needs a C++ "
+        "compiler and Python's headers (Debian: `g++ python3-dev`); on CUDA it uses Triton.",
     )
     attention_slicing: bool = Field(
         False, description="Compute attention in slices: less memory, slower."
@@ -82,7 +87,8 @@ class Settings(BaseSettings):
         600,
         ge=1,
         description="Seconds a request or job may take from its arrival; past that its work "
-        "is cancelled (a synchronous request gets 504, a job ends `failed`).",
+        "is cancelled (a synchronous request gets 504, a job ends `failed`). BentoML's own "
+        "timeout stays 30 s above it as a backstop.",
     )
     max_request_work: float | None = Field(
         None,
@@ -99,7 +105,10 @@ class Settings(BaseSettings):
         "estimate, and `/readyz` turns 503.",
     )
     max_concurrency: int = Field(
-        16, ge=1, description="Requests in flight per service; more are answered 429."
+        16,
+        ge=1,
+        description="Requests in flight per service, event streams included; more are "
+        "answered 429 with `Retry-After` (BentoML's own limit stays at twice this as a backstop).",
     )
     max_batch_size: int = Field(
         8,
@@ -118,13 +127,17 @@ class Settings(BaseSettings):
         "", description="Comma-separated API keys; none (and no keys file) turns auth off."
     )
     api_keys_file: Path | None = Field(
-        None, description="File of API keys, one per line; a line may be `sha256:<hex>`."
+        None,
+        description="File of API keys, one per line; a line may be `sha256:<hex>` of a key, so "
+        "the file need not hold the key itself; `#` starts a comment.",
     )
-    log_prompts: bool = Field(False, description="Put prompts in the access log lines.")
+    log_prompts: bool = Field(
+        False, description="Put prompts in the access log lines (they can hold personal data)."
+    )
     max_body_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1,
-        description="Largest request body accepted; larger ones get 413. 16 MiB holds a "
+        description="Largest request body accepted; larger ones get 413 unread. 16 MiB holds a "
         "2048x2048 photograph as PNG (about 8 MiB, 11 as base64) and its mask.",
     )
     max_input_pixels: int = Field(
@@ -195,8 +208,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _model_names_differ(self) -> Settings:
-        from .catalog import api_name  # the APIs are named by the models
-
         names = [api_name(tag) for tag in self.model_tags]
         if len(set(names)) != len(names):
             raise ValueError(f"`models` must name each model once, but is {self.models!r}")
@@ -240,3 +251,4 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings; tests call ``get_settings.cache_clear()`` to re-read the env."""
     return Settings()
+

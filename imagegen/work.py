@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .schemas import GenerationParameters
+from imagegen.schemas import GenerationParameters
 
 # Defaults of IMAGEGEN_MAX_REQUEST_WORK per device. On a GPU, eight guided 1024x1024 images of 50
 # steps (840) or one 2048x2048 image of 150 steps (1258) fit; on two CPU cores one guided

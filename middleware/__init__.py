@@ -1,5 +1,5 @@
 """Pure ASGI middlewares, one class per module, each with its options checked in ``__init__``.
 
-``imagegen.stack`` puts them in order; ``paths`` holds the one list of public and probe paths
+``app.stack`` puts them in order; ``paths`` holds the one list of public and probe paths
 they share. Nothing here imports ``imagegen`` or ``models``.
 """

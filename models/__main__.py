@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoPipelineForText2Image
 
-from .adapters import ADAPTER_RECIPES, BadAdapter, ensure_adapter, import_lora
-from .recipes import RECIPES, SD_SHAPES
+from .adapters import BadAdapter, ensure_adapter, import_lora
+from .recipes import ADAPTER_RECIPES, RECIPES, SD_SHAPES
 from .store import UnknownModel, ensure_built, save_pipeline
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
 
 from .families import family_of
-from .recipes import RECIPES, digest
+from .recipes import AdapterRecipe
 from .store import find_model
 
 logger = logging.getLogger(__name__)
@@ -29,34 +28,6 @@ WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name for LoRA we
 
 class BadAdapter(ValueError):
     """A file that is not a LoRA adapter of its base model."""
-
-
-@dataclass(frozen=True)
-class AdapterRecipe:
-    """A LoRA built from code for the tests: random low-rank updates of a recipe's attention
-    projections, strong enough to change its images visibly."""
-
-    name: str
-    base: str  # a recipe's name
-    rank: int = 4
-    alpha: int = 16  # the update is scaled by alpha / rank
-    seed: int = 7
-
-    @property
-    def tag(self) -> str:
-        """Versioned like a recipe: changes with the adapter's recipe or its base's weights."""
-        return f"{self.name}:v1-{digest({**asdict(self), 'base': RECIPES[self.base].tag})[:12]}"
-
-
-SD_TINY_STYLE = AdapterRecipe(name="sd-tiny-style", base="sd-tiny")
-SD_TINY_TINT = AdapterRecipe(name="sd-tiny-tint", base="sd-tiny", seed=8)
-# At SD 1.5's scale, for the GPU benchmark of adapter switching (rank 16: a mid-sized LoRA).
-SD15_RANDOM_STYLE = AdapterRecipe(name="sd15-random-style", base="sd15-random", rank=16)
-SD15_RANDOM_TINT = AdapterRecipe(name="sd15-random-tint", base="sd15-random", rank=16, seed=8)
-ADAPTER_RECIPES = {
-    recipe.name: recipe
-    for recipe in (SD_TINY_STYLE, SD_TINY_TINT, SD15_RANDOM_STYLE, SD15_RANDOM_TINT)
-}
 
 
 def weights_file(source: Path) -> Path:

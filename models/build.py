@@ -35,8 +35,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from .adapters import AdapterRecipe
-from .recipes import INPAINTING_CHANNELS, MAX_TOKENS, RECIPES, Recipe
+from .recipes import INPAINTING_CHANNELS, MAX_TOKENS, RECIPES, AdapterRecipe, Recipe
 
 TRAINED_PARTS = ("text_encoder", "unet", "vae")
 

@@ -1,6 +1,6 @@
 """Load a stored pipeline once onto the best device, with the performance switches asked for.
 
-Knows nothing of requests: ``imagegen.loading`` turns a loaded pipeline into what the service
+Knows nothing of requests: ``imagegen.engine.loading`` turns a loaded pipeline into what the service
 serves.
 """
 
@@ -70,7 +70,7 @@ def apply_switches(pipeline: Any, switches: Switches, device: torch.device) -> l
         switches.channels_last == "auto" and device.type == "cuda"
     ):
         # Convolutions in NHWC, which cuDNN may run faster in half precision (measured slower
-        # on an H200 with SD 1.5: README, GPU benchmark).
+        # on an H200 with SD 1.5: docs/benchmarks.md, GPU).
         for module in (getattr(pipeline, "unet", None), pipeline.vae):
             if module is not None:  # a transformer denoiser has no convolutions to lay out
                 module.to(memory_format=torch.channels_last)

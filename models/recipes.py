@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -242,7 +242,7 @@ SD_SHAPES = Recipe(
     words=SHAPE_WORDS,
     default_steps=20,
     # The best measured: every colour and shape right at 2, a few shapes warp from 3 on
-    # (README, "The demo model"; bench.demo_model).
+    # (docs/models.md, "The demo model"; bench.demo_model).
     default_guidance_scale=2.0,
     trained=True,
 )
@@ -377,4 +377,32 @@ RECIPES = {
         SD3_TINY,
         FLUX_TINY,
     )
+}
+
+
+@dataclass(frozen=True)
+class AdapterRecipe:
+    """A LoRA built from code for the tests: random low-rank updates of a recipe's attention
+    projections, strong enough to change its images visibly."""
+
+    name: str
+    base: str  # a recipe's name
+    rank: int = 4
+    alpha: int = 16  # the update is scaled by alpha / rank
+    seed: int = 7
+
+    @property
+    def tag(self) -> str:
+        """Versioned like a recipe: changes with the adapter's recipe or its base's weights."""
+        return f"{self.name}:v1-{digest({**asdict(self), 'base': RECIPES[self.base].tag})[:12]}"
+
+
+SD_TINY_STYLE = AdapterRecipe(name="sd-tiny-style", base="sd-tiny")
+SD_TINY_TINT = AdapterRecipe(name="sd-tiny-tint", base="sd-tiny", seed=8)
+# At SD 1.5's scale, for the GPU benchmark of adapter switching (rank 16: a mid-sized LoRA).
+SD15_RANDOM_STYLE = AdapterRecipe(name="sd15-random-style", base="sd15-random", rank=16)
+SD15_RANDOM_TINT = AdapterRecipe(name="sd15-random-tint", base="sd15-random", rank=16, seed=8)
+ADAPTER_RECIPES = {
+    recipe.name: recipe
+    for recipe in (SD_TINY_STYLE, SD_TINY_TINT, SD15_RANDOM_STYLE, SD15_RANDOM_TINT)
 }

@@ -16,7 +16,7 @@ step 120 python3 -m bench.loras --model sd15-random --steps 25 --repeats 8 \
   --json "$RESULTS/loras-sd15-random.json"
 step 90 python3 -m bench.edits --model sd15-random --size 512 --steps 50 --repeats 3 \
   --json "$RESULTS/edits-sd15-random-gpu.json"
-# sd15-random's compiled rows are in the README from an earlier run; SDXL's are not yet.
+# sd15-random's compiled rows are in docs/benchmarks.md from an earlier run.
 step 230 env MODEL=sdxl-random SWITCHES=compile scripts/gpu-bench.sh --size 1024 --steps 25 \
   --batches 1 --repeats 3
 exit $status

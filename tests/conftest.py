@@ -29,8 +29,8 @@ from starlette.testclient import TestClient
 
 import models.loading
 from harness.servers import Server, bentoml_serve
-from imagegen.generation import PipelineRunner
-from imagegen.loading import LoadedModel, load_model
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
 from imagegen.settings import Settings
 from models.recipes import RECIPES, SD_TINY

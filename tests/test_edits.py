@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
+from imagegen.engine.generation import PipelineRunner, plan_calls
+from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.errors import InvalidField
-from imagegen.generation import PipelineRunner, plan_calls
+from imagegen.hop import Generation
 from imagegen.inputs import pack, read_edit
-from imagegen.loading import LoadedModel, load_model
-from imagegen.outcomes import Generation
 from imagegen.parameters import resolve
 from imagegen.schemas import GenerationParameters, ImageRequest, WorkItem
 from imagegen.work import image_work

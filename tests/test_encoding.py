@@ -6,9 +6,9 @@ import json
 import pytest
 from PIL import Image
 
-from imagegen.encoding import MEDIA_TYPES, encode_image, image_response
-from imagegen.outcomes import Generation
-from imagegen.remote import Generated
+from imagegen.hop import Generation
+from imagegen.serving.encoding import MEDIA_TYPES, encode_image, image_response
+from imagegen.serving.remote import Generated
 from tests.conftest import PARAMETERS
 
 

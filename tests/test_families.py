@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from imagegen.engine.generation import PipelineRunner, preview_png
+from imagegen.engine.loading import LoadedModel
 from imagegen.errors import InvalidField
-from imagegen.generation import PipelineRunner, preview_png
 from imagegen.inputs import pack
-from imagegen.loading import LoadedModel
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest
 from models.__main__ import main as models_command

@@ -25,7 +25,8 @@ from playwright.sync_api import Browser
 
 from harness.servers import REPO, Server, bentoml_serve
 from imagegen.inputs import pack
-from models.adapters import SD_TINY_STYLE, SD_TINY_TINT, ensure_adapter
+from models.adapters import ensure_adapter
+from models.recipes import SD_TINY_STYLE, SD_TINY_TINT
 from tests.conftest import API_KEY, AUTH, OTHER_KEY, requests_outside
 from tests.test_edits import INSIDE, MASK, PICTURE
 from tests.test_jobs_e2e import client_command, job_when, stepped
@@ -197,7 +198,7 @@ def test_bentoml_build_packs_every_listed_model_and_their_adapters() -> None:
     source = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version / "src"
     modules = [
         path.relative_to(REPO)
-        for package in ("imagegen", "models", "middleware")
+        for package in ("imagegen", "models", "middleware", "app")
         for path in (REPO / package).rglob("*.py")
     ]
     missing = [m for m in [Path("service.py"), *modules] if not (source / m).exists()]

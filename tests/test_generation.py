@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from imagegen.engine.generation import PipelineRunner, plan_calls
+from imagegen.engine.loading import LoadedModel
+from imagegen.engine.progress import Tracker
+from imagegen.engine.schedulers import SCHEDULER_NAMES
 from imagegen.errors import GenerationFailed, InvalidField, OutOfMemory
-from imagegen.generation import PipelineRunner, plan_calls
-from imagegen.loading import LoadedModel
-from imagegen.outcomes import Failure, Generation
+from imagegen.hop import Failure, Generation
 from imagegen.parameters import choose_model, resolve
-from imagegen.progress import Tracker
-from imagegen.schedulers import SCHEDULER_NAMES
 from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest, WorkItem
 from tests.conftest import loaded_recipe
 

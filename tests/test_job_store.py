@@ -12,10 +12,18 @@ import pytest
 import redis as redis_client
 
 from harness.servers import Redis, redis_server
-from imagegen.jobs import Job, JobGone, JobNotFound, Jobs, JobStore, StoredResult, StoreFull
-from imagegen.memory_store import MemoryJobStore
-from imagegen.redis_store import RedisJobStore
-from imagegen.webhooks import Webhooks
+from imagegen.serving.jobs.jobs import (
+    Job,
+    JobGone,
+    JobNotFound,
+    Jobs,
+    JobStore,
+    StoredResult,
+    StoreFull,
+)
+from imagegen.serving.jobs.memory_store import MemoryJobStore
+from imagegen.serving.jobs.redis_store import RedisJobStore
+from imagegen.serving.jobs.webhooks import Webhooks
 from tests.conftest import PARAMETERS
 
 TTL = 1.0

@@ -16,16 +16,16 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from imagegen.engine.generation import PipelineRunner, plan_calls
+from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.errors import InvalidField
-from imagegen.generation import PipelineRunner, plan_calls
-from imagegen.loading import LoadedModel, load_model
-from imagegen.outcomes import Generation
+from imagegen.hop import Generation
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest, WorkItem
 from imagegen.settings import Settings
 from models.__main__ import main as models_command
-from models.adapters import SD_TINY_STYLE, SD_TINY_TINT, WEIGHTS, ensure_adapter, import_lora
-from models.recipes import SD_TINY, SDXL_TINY
+from models.adapters import WEIGHTS, ensure_adapter, import_lora
+from models.recipes import SD_TINY, SD_TINY_STYLE, SD_TINY_TINT, SDXL_TINY
 from models.store import ensure_built
 
 

@@ -13,8 +13,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from pydantic import ValidationError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from imagegen.generation import PipelineRunner
-from imagegen.loading import LoadedModel, load_model
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.settings import Settings
 from models import recipes
 from models.__main__ import default_name

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imagegen.engine.loading import LoadedModel
 from imagegen.errors import Overloaded, TooMuchWork
-from imagegen.gateway import Gateway, job_store
-from imagegen.loading import LoadedModel
-from imagegen.outcomes import Generation
-from imagegen.queue import WorkQueue
-from imagegen.remote import GeneratorClient
+from imagegen.hop import Generation
 from imagegen.schemas import GenerationParameters, ModelInfo, WorkItem
+from imagegen.serving.gateway import Gateway, job_store
+from imagegen.serving.queue import WorkQueue
+from imagegen.serving.remote import GeneratorClient
 from imagegen.settings import Settings
 from imagegen.work import image_work
 from tests.conftest import PARAMETERS

@@ -11,9 +11,9 @@ from bentoml.exceptions import BentoMLException
 from PIL import Image
 
 from imagegen.errors import GenerationFailed, OutOfMemory, Overloaded, ServiceError
-from imagegen.outcomes import Failure, Generation
-from imagegen.remote import Generated, GeneratorClient
+from imagegen.hop import Failure, Generation
 from imagegen.schemas import WorkItem
+from imagegen.serving.remote import Generated, GeneratorClient
 from tests.conftest import PARAMETERS
 
 ITEM = WorkItem(id="item", parameters=PARAMETERS)

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from imagegen.schedulers import SCHEDULER_NAMES, SCHEDULERS
+from imagegen.engine.schedulers import SCHEDULER_NAMES, SCHEDULERS
 from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest, ImagesRequest
 
 VALID = {"prompt": "a cat"}

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-from imagegen.generation import PipelineRunner
-from imagegen.loading import load_model
+from app.stack import middleware_stack
+from imagegen.engine.generation import PipelineRunner
+from imagegen.engine.loading import load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
 from imagegen.settings import Settings, get_settings
-from imagegen.stack import middleware_stack
 from middleware.auth import ApiKeys
 from models.recipes import SD_TINY
 from models.store import ensure_built

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from app.stack import middleware_stack, wrap
 from imagegen.settings import Settings
-from imagegen.stack import middleware_stack, wrap
 from middleware.auth import ApiKeys
 from tests.asgi import call, streaming_app
 from tests.conftest import API_KEY, MAX_BODY

@@ -17,7 +17,7 @@ import pytest
 
 from harness.servers import Server, bentoml_serve
 from imagegen.errors import InvalidField
-from imagegen.webhooks import Webhooks
+from imagegen.serving.jobs.webhooks import Webhooks
 from tests.conftest import AUTH
 
 SECRET = "webhook-secret-for-tests"

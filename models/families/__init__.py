@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Family:
     name: str  # as `GET /models` and the model store's metadata say it
-    label: str  # for people: error messages, the README
+    label: str  # for people: error messages, the docs
     pipeline: str  # its diffusers text-to-image pipeline class
     # Classifier-free guidance runs the denoiser twice per step, on the prompt and on the
     # negative prompt; a guidance-distilled family (FLUX.1) takes the scale as an input of

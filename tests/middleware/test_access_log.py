@@ -9,7 +9,7 @@ import pytest
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from imagegen.logs import configure_logging
+from app.logs import configure_logging
 from middleware.access_log import AccessLogMiddleware
 from middleware.request_id import RequestIdMiddleware
 from tests.asgi import call, echo_body_app, ok_app, streaming_app

@@ -1,7 +1,7 @@
 """Jobs: a generation submitted now and watched, fetched or cancelled later.
 
-A job runs through the same :class:`~imagegen.queue.WorkQueue` as a synchronous request, on
-the replica that accepted it (the README says why), and lives in a :class:`JobStore` that any
+A job runs through the same :class:`~imagegen.serving.queue.WorkQueue` as a synchronous request, on
+the replica that accepted it (docs/jobs.md says why), and lives in a :class:`JobStore` that any
 replica can read: its record, its event log (what `GET /jobs/{id}/events` replays and
 follows) and, once it has succeeded, its encoded result. A job belongs to the API key that
 submitted it; to any other key it does not exist.
@@ -25,13 +25,13 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
-from .encoding import MEDIA_TYPES
-from .errors import Cancelled, InvalidField, ServiceError
-from .progress import Event
-from .queue import Ticket, WorkQueue
-from .remote import Generated
-from .schemas import GenerationParameters, ImagesResponse, JobStatus, JobView, Progress
-from .webhooks import Webhooks
+from imagegen.errors import Cancelled, InvalidField, ServiceError
+from imagegen.hop import Event
+from imagegen.schemas import GenerationParameters, ImagesResponse, JobStatus, JobView, Progress
+from imagegen.serving.encoding import MEDIA_TYPES
+from imagegen.serving.jobs.webhooks import Webhooks
+from imagegen.serving.queue import Ticket, WorkQueue
+from imagegen.serving.remote import Generated
 
 logger = logging.getLogger(__name__)
 

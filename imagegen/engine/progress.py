@@ -14,11 +14,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-Event = dict[str, Any]
-# The first line of the generator service's event stream, so a follower knows it is open.
-CONNECTED: Event = {"connected": True}
+from imagegen.hop import Event
+
 # A cancel may arrive before its item does (still queued in the batcher); it is kept this long.
 FORGET_CANCELLED_S = 3600.0
 

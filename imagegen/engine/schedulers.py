@@ -22,7 +22,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .schemas import SchedulerName
+from imagegen.schemas import SchedulerName
 
 # name -> (class, config overrides); overrides pick the well-known variant of a class.
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {

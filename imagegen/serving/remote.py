@@ -14,11 +14,9 @@ from typing import Any
 import anyio.to_thread
 from bentoml.exceptions import BentoMLException
 
-from .catalog import api_name
-from .errors import GenerationFailed, Overloaded
-from .outcomes import Failure, Generation
-from .progress import Event
-from .schemas import ModelInfo, Timings, WorkItem
+from imagegen.errors import GenerationFailed, Overloaded
+from imagegen.hop import Event, Failure, Generation, api_name
+from imagegen.schemas import ModelInfo, Timings, WorkItem
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .jobs import TERMINAL, Job, StoredEvent, StoredResult, StoreFull
+from imagegen.serving.jobs.jobs import TERMINAL, Job, StoredEvent, StoredResult, StoreFull
 
 KEEPALIVE_S = 15.0
 

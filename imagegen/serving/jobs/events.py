@@ -7,8 +7,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .errors import ServiceError
-from .jobs import Jobs
+from imagegen.errors import ServiceError
+from imagegen.serving.jobs.jobs import Jobs
 
 
 def frame(event_id: str | None, event: str, data: dict[str, Any]) -> str:

@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
-from .jobs import LEASE_S, TERMINAL, Job, StoredEvent, StoredResult, StoreFull, StoreUnavailable
+from imagegen.serving.jobs.jobs import (
+    LEASE_S,
+    TERMINAL,
+    Job,
+    StoredEvent,
+    StoredResult,
+    StoreFull,
+    StoreUnavailable,
+)
 
 PREFIX = "imagegen:"
 KEEPALIVE_MS = 15_000

@@ -22,15 +22,15 @@ import PIL.Image
 import prometheus_client
 import torch
 
-from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
-from .loading import LoadedModel, load_model
-from .modes import mode_call
-from .outcomes import Failure, Generation
-from .parameters import resolve
-from .progress import Event, Tracker
-from .schedulers import build_scheduler
-from .schemas import GenerationParameters, ImageRequest, WorkItem
-from .settings import Settings
+from imagegen.engine.loading import LoadedModel, load_model
+from imagegen.engine.modes import mode_call
+from imagegen.engine.progress import Tracker
+from imagegen.engine.schedulers import build_scheduler
+from imagegen.errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
+from imagegen.hop import Event, Failure, Generation
+from imagegen.parameters import resolve
+from imagegen.schemas import GenerationParameters, ImageRequest, WorkItem
+from imagegen.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from imagegen.schemas import Lora
 from models.adapters import WEIGHTS
-
-from .schemas import Lora
 
 logger = logging.getLogger(__name__)
 

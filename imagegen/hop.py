@@ -1,15 +1,32 @@
-"""What the generator service answers for each image of a batch. Plain data, no torch: the
-public service receives these through BentoML's serialisation without loading any ML library."""
+"""What crosses the hop between the two processes: the generator's API per model, what it
+answers for each image of a batch, and its step events. Plain data, no torch: the public
+service receives these through BentoML's serialisation without loading any ML library."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from PIL.Image import Image
 from pydantic import BaseModel, ConfigDict
 
-from .errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory, ServiceError
-from .schemas import GenerationParameters
+from imagegen.errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory, ServiceError
+from imagegen.schemas import GenerationParameters
+
+# A step event of a reported item (``id``, ``step``, ``steps``, ``at``, ``images``, maybe
+# ``preview``), published by the pipeline thread and followed by the public process.
+Event = dict[str, Any]
+# The first line of the generator service's event stream, so a follower knows it is open.
+CONNECTED: Event = {"connected": True}
+
+
+def model_name(tag: str) -> str:
+    return tag.split(":")[0]
+
+
+def api_name(tag: str) -> str:
+    """The generator service's batched API for the model ``tag`` (``name[:version]``)."""
+    return "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
 
 
 class Generation(BaseModel):

@@ -10,9 +10,8 @@ import time
 
 from limits.aio.strategies import FixedWindowRateLimiter
 
+from imagegen.errors import ServiceError
 from middleware.rate_limit import limits_storage, parse_rate
-
-from .errors import ServiceError
 
 # Units are counted in hundredths, so small images are charged what they cost.
 PRECISION = 100

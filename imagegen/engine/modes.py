@@ -17,9 +17,9 @@ from typing import Any
 
 import PIL.Image
 
-from .inputs import unpack
-from .loading import LoadedModel
-from .schemas import WorkItem
+from imagegen.engine.loading import LoadedModel
+from imagegen.inputs import unpack
+from imagegen.schemas import WorkItem
 
 GREY = (127, 127, 127)
 

@@ -13,14 +13,13 @@ import bentoml
 import torch
 from diffusers import DiffusionPipeline
 
+from imagegen.engine.adapters import Adapters
+from imagegen.engine.schedulers import compatible_schedulers, name_of
+from imagegen.schemas import AdapterInfo, Guidance, Mode, ModelInfo
+from imagegen.settings import Settings, get_settings
+from imagegen.work import default_budget
 from models.families import Family
 from models.loading import LoadedPipeline, Switches, load_pipeline
-
-from .adapters import Adapters
-from .schedulers import compatible_schedulers, name_of
-from .schemas import AdapterInfo, Guidance, Mode, ModelInfo
-from .settings import Settings, get_settings
-from .work import default_budget
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from imagegen import __version__
+from imagegen.schemas import ErrorBody
 from middleware.error_body import RETRY_STATUSES
-
-from . import __version__
-from .schemas import ErrorBody
 
 API_DESCRIPTION = """Text-to-image, image-to-image and inpainting with a diffusers pipeline
 loaded once per process.

@@ -9,14 +9,14 @@ from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 from starlette.responses import JSONResponse, Response
 
-from .remote import Generated
-from .schemas import (
+from imagegen.schemas import (
     EncodedImage,
     GenerationParameters,
     ImagesResponse,
     OutputFormat,
     Timings,
 )
+from imagegen.serving.remote import Generated
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 

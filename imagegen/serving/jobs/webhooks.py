@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import InvalidField
+from imagegen.errors import InvalidField
 
 logger = logging.getLogger(__name__)
 

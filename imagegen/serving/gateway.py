@@ -11,17 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
-from middleware.rate_limit import client_bucket
-
-from .encoding import image_response, images_response
-from .inputs import Edit, InputLimits, read_edit
-from .jobs import Job, Jobs, JobStore, links
-from .lifetime import while_requested
-from .memory_store import MemoryJobStore
-from .parameters import choose_model, resolve, series
-from .queue import Ticket, WorkQueue
-from .remote import Generated, GeneratorClient, generator_ready
-from .schemas import (
+from imagegen.inputs import Edit, InputLimits, read_edit
+from imagegen.parameters import choose_model, resolve, series
+from imagegen.schemas import (
     GenerationParameters,
     ImageRequest,
     ImagesRequest,
@@ -30,10 +22,17 @@ from .schemas import (
     JobRequest,
     ModelInfo,
 )
-from .settings import Settings
-from .webhooks import Webhooks
-from .work import work
-from .work_limit import WorkRateLimit
+from imagegen.serving.encoding import image_response, images_response
+from imagegen.serving.jobs.jobs import Job, Jobs, JobStore, links
+from imagegen.serving.jobs.memory_store import MemoryJobStore
+from imagegen.serving.jobs.webhooks import Webhooks
+from imagegen.serving.lifetime import while_requested
+from imagegen.serving.queue import Ticket, WorkQueue
+from imagegen.serving.remote import Generated, GeneratorClient, generator_ready
+from imagegen.serving.work_limit import WorkRateLimit
+from imagegen.settings import Settings
+from imagegen.work import work
+from middleware.rate_limit import client_bucket
 
 
 def owner(request: Request) -> str:
@@ -45,7 +44,9 @@ def owner(request: Request) -> str:
 def job_store(settings: Settings) -> JobStore:
     """Redis when ``IMAGEGEN_REDIS_URL`` is set (several replicas), else this process."""
     if settings.redis_url:
-        from .redis_store import RedisJobStore  # only this backend needs the redis client
+        from imagegen.serving.jobs.redis_store import (
+            RedisJobStore,  # only this backend needs the redis client
+        )
 
         return RedisJobStore.connect(
             settings.redis_url, max_jobs=settings.max_jobs, ttl=settings.job_ttl

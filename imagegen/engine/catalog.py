@@ -8,27 +8,16 @@ own batch queue, so a slow model never holds up a fast one, and a batch never mi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 import bentoml
 from bentoml.models import BentoModel
 
+from imagegen.hop import Failure, Generation, api_name, model_name
+from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
 from models.store import StoredPipeline
-
-from .outcomes import Failure, Generation
-from .schemas import WorkItem
-
-
-def model_name(tag: str) -> str:
-    return tag.split(":")[0]
-
-
-def api_name(tag: str) -> str:
-    """The generator service's batched API for the model ``tag`` (``name[:version]``)."""
-    return "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
 
 
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:

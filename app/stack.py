@@ -8,6 +8,8 @@ import logging
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
+from imagegen.serving.compat.openai import EDITS_PATH, openai_error
+from imagegen.settings import Settings
 from middleware.access_log import AccessLogMiddleware
 from middleware.admission import AdmissionMiddleware
 from middleware.auth import ApiKeyAuthMiddleware, ApiKeys
@@ -17,9 +19,6 @@ from middleware.error_body import ErrorBodyMiddleware
 from middleware.rate_limit import RateLimitMiddleware
 from middleware.request_id import RequestIdMiddleware
 from middleware.timing import TimingMiddleware
-
-from .compat.openai import EDITS_PATH, openai_error
-from .settings import Settings
 
 logger = logging.getLogger(__name__)
 

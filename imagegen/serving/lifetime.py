@@ -11,7 +11,7 @@ from typing import TypeVar
 import bentoml
 from starlette.requests import Request
 
-from .errors import Cancelled, TimedOut
+from imagegen.errors import Cancelled, TimedOut
 
 T = TypeVar("T")
 # How often a waiting request checks for its client; a hang-up is seen within this.

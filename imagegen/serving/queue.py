@@ -26,12 +26,12 @@ from functools import cache
 
 import prometheus_client
 
-from .errors import Overloaded, TooMuchWork
-from .inputs import Edit
-from .progress import Event
-from .remote import Generated, GeneratorClient
-from .schemas import GenerationParameters, WorkItem
-from .work import image_work, work
+from imagegen.errors import Overloaded, TooMuchWork
+from imagegen.hop import Event
+from imagegen.inputs import Edit
+from imagegen.schemas import GenerationParameters, WorkItem
+from imagegen.serving.remote import Generated, GeneratorClient
+from imagegen.work import image_work, work
 
 logger = logging.getLogger(__name__)
 

@@ -25,14 +25,10 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..encoding import encode_image
-from ..errors import Cancelled, GenerationFailed, InvalidField, ServiceError, TimedOut
-from ..gateway import Gateway, owner
-from ..inputs import InputLimits, decoded, opened, pack
-from ..lifetime import while_requested
-from ..parameters import choose_model
-from ..remote import Generated
-from ..schemas import (
+from imagegen.errors import Cancelled, GenerationFailed, InvalidField, ServiceError, TimedOut
+from imagegen.inputs import InputLimits, decoded, opened, pack
+from imagegen.parameters import choose_model
+from imagegen.schemas import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
     ImagesRequest,
@@ -42,6 +38,10 @@ from ..schemas import (
     OutputFormat,
     SchedulerName,
 )
+from imagegen.serving.encoding import encode_image
+from imagegen.serving.gateway import Gateway, owner
+from imagegen.serving.lifetime import while_requested
+from imagegen.serving.remote import Generated
 
 EDITS_PATH = "/v1/images/edits"
 # Native field -> the OpenAI parameter a client sent it as.

@@ -30,15 +30,15 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
-from .. import __version__
-from ..encoding import encode_image
-from ..errors import InvalidField, ServiceError, answers_errors
-from ..gateway import Gateway, owner
-from ..lifetime import while_requested
-from ..parameters import choose_model
-from ..queue import Ticket, WorkQueue
-from ..remote import Generated
-from ..schemas import MAX_IMAGES, ImagesRequest, ModelInfo
+from imagegen import __version__
+from imagegen.errors import InvalidField, ServiceError, answers_errors
+from imagegen.parameters import choose_model
+from imagegen.schemas import MAX_IMAGES, ImagesRequest, ModelInfo
+from imagegen.serving.encoding import encode_image
+from imagegen.serving.gateway import Gateway, owner
+from imagegen.serving.lifetime import while_requested
+from imagegen.serving.queue import Ticket, WorkQueue
+from imagegen.serving.remote import Generated
 
 # A1111's sampler names -> the native scheduler names ("Euler" is also flow matching's).
 SAMPLERS = {
