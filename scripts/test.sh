@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv, then run lint, type checks and the test suite.
+# Install everything the tests need into .venv, then run lint, type checks, the import
+# contracts and the test suite.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not e2e"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,6 @@ export IMAGEGEN_REQUIRE_BROWSER=1
 ruff check .
 ruff format --check .
 mypy
-python -m pytest "$@"
+lint-imports
+# The slowest tests in the CI log, to keep the suite's time in view.
+python -m pytest --durations=25 "$@"
