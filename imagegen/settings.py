@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from types import NoneType, UnionType
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagegen.hop import api_name
@@ -252,3 +255,57 @@ def get_settings() -> Settings:
     """The process-wide settings; tests call ``get_settings.cache_clear()`` to re-read the env."""
     return Settings()
 
+
+REFERENCE_HEADER = """# Configuration
+
+Generated from `imagegen.settings.Settings` by
+`python -m imagegen.settings > docs/configuration.md`; a test fails when this page and the class
+disagree.
+
+Every setting is read once at start-up from its environment variable. A bad value stops the
+service at start-up with a message naming the variable's field and rule. `BENTOML_HOME` moves
+the model store (default `~/bentoml`); `BENTOML_DO_NOT_TRACK=true` turns BentoML's usage
+reporting off. `GET /models` lists the performance switches in effect per model (`switches`).
+
+| variable | default | values | meaning |
+|---|---|---|---|
+"""
+
+
+def _values(field: FieldInfo) -> str:
+    """What a field takes, for people: its choices, or its kind and bounds."""
+    kind: Any = field.annotation
+    if isinstance(kind, UnionType):  # `X | None`: unset is its default, not a value
+        kind = next(arg for arg in get_args(kind) if arg is not NoneType)
+    if get_origin(kind) is Literal:
+        return ", ".join(f"`{choice}`" for choice in get_args(kind))
+    bounds = [
+        f"{symbol} {getattr(rule, name)}"
+        for name, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"))
+        for rule in field.metadata
+        if getattr(rule, name, None) is not None
+    ]
+    kinds = {bool: "`true`, `false`", int: "integer", float: "number", Path: "path"}
+    return ", ".join([kinds.get(kind, "text"), *bounds])
+
+
+def _default(field: FieldInfo) -> str:
+    value = field.default
+    if value is None or value == "":
+        return "(none)"
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def reference() -> str:
+    """docs/configuration.md: one row per setting, from the class itself."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    rows = [
+        f"| `{(prefix + name).upper()}` | {_default(field)} | {_values(field)} | "
+        f"{field.description} |"
+        for name, field in Settings.model_fields.items()
+    ]
+    return REFERENCE_HEADER + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())
