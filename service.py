@@ -9,7 +9,7 @@ from typing import Any
 import bentoml
 from fastapi import FastAPI, Request
 from PIL.Image import Image
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.docs import docs_router
 from app.logs import configure_logging
@@ -24,16 +24,17 @@ from imagegen.schemas import (
     ImagesRequest,
     ImagesResponse,
     JobAccepted,
+    JobLinks,
     JobRequest,
     JobView,
     ModelInfo,
 )
-from imagegen.serving.compat import openai
 from imagegen.serving.compat.a1111 import A1111, a1111_router
-from imagegen.serving.compat.openai import OpenAIImageRequest
-from imagegen.serving.encoding import image_response, images_response
+from imagegen.serving.compat.openai import openai_router
+from imagegen.serving.encoding import encode, image_response, images_response
 from imagegen.serving.gateway import Gateway, job_store, owner
 from imagegen.serving.jobs.events import event_stream
+from imagegen.serving.jobs.jobs import links
 from imagegen.settings import get_settings
 from middleware.auth import ApiKeys
 
@@ -47,6 +48,12 @@ jobs_store = job_store(settings)
 # would load scripts from a CDN, so they are off and /docs is served from local assets.
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 answers_validation_errors(routes, statuses={"/sdapi/": 422})
+
+
+def current_request() -> Request:
+    """The HTTP request a BentoML API is answering. (Not its `ctx` parameter: with one,
+    BentoML overwrites the status of the error responses these handlers return.)"""
+    return bentoml.Context().request
 
 
 # BentoML's own timeout and concurrency limit, looser than the stack's admission middleware
@@ -137,8 +144,9 @@ class ImageGeneration:
         (inpainting). Returns its bytes, with the seed used in `X-Seed` and the model in
         `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
-        generated = await self.gateway.generate(request)
-        return image_response(generated, request.output_format, request.quality)  # type: ignore[return-value]
+        generated = await self.gateway.generate(request, current_request())
+        encoded = encode(generated, request.output_format, request.quality)
+        return image_response(encoded)  # type: ignore[return-value]
 
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
     @answers_errors
@@ -147,8 +155,9 @@ class ImageGeneration:
         `seed + k`, so `/generate/image` with that seed regenerates it: byte-identical with
         batching off, within 1/255 per pixel with it on."""
         request = ImagesRequest.model_construct(**fields)
-        generated = await self.gateway.generate(request)
-        return images_response(generated, request.output_format, request.quality)  # type: ignore[return-value]
+        generated = await self.gateway.generate(request, current_request())
+        encoded = encode(generated, request.output_format, request.quality)
+        return images_response(encoded)  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
     async def models(self) -> list[ModelInfo]:
@@ -167,7 +176,18 @@ class ImageGeneration:
     async def submit_job(self, body: JobRequest, request: Request) -> Response:
         """Submit a generation and return at once; follow it at `links.events`, fetch it at
         `links.result`, cancel it with `DELETE`. Takes the body of `/generate/images`."""
-        return await self.gateway.submit_job(body, request)
+        job = await self.gateway.start_job(body, request)
+        accepted = JobAccepted(
+            id=job.id,
+            status=job.status,
+            queue_position=job.queue_position or 0,
+            links=JobLinks(**links(job.id)),
+        )
+        return JSONResponse(
+            accepted.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": accepted.links.self},
+        )
 
     @routes.get("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
     @answers_errors
@@ -198,28 +218,8 @@ class ImageGeneration:
         """One image: its bytes and headers as `/generate/image` sends them; several: the
         JSON of `/generate/images`, or with `image=k` image k's bytes alone. 409 until the
         job has succeeded, 410 once expired."""
-        return await self.gateway.jobs.result(owner(request), job_id, image)
-
-    @routes.post("/v1/images/generations", tags=["OpenAI Images API"])
-    @answers_errors
-    async def openai_generations(self, body: OpenAIImageRequest, request: Request) -> Response:
-        """OpenAI's `images.generate`: the same queue, batching, limits and keys as
-        `/generate/images`; answers and errors in OpenAI's shapes."""
-        return await openai.generate(self.gateway, body, request, edit={})
-
-    @routes.post(openai.EDITS_PATH, tags=["OpenAI Images API"])
-    @answers_errors
-    async def openai_edits(self, request: Request) -> Response:
-        """OpenAI's `images.edit`: a multipart form (the one route that takes one) with an
-        `image` file, a `mask` whose transparent pixels are repainted, and the fields of
-        `/v1/images/generations`."""
-        body, edit = await openai.read_form(request, self.gateway.input_limits)
-        return await openai.generate(self.gateway, body, request, edit)
-
-    @routes.get("/v1/models", tags=["OpenAI Images API"])
-    async def openai_models(self) -> dict[str, Any]:
-        """The loaded models in OpenAI's list shape."""
-        return openai.model_list(await self.gateway.models())
+        encoded = await self.gateway.jobs.result(owner(request), job_id, image)
+        return image_response(encoded) if len(encoded.images) == 1 else images_response(encoded)
 
     @routes.delete("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
     @answers_errors
@@ -230,6 +230,7 @@ class ImageGeneration:
 
 
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))
+routes.include_router(openai_router(lambda: bentoml.get_current_service().gateway))
 routes.include_router(a1111_router(lambda: bentoml.get_current_service().a1111))
 mount_playground(routes)
 

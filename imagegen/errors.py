@@ -90,6 +90,49 @@ class GenerationFailed(ServiceError):
         super().__init__(message, field=field)
 
 
+class RateLimited(ServiceError):
+    """A client over its work rate limit."""
+
+    status_code = 429
+
+
+class JobNotFound(ServiceError):
+    """No such job, or another key's."""
+
+    status_code = 404
+
+
+class JobConflict(ServiceError):
+    """The job is not in a state that allows this: no result yet, already ended."""
+
+    status_code = 409
+
+
+class JobGone(ServiceError):
+    """The job existed, but its result and events have expired."""
+
+    status_code = 410
+
+
+class StoreFull(ServiceError):
+    """The job store holds its limit of jobs."""
+
+    status_code = 503
+
+
+class StoreUnavailable(ServiceError):
+    """The job store (Redis) cannot be reached."""
+
+    status_code = 503
+    retry_after = 5
+
+
+class Unsupported(ServiceError):
+    """A field a foreign API would honour and this service cannot (A1111 answers 422)."""
+
+    status_code = 422
+
+
 def answers_errors(handler: Handler) -> Handler:
     """Turn a :class:`ServiceError` raised by an async API handler into its JSON answer."""
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from imagegen.hop import Generation
-from imagegen.serving.encoding import MEDIA_TYPES, encode_image, image_response
+from imagegen.serving.encoding import MEDIA_TYPES, encode, encode_image, image_response
 from imagegen.serving.remote import Generated
 from tests.conftest import PARAMETERS
 
@@ -47,12 +47,29 @@ def test_response_names_seed_model_type_batch_and_timings(image: Image.Image) ->
     generation = Generation(
         image=image, parameters=PARAMETERS, started=10.0, finished=11.5, batch_size=4
     )
-    response = image_response(Generated([generation], seconds=1.75), "webp", 80)
+    response = image_response(encode(Generated([generation], seconds=1.75), "webp", 80))
     assert response.headers["content-type"] == MEDIA_TYPES["webp"]
     assert response.headers["x-seed"] == "42"
     assert response.headers["x-model"] == "sd-tiny:v1"
     assert response.headers["x-batch-size"] == "4"
     assert response.headers["server-timing"] == "queue;dur=250.0, inference;dur=1500.0"
+
+
+def test_one_image_of_several_keeps_its_own_bytes_and_seed(image: Image.Image) -> None:
+    generations = [
+        Generation(
+            image=image.rotate(90 * k),
+            parameters=PARAMETERS.model_copy(update={"seed": 42 + k}),
+            started=10.0,
+            finished=11.0,
+            batch_size=2,
+        )
+        for k in range(2)
+    ]
+    encoded = encode(Generated(generations, seconds=1.5), "png", 90)
+    second = image_response(encoded.only(1))
+    assert second.body == encode_image(generations[1].image, generations[1].parameters, "png", 90)
+    assert second.headers["x-seed"] == "43" and encoded.images[0] != encoded.images[1]
 
 
 def test_several_images_time_from_the_first_call_to_the_last(image: Image.Image) -> None:

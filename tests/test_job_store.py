@@ -12,15 +12,10 @@ import pytest
 import redis as redis_client
 
 from harness.servers import Redis, redis_server
-from imagegen.serving.jobs.jobs import (
-    Job,
-    JobGone,
-    JobNotFound,
-    Jobs,
-    JobStore,
-    StoredResult,
-    StoreFull,
-)
+from imagegen.errors import JobGone, JobNotFound, StoreFull
+from imagegen.schemas import Timings
+from imagegen.serving.encoding import Encoded
+from imagegen.serving.jobs.jobs import Job, Jobs, JobStore
 from imagegen.serving.jobs.memory_store import MemoryJobStore
 from imagegen.serving.jobs.redis_store import RedisJobStore
 from imagegen.serving.jobs.webhooks import Webhooks
@@ -51,6 +46,17 @@ def job(job_id: str, owner: str = "key") -> Job:
     return Job(id=job_id, owner=owner, parameters=PARAMETERS, num_images=1, created_at=time.time())
 
 
+def result(images: list[bytes]) -> Encoded:
+    return Encoded(
+        images=images,
+        seeds=list(range(1, len(images) + 1)),
+        format="png",
+        parameters=PARAMETERS,
+        timings=Timings(queue_ms=1.0, inference_ms=2.0),
+        batch_size=len(images),
+    )
+
+
 def test_records_events_and_results_round_trip(make_store: Any) -> None:
     async def scenario() -> None:
         store = make_store(10)
@@ -58,14 +64,14 @@ def test_records_events_and_results_round_trip(make_store: Any) -> None:
         await store.publish("a", "queued", {"queue_position": 0})
         await store.publish("a", "progress", {"step": 1})
         await store.publish("a", "succeeded", {"status": "succeeded"})
-        await store.save_result(
-            "a", StoredResult(body=b"\x89PNG", media_type="image/png", headers={})
-        )
+        await store.save_result("a", result([b"\x89PNG", b"\x89PNG second"]))
         followed = [item async for item in store.follow("a", None) if item is not None]
         assert [event for _, event, _ in followed] == ["queued", "progress", "succeeded"]
         after_first = [item async for item in store.follow("a", followed[0][0]) if item]
         assert after_first == followed[1:]
-        assert (await store.result("a")).body == b"\x89PNG"
+        assert (await store.result("a")).images == [b"\x89PNG", b"\x89PNG second"]
+        second = await store.result("a", 1)  # one image is read alone
+        assert second.images == [b"\x89PNG second"] and second.seeds == [2]
         assert (await store.get("a")).owner == "key"
         assert await store.get("missing") is None
 

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from imagegen.serving.work_limit import RateLimited, WorkRateLimit
+from imagegen.errors import RateLimited
+from imagegen.serving.work_limit import WorkRateLimit
 from tests.conftest import OTHER_AUTH
 
 # Long enough on two CPU cores (about 3 s with sd-tiny) to be cancelled while it runs.

@@ -47,7 +47,7 @@ def test_a_request_over_the_budget_is_refused_naming_the_limit() -> None:
 def test_without_a_measured_rate_nothing_waits_and_no_eta_is_guessed() -> None:
     q = queue()
     first = q.admit([PARAMETERS])
-    assert q.wait_s() == 0 and q.eta_s(first) is None and not q.full
+    assert q.wait_s() == 0 and first.eta_s is None and not q.full
 
 
 def test_each_size_has_its_own_rate_and_unknown_sizes_borrow_the_nearest() -> None:
@@ -55,22 +55,22 @@ def test_each_size_has_its_own_rate_and_unknown_sizes_borrow_the_nearest() -> No
     large = PARAMETERS.model_copy(update={"width": 256, "height": 256})
     q.record_rate(PARAMETERS, 1.2)
     q.record_rate(large, 0.3)
-    assert q.seconds_per_work(PARAMETERS) == 1.2 and q.seconds_per_work(large) == 0.3
+    assert q.rates.seconds_per_work(PARAMETERS) == 1.2 and q.rates.seconds_per_work(large) == 0.3
     larger = PARAMETERS.model_copy(update={"width": 512, "height": 512})
-    assert q.seconds_per_work(larger) == 0.3
+    assert q.rates.seconds_per_work(larger) == 0.3
     q.record_rate(large, 0.4)  # weighted towards the newest measurement
-    assert q.seconds_per_work(large) == pytest.approx(0.3 + 0.3 * 0.1)
+    assert q.rates.seconds_per_work(large) == pytest.approx(0.3 + 0.3 * 0.1)
 
 
 def test_positions_and_etas_follow_the_work_ahead() -> None:
     q = queue()
     q.record_rate(PARAMETERS, 10.0)
     first, second = q.admit([PARAMETERS]), q.admit([PARAMETERS] * 2)
-    assert (q.position(first), q.position(second)) == (0, 1)
-    assert q.eta_s(first) == pytest.approx(10 * UNIT)
-    assert q.eta_s(second) == pytest.approx(30 * UNIT)
-    q.discard(first)
-    assert q.position(second) == 0
+    assert (first.position, second.position) == (0, 1)
+    assert first.eta_s == pytest.approx(10 * UNIT)
+    assert second.eta_s == pytest.approx(30 * UNIT)
+    first.discard()
+    assert second.position == 0
 
 
 def test_a_request_that_would_wait_past_the_bound_is_a_503_with_the_estimate() -> None:
@@ -132,15 +132,15 @@ def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> 
             await asyncio.sleep(3600)
 
         q.client.generate = never_ending  # type: ignore[method-assign]
-        running = asyncio.create_task(q.run(ticket, listener))
+        running = asyncio.create_task(ticket.run(listener))
         await asyncio.wait_for(started.wait(), 5)
         assert ticket.step == 2 and ticket.fraction == 1.0
         # 0.5 s per step of a call of two images of (parameters' work / 2 steps) each
-        assert q.seconds_per_work(parameters) == pytest.approx(0.5 / image_work(parameters))
+        assert q.rates.seconds_per_work(parameters) == pytest.approx(0.5 / image_work(parameters))
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
-        assert generator.cancelled == [item.id for item in ticket.items]
+        assert generator.cancelled == ticket.ids
         assert q.depth == 0
 
     asyncio.run(scenario())
@@ -151,11 +151,15 @@ def test_parameters_of_a_ticket_keep_their_order_and_get_distinct_ids() -> None:
     batch: list[GenerationParameters] = [
         PARAMETERS.model_copy(update={"seed": seed}) for seed in range(3)
     ]
-    ticket = q.admit(batch, reported=True)
-    assert [item.parameters.seed for item in ticket.items] == [0, 1, 2]
-    assert len({item.id for item in ticket.items}) == 3
-    assert [item.preview for item in ticket.items] == [True, False, False]
-    assert all(item.report for item in ticket.items)
+    ticket = q.admit(batch)
+    items = ticket.items(reported=True)
+    assert [item.parameters.seed for item in items] == [0, 1, 2]
+    assert len({item.id for item in items}) == 3
+    assert [item.preview for item in items] == [True, False, False]
+    assert all(item.report for item in items)
+    unreported = ticket.items(reported=False)
+    assert [item.id for item in unreported] == [item.id for item in items] == ticket.ids
+    assert not any(item.report or item.preview for item in unreported)
 
 
 class LoadedGenerator:
@@ -173,11 +177,11 @@ def test_readiness_turns_503_while_the_queue_is_past_its_bound(tiny_model: Loade
         settings = Settings(max_queue_wait_s=1)
         gateway = Gateway(LoadedGenerator(tiny_model.info), settings, job_store(settings))
         assert await gateway.ready()
-        q = await gateway.queue()
+        q = gateway.queue(await gateway.model(None))
         q.record_rate(PARAMETERS, 1.0 / UNIT)
         ticket = q.admit([PARAMETERS] * 2)
         assert not await gateway.ready()  # a load balancer stops sending it work
-        q.discard(ticket)
+        ticket.discard()
         assert await gateway.ready()
 
     asyncio.run(scenario())
@@ -202,8 +206,8 @@ class Finishing:
 def test_a_request_without_a_listener_learns_the_rate_from_its_finished_call() -> None:
     async def scenario() -> None:
         q = WorkQueue(GeneratorClient(Finishing()), max_request_work=1.0, max_wait_s=10)
-        await q.run(q.admit([PARAMETERS, PARAMETERS]))
-        assert q.seconds_per_work(PARAMETERS) == pytest.approx(2.0 / (2 * UNIT))
+        await q.admit([PARAMETERS, PARAMETERS]).run()
+        assert q.rates.seconds_per_work(PARAMETERS) == pytest.approx(2.0 / (2 * UNIT))
         assert q.depth == 0
 
     asyncio.run(scenario())

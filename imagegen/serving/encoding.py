@@ -1,4 +1,4 @@
-"""Encode generated images into the response body."""
+"""Encode generated images once, into what a response sends or a job stores."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 
 from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse, Response
 
 from imagegen.schemas import (
@@ -36,42 +37,62 @@ def encode_image(
     return buffer.getvalue()
 
 
-def _headers(parameters: GenerationParameters, timings: Timings, batch_size: int) -> dict[str, str]:
+class Encoded(BaseModel):
+    """A request's images encoded once: what `/generate/image(s)` answer, and what a job
+    stores, one value per image so that one can be read alone."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    images: list[bytes]
+    seeds: list[int]
+    format: OutputFormat
+    parameters: GenerationParameters  # image 0's
+    timings: Timings
+    batch_size: int  # the largest pipeline call the images were part of
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    def only(self, k: int) -> Encoded:
+        """Image ``k`` alone."""
+        return self.model_copy(update={"images": [self.images[k]], "seeds": [self.seeds[k]]})
+
+
+def encode(generated: Generated, output_format: OutputFormat, quality: int) -> Encoded:
+    """Each image encoded as `/generate/image` would (its PNG chunk names its own seed)."""
+    generations = generated.generations
+    return Encoded(
+        images=[encode_image(g.image, g.parameters, output_format, quality) for g in generations],
+        seeds=[g.parameters.seed for g in generations],
+        format=output_format,
+        parameters=generations[0].parameters,
+        timings=generated.timings,
+        batch_size=generated.batch_size,
+    )
+
+
+def _headers(encoded: Encoded) -> dict[str, str]:
+    timings = encoded.timings
     server_timing = f"queue;dur={timings.queue_ms:.1f}, inference;dur={timings.inference_ms:.1f}"
     return {
-        "X-Seed": str(parameters.seed),
-        "X-Model": parameters.model,
-        "X-Batch-Size": str(batch_size),
+        "X-Seed": str(encoded.seeds[0]),
+        "X-Model": encoded.parameters.model,
+        "X-Batch-Size": str(encoded.batch_size),
         "Server-Timing": server_timing,
     }
 
 
-def image_response(generated: Generated, output_format: OutputFormat, quality: int) -> Response:
-    (generation,) = generated.generations
-    parameters = generation.parameters
-    return Response(
-        encode_image(generation.image, parameters, output_format, quality),
-        media_type=MEDIA_TYPES[output_format],
-        headers=_headers(parameters, generated.timings, generated.batch_size),
-    )
+def image_response(encoded: Encoded) -> Response:
+    """The first (or only) image's bytes, its seed in `X-Seed`."""
+    return Response(encoded.images[0], media_type=encoded.media_type, headers=_headers(encoded))
 
 
-def images_response(
-    generated: Generated, output_format: OutputFormat, quality: int
-) -> JSONResponse:
-    """Each image encoded as `/generate/image` would (its PNG chunk names its own seed); the
-    resolved parameters are image 0's."""
+def images_response(encoded: Encoded) -> JSONResponse:
+    """Every image base64 in JSON; the resolved parameters are image 0's."""
     images = [
-        EncodedImage(
-            data=base64.b64encode(
-                encode_image(g.image, g.parameters, output_format, quality)
-            ).decode(),
-            seed=g.parameters.seed,
-            format=output_format,
-        )
-        for g in generated.generations
+        EncodedImage(data=base64.b64encode(data).decode(), seed=seed, format=encoded.format)
+        for data, seed in zip(encoded.images, encoded.seeds, strict=True)
     ]
-    parameters, timings = generated.generations[0].parameters, generated.timings
-    body = ImagesResponse(images=images, parameters=parameters, timings=timings)
-    headers = _headers(parameters, timings, generated.batch_size)
-    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+    body = ImagesResponse(images=images, parameters=encoded.parameters, timings=encoded.timings)
+    return JSONResponse(body.model_dump(mode="json"), headers=_headers(encoded))

@@ -1,15 +1,14 @@
 """The public service's working parts, one per process: the client to the generator service,
-this replica's work queue, its jobs, and what readiness reports."""
+one work queue per model, this replica's jobs, and what readiness reports. It knows requests,
+not HTTP: the routes build the answers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-import bentoml
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import Scope
 
 from imagegen.inputs import Edit, InputLimits, read_edit
 from imagegen.parameters import choose_model, resolve, series
@@ -17,21 +16,18 @@ from imagegen.schemas import (
     GenerationParameters,
     ImageRequest,
     ImagesRequest,
-    JobAccepted,
-    JobLinks,
     JobRequest,
     ModelInfo,
 )
-from imagegen.serving.encoding import image_response, images_response
-from imagegen.serving.jobs.jobs import Job, Jobs, JobStore, links
+from imagegen.serving.follower import EventFollower
+from imagegen.serving.jobs.jobs import Job, Jobs, JobStore
 from imagegen.serving.jobs.memory_store import MemoryJobStore
 from imagegen.serving.jobs.webhooks import Webhooks
 from imagegen.serving.lifetime import while_requested
-from imagegen.serving.queue import Ticket, WorkQueue
+from imagegen.serving.queue import Listener, Ticket, WorkQueue
 from imagegen.serving.remote import Generated, GeneratorClient, generator_ready
 from imagegen.serving.work_limit import WorkRateLimit
 from imagegen.settings import Settings
-from imagegen.work import work
 from middleware.rate_limit import client_bucket
 
 
@@ -54,10 +50,22 @@ def job_store(settings: Settings) -> JobStore:
     return MemoryJobStore(max_jobs=settings.max_jobs, ttl=settings.job_ttl)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request made ready once: its model, its images (defaults filled, seeds in series)
+    and its input image, read."""
+
+    model: ModelInfo
+    batch: list[GenerationParameters]
+    edit: Edit | None
+
+
 class Gateway:
     def __init__(self, generator: Any, settings: Settings, store: JobStore) -> None:
         self.generator = generator
         self.client = GeneratorClient(generator)
+        # One stream of step events for every model's queue on this replica.
+        self.follower = EventFollower(self.client)
         self.settings = settings
         self.input_limits = InputLimits(settings.max_input_pixels, settings.max_input_bytes)
         self.webhooks = Webhooks(settings.webhook_hosts, settings.webhook_secret)
@@ -77,25 +85,25 @@ class Gateway:
             self._infos = await self.client.models()
         return self._infos
 
-    async def queue(self, model: str | None = None) -> WorkQueue:
-        """The queue of ``model`` (``name:version``; the default model's when None): each
-        model has its own, with its own budget and measured rate."""
-        infos = await self.models()
-        info = choose_model(model, infos)
+    async def model(self, name: str | None) -> ModelInfo:
+        """The loaded model ``name`` (``name[:version]``; the default when None)."""
+        return choose_model(name, await self.models())
+
+    def queue(self, info: ModelInfo) -> WorkQueue:
+        """The model's queue: each has its own, with its own budget and measured rate."""
         if info.tag not in self._queues:
             self._queues[info.tag] = WorkQueue(
                 self.client,
                 max_request_work=info.max_request_work,
                 max_wait_s=self.settings.max_queue_wait_s,
                 model=info.tag,
+                follower=self.follower,
             )
         return self._queues[info.tag]
 
-    async def prepare(
-        self, request: ImageRequest | ImagesRequest
-    ) -> tuple[list[GenerationParameters], Edit | None]:
-        """A request's images, defaults filled and its input image read (off the event loop:
-        decoding a large image takes milliseconds)."""
+    async def prepare(self, request: ImageRequest | ImagesRequest) -> Prepared:
+        """The request's model, images and input image (read off the event loop: decoding a
+        large image takes milliseconds)."""
         edit = None
         if request.image is not None:
             edit = await anyio.to_thread.run_sync(
@@ -107,64 +115,46 @@ class Gateway:
                 self.input_limits,
             )
         count = request.num_images if isinstance(request, ImagesRequest) else 1
-        info = choose_model(request.model, await self.models())
+        info = await self.model(request.model)
         first = resolve(request, info, count=count, edit=edit)
-        return series(first, count), edit
+        return Prepared(info, series(first, count), edit)
 
-    async def admit(
-        self,
-        scope: Scope,
-        batch: list[GenerationParameters],
-        reported: bool = False,
-        edit: Edit | None = None,
-    ) -> tuple[WorkQueue, Ticket]:
-        """Admission by work: the per-request budget, the work rate limit, the wait bound."""
-        queue = await self.queue(batch[0].model)
-        queue.check_budget(batch)
+    async def admit(self, request: ImageRequest | ImagesRequest, http_request: Request) -> Ticket:
+        """Admission by work: the per-request budget and the wait bound (the model's queue),
+        then the work rate limit of the client; refused by one, charged by none after it."""
+        prepared = await self.prepare(request)
+        ticket = self.queue(prepared.model).admit(prepared.batch, prepared.edit)
         if self.work_limit is not None:
-            await self.work_limit.charge(client_bucket(scope), work(batch))
-        return queue, queue.admit(batch, reported, edit)
+            try:
+                await self.work_limit.charge(client_bucket(http_request.scope), ticket.work)
+            except BaseException:
+                ticket.discard()
+                raise
+        return ticket
+
+    async def wait(
+        self, ticket: Ticket, http_request: Request, listener: Listener | None = None
+    ) -> Generated:
+        """``ticket``'s images, cancelled when the client leaves or its time is up."""
+        return await while_requested(ticket.run(listener), self.settings.timeout, http_request)
 
     async def generate(
-        self, request: ImageRequest | ImagesRequest, http_request: Request | None = None
+        self, request: ImageRequest | ImagesRequest, http_request: Request
     ) -> Generated:
-        """A synchronous request's images, cancelled when its client leaves or its time is
-        up; ``http_request`` is the current BentoML request when None."""
-        batch, edit = await self.prepare(request)
-        scope = (http_request or bentoml.Context().request).scope
-        queue, ticket = await self.admit(scope, batch, edit=edit)
-        return await while_requested(queue.run(ticket), self.settings.timeout, http_request)
+        """A synchronous request's images."""
+        return await self.wait(await self.admit(request, http_request), http_request)
 
-    async def start_job(self, body: JobRequest, request: Request) -> Job:
+    async def start_job(self, body: JobRequest, http_request: Request) -> Job:
         """Admit a job and start it."""
         if body.webhook is not None:
             self.webhooks.check(body.webhook)
-        batch, edit = await self.prepare(body)
-        queue, ticket = await self.admit(request.scope, batch, reported=True, edit=edit)
-        fmt, quality, single = body.output_format, body.quality, body.num_images == 1
-
-        def encode(generated: Generated) -> Response:
-            if single:
-                return image_response(generated, fmt, quality)
-            return images_response(generated, fmt, quality)
-
+        ticket = await self.admit(body, http_request)
         return await self.jobs.submit(
-            queue, ticket, owner(request), batch, webhook=body.webhook, encode=encode
-        )
-
-    async def submit_job(self, body: JobRequest, request: Request) -> Response:
-        """Admit a job and start it; 202 with where to follow it."""
-        job = await self.start_job(body, request)
-        accepted = JobAccepted(
-            id=job.id,
-            status=job.status,
-            queue_position=job.queue_position or 0,
-            links=JobLinks(**links(job.id)),
-        )
-        return JSONResponse(
-            accepted.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": accepted.links.self},
+            ticket,
+            owner(http_request),
+            webhook=body.webhook,
+            output_format=body.output_format,
+            quality=body.quality,
         )
 
     async def ready(self) -> bool:

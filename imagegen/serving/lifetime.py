@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import bentoml
 from starlette.requests import Request
 
 from imagegen.errors import Cancelled, TimedOut
@@ -23,12 +22,11 @@ async def _disconnected(request: Request) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
-async def while_requested(work: Awaitable[T], timeout: float, request: Request | None = None) -> T:
-    """``work``'s result, for ``request`` (the current BentoML request when None); its work
-    is cancelled (and the cancellation awaited) when the client leaves or ``timeout``
-    seconds pass."""
+async def while_requested(work: Awaitable[T], timeout: float, request: Request) -> T:
+    """``work``'s result, for ``request``; its work is cancelled (and the cancellation
+    awaited) when the client leaves or ``timeout`` seconds pass."""
     task = asyncio.ensure_future(work)
-    gone = asyncio.create_task(_disconnected(request or bentoml.Context().request))
+    gone = asyncio.create_task(_disconnected(request))
     try:
         done, _ = await asyncio.wait(
             {task, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED

@@ -10,15 +10,11 @@ import time
 
 from limits.aio.strategies import FixedWindowRateLimiter
 
-from imagegen.errors import ServiceError
+from imagegen.errors import RateLimited
 from middleware.rate_limit import limits_storage, parse_rate
 
 # Units are counted in hundredths, so small images are charged what they cost.
 PRECISION = 100
-
-
-class RateLimited(ServiceError):
-    status_code = 429
 
 
 class WorkRateLimit:

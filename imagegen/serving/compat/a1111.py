@@ -31,13 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from imagegen import __version__
-from imagegen.errors import InvalidField, ServiceError, answers_errors
+from imagegen.errors import InvalidField, Unsupported, answers_errors
 from imagegen.parameters import choose_model
 from imagegen.schemas import MAX_IMAGES, ImagesRequest, ModelInfo
 from imagegen.serving.encoding import encode_image
 from imagegen.serving.gateway import Gateway, owner
-from imagegen.serving.lifetime import while_requested
-from imagegen.serving.queue import Ticket, WorkQueue
+from imagegen.serving.queue import Ticket
 from imagegen.serving.remote import Generated
 
 # A1111's sampler names -> the native scheduler names ("Euler" is also flow matching's).
@@ -83,12 +82,6 @@ OFF: dict[str, tuple[Any, ...]] = {
     "initial_noise_multiplier": (1, None),
 }
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::(-?[0-9.]+))?(?::[^>]*)?>")
-
-
-class Unsupported(ServiceError):
-    """A field A1111 would honour and this service cannot (A1111's status for bad fields)."""
-
-    status_code = 422
 
 
 class Txt2Img(BaseModel):
@@ -317,12 +310,9 @@ def answer(body: Txt2Img, generated: Generated | None, info: ModelInfo) -> dict[
 class Running:
     """One A1111 generation of a key, as `progress` and `interrupt` see it."""
 
-    queue: WorkQueue
     ticket: Ticket
-    task: asyncio.Task[Generated]
     job: str  # txt2img or img2img
     started: float = field(default_factory=time.time)
-    interrupted: bool = False
 
 
 class A1111:
@@ -345,21 +335,20 @@ class A1111:
         info = await self.model_for(body, key)
         try:
             native = ImagesRequest.model_validate(native_fields(body, info))
-            batch, edit = await self.gateway.prepare(native)
-            queue, ticket = await self.gateway.admit(request.scope, batch, True, edit)
+            ticket = await self.gateway.admit(native, request)
         except ValidationError as error:
             name = str(error.errors()[0]["loc"][0])
             raise Unsupported(error.errors()[0]["msg"], field=FIELDS.get(name, name)) from None
         except InvalidField as error:
             field = FIELDS.get(error.field or "", error.field)
             raise Unsupported(error.message, field=field) from None
-        job = "img2img" if isinstance(body, Img2Img) else "txt2img"
-        run = Running(queue, ticket, asyncio.ensure_future(queue.run(ticket, observed)), job)
+        run = Running(ticket, "img2img" if isinstance(body, Img2Img) else "txt2img")
         self.running.setdefault(key, []).append(run)
+        generated: Generated | None
         try:
-            generated = await while_requested(run.task, self.gateway.settings.timeout, request)
+            generated = await self.gateway.wait(ticket, request, listener=observed)
         except asyncio.CancelledError:
-            if not run.interrupted:
+            if not ticket.interrupted:
                 raise
             generated = None
         finally:
@@ -369,8 +358,7 @@ class A1111:
     def interrupt(self, key: str) -> None:
         """Stop the key's A1111 generations (`skip` too: a request's images are one call)."""
         for run in self.running.get(key, []):
-            run.interrupted = True
-            run.task.cancel()
+            run.ticket.interrupt()
 
     def progress(self, key: str) -> dict[str, Any]:
         runs = self.running.get(key) or []
@@ -378,10 +366,10 @@ class A1111:
         ticket = run.ticket if run else None
         return {
             "progress": ticket.fraction if ticket else 0.0,
-            "eta_relative": (run.queue.eta_s(run.ticket) or 0.0) if run else 0.0,
+            "eta_relative": (ticket.eta_s or 0.0) if ticket else 0.0,
             "state": {
                 "skipped": False,
-                "interrupted": bool(run and run.interrupted),
+                "interrupted": bool(ticket and ticket.interrupted),
                 "job": run.job if run else "",
                 "job_count": len(runs),
                 "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(run.started))
@@ -453,7 +441,8 @@ SCHEDULER_LIST = [
 
 
 async def observed(ticket: Ticket, event: Any) -> None:
-    """The queue records a followed ticket's steps and preview; nothing else to do here."""
+    """Listening makes a ticket report its steps, which it records itself (with its
+    preview) for `progress`; nothing else to do here."""
 
 
 def a1111_router(layer: Callable[[], A1111]) -> APIRouter:

@@ -16,16 +16,25 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Literal, cast
 
 import anyio.to_thread
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from imagegen.errors import Cancelled, GenerationFailed, InvalidField, ServiceError, TimedOut
+from imagegen.errors import (
+    Cancelled,
+    GenerationFailed,
+    InvalidField,
+    ServiceError,
+    TimedOut,
+    answers_errors,
+)
 from imagegen.inputs import InputLimits, decoded, opened, pack
 from imagegen.parameters import choose_model
 from imagegen.schemas import (
@@ -286,3 +295,31 @@ def model_list(infos: list[ModelInfo]) -> dict[str, Any]:
             for info in infos
         ],
     }
+
+
+def openai_router(gateway: Callable[[], Gateway]) -> APIRouter:
+    """The `/v1` routes; ``gateway`` gives the serving instance's :class:`Gateway`."""
+    router = APIRouter(prefix="/v1", tags=["OpenAI Images API"])
+
+    @router.post("/images/generations")
+    @answers_errors
+    async def generations(body: OpenAIImageRequest, request: Request) -> JSONResponse:
+        """OpenAI's `images.generate`: the same queue, batching, limits and keys as
+        `/generate/images`; answers and errors in OpenAI's shapes."""
+        return await generate(gateway(), body, request, edit={})
+
+    @router.post(EDITS_PATH.removeprefix("/v1"))
+    @answers_errors
+    async def edits(request: Request) -> JSONResponse:
+        """OpenAI's `images.edit`: a multipart form (the one route that takes one) with an
+        `image` file, a `mask` whose transparent pixels are repainted, and the fields of
+        `/v1/images/generations`."""
+        body, edit = await read_form(request, gateway().input_limits)
+        return await generate(gateway(), body, request, edit)
+
+    @router.get("/models")
+    async def models() -> dict[str, Any]:
+        """The loaded models in OpenAI's list shape."""
+        return model_list(await gateway().models())
+
+    return router

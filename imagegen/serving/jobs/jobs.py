@@ -14,24 +14,28 @@ job stays ``running`` for ever.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
-from starlette.responses import Response
+from pydantic import BaseModel
 
-from imagegen.errors import Cancelled, InvalidField, ServiceError
+from imagegen.errors import (
+    Cancelled,
+    InvalidField,
+    JobConflict,
+    JobGone,
+    JobNotFound,
+    ServiceError,
+)
 from imagegen.hop import Event
-from imagegen.schemas import GenerationParameters, ImagesResponse, JobStatus, JobView, Progress
-from imagegen.serving.encoding import MEDIA_TYPES
+from imagegen.schemas import GenerationParameters, JobStatus, JobView, OutputFormat, Progress
+from imagegen.serving.encoding import Encoded, encode
 from imagegen.serving.jobs.webhooks import Webhooks
-from imagegen.serving.queue import Ticket, WorkQueue
-from imagegen.serving.remote import Generated
+from imagegen.serving.queue import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -50,53 +54,6 @@ NOTIFIED = {"id", "status", "error", "created_at", "finished_at"}
 def links(job_id: str) -> dict[str, str]:
     path = f"/jobs/{job_id}"
     return {"self": path, "events": f"{path}/events", "result": f"{path}/result"}
-
-
-class StoreFull(ServiceError):
-    status_code = 503
-
-
-class StoreUnavailable(ServiceError):
-    """The job store (Redis) cannot be reached."""
-
-    status_code = 503
-    retry_after = 5
-
-
-class JobGone(ServiceError):
-    """The job existed, but its result and events have expired."""
-
-    status_code = 410
-
-
-class JobNotFound(ServiceError):
-    status_code = 404
-
-
-class JobConflict(ServiceError):
-    status_code = 409
-
-
-class StoredResult(BaseModel):
-    """A succeeded job's answer, encoded once: what `/generate/image(s)` would have sent."""
-
-    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
-
-    body: bytes
-    media_type: str
-    headers: dict[str, str]
-
-    @classmethod
-    def of(cls, response: Response) -> StoredResult:
-        headers = {
-            key: value
-            for key, value in response.headers.items()
-            if key not in ("content-length", "content-type")
-        }
-        return cls(body=bytes(response.body), media_type=response.media_type or "", headers=headers)
-
-    def response(self) -> Response:
-        return Response(self.body, media_type=self.media_type, headers=self.headers)
 
 
 class Job(BaseModel):
@@ -153,8 +110,14 @@ class JobStore(Protocol):
     async def create(self, job: Job) -> None: ...
     async def get(self, job_id: str) -> Job | None: ...
     async def save(self, job: Job) -> None: ...
-    async def save_result(self, job_id: str, result: StoredResult) -> None: ...
-    async def result(self, job_id: str) -> StoredResult | None: ...
+    async def save_result(self, job_id: str, result: Encoded) -> None:
+        """Keep a succeeded job's images, each on its own (so one can be read alone)."""
+        ...
+
+    async def result(self, job_id: str, image: int | None = None) -> Encoded | None:
+        """The job's images, or image ``image`` alone; None once expired."""
+        ...
+
     async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None: ...
     def follow(self, job_id: str, after: str | None) -> AsyncIterator[StoredEvent | None]:
         """Events after ``after`` (from the start when None) up to the terminal one, waiting
@@ -180,7 +143,7 @@ class Jobs:
         self.store = store
         self.timeout = timeout
         self.webhooks = webhooks
-        self._running: dict[str, tuple[asyncio.Task[None], Ticket, WorkQueue]] = {}
+        self._running: dict[str, tuple[asyncio.Task[None], Ticket]] = {}
         self._reasons: dict[str, str] = {}
         self._background: list[asyncio.Task[None]] = []
 
@@ -195,24 +158,24 @@ class Jobs:
 
     async def submit(
         self,
-        queue: WorkQueue,
         ticket: Ticket,
         owner: str,
-        batch: list[GenerationParameters],
         *,
         webhook: str | None,
-        encode: Callable[[Generated], Response],
+        output_format: OutputFormat,
+        quality: int,
     ) -> Job:
-        """Store and start the job of an admitted ``ticket``."""
+        """Store and start the job of an admitted ``ticket``; its images are encoded in
+        ``output_format`` at ``quality`` once they are made."""
         self._start_background()
         job = Job(
             id=uuid.uuid4().hex,
             owner=owner,
-            parameters=batch[0],
-            num_images=len(batch),
+            parameters=ticket.batch[0],
+            num_images=len(ticket.batch),
             webhook=webhook,
-            queue_position=queue.position(ticket),
-            eta_s=queue.eta_s(ticket),
+            queue_position=ticket.position,
+            eta_s=ticket.eta_s,
             created_at=time.time(),
         )
         try:
@@ -220,10 +183,10 @@ class Jobs:
             await self.store.create(job)
             await self.store.publish(job.id, "queued", {"queue_position": job.queue_position})
         except BaseException:
-            queue.discard(ticket)
+            ticket.discard()
             raise
-        task = asyncio.create_task(self._run(job, queue, ticket, encode))
-        self._running[job.id] = (task, ticket, queue)
+        task = asyncio.create_task(self._run(job, ticket, output_format, quality))
+        self._running[job.id] = (task, ticket)
         return job
 
     async def find(self, owner: str, job_id: str) -> Job:
@@ -233,36 +196,30 @@ class Jobs:
             raise JobNotFound(f"There is no job {job_id}.")
         running = self._running.get(job_id)
         if running is not None:
-            _, ticket, queue = running
-            job.queue_position = queue.position(ticket)
-            job.eta_s = queue.eta_s(ticket)
+            _, ticket = running
+            job.queue_position, job.eta_s = ticket.position, ticket.eta_s
         elif job.status not in TERMINAL and not await self.store.held(job_id):
             await self._end(job, "failed", LOST)
         if job.finished_at is not None and time.time() - job.finished_at > self.store.ttl:
             raise JobGone(f"Job {job_id} has expired; results are kept {self.store.ttl:g} s.")
         return job
 
-    async def result(self, owner: str, job_id: str, image: int | None = None) -> Response:
-        """The job's answer; with ``image``, that one image's bytes alone (what the OpenAI
-        layer's URLs point at)."""
+    async def result(self, owner: str, job_id: str, image: int | None = None) -> Encoded:
+        """The job's images; with ``image``, that one alone (what the OpenAI layer's URLs
+        point at)."""
         job = await self.find(owner, job_id)
-        result = await self.store.result(job_id) if job.status == "succeeded" else None
+        if image is not None and not 0 <= image < job.num_images:
+            raise InvalidField(
+                f"`image` must be from 0 to {job.num_images - 1} for job {job_id}, but is {image}.",
+                field="image",
+            )
+        result = await self.store.result(job_id, image) if job.status == "succeeded" else None
         if result is None:
             why = f" ({job.error})" if job.error else ""
             raise JobConflict(
                 f"Job {job.id} is {job.status}{why}; its result exists once it has succeeded."
             )
-        if image is None:
-            return result.response()
-        if not 0 <= image < job.num_images:
-            raise InvalidField(
-                f"`image` must be from 0 to {job.num_images - 1} for job {job_id}, but is {image}.",
-                field="image",
-            )
-        if job.num_images == 1:
-            return result.response()
-        encoded = ImagesResponse.model_validate_json(result.body).images[image]
-        return Response(base64.b64decode(encoded.data), media_type=MEDIA_TYPES[encoded.format])
+        return result
 
     async def ended(self, job_id: str) -> None:
         """Wait for a job started on this replica to end (its task is not cancelled when
@@ -291,12 +248,10 @@ class Jobs:
 
     async def shut_down(self) -> None:
         """End every job of this replica: cancelled work, ``failed`` with reason shutdown."""
-        for job_id, (task, _, _) in list(self._running.items()):
+        for job_id, (task, _) in list(self._running.items()):
             self._reasons[job_id] = "shutdown"
             task.cancel()
-        await asyncio.gather(
-            *(task for task, _, _ in self._running.values()), return_exceptions=True
-        )
+        await asyncio.gather(*(task for task, _ in self._running.values()), return_exceptions=True)
         for task in self._background:
             task.cancel()
 
@@ -338,7 +293,7 @@ class Jobs:
             )
 
     async def _run(
-        self, job: Job, queue: WorkQueue, ticket: Ticket, encode: Callable[[Generated], Response]
+        self, job: Job, ticket: Ticket, output_format: OutputFormat, quality: int
     ) -> None:
         async def on_step(ticket: Ticket, event: Event) -> None:
             if job.status == "queued":
@@ -346,7 +301,7 @@ class Jobs:
             elif ticket.step == job.step:
                 return  # another image of a step already reported
             job.step, job.steps, job.fraction = ticket.step, ticket.steps, ticket.fraction
-            job.eta_s = queue.eta_s(ticket)
+            job.eta_s = ticket.eta_s
             await self.store.save(job)
             data: dict[str, Any] = {
                 "step": job.step,
@@ -363,8 +318,8 @@ class Jobs:
         field: str | None = None  # the request field a refusal names (a prompt too long)
         try:
             async with asyncio.timeout(self.timeout - (time.time() - job.created_at)):
-                generated = await queue.run(ticket, on_step)
-            await self.store.save_result(job.id, StoredResult.of(encode(generated)))
+                generated = await ticket.run(on_step)
+            await self.store.save_result(job.id, encode(generated, output_format, quality))
             status = "succeeded"
             job.step, job.fraction = ticket.steps, 1.0
         except asyncio.CancelledError:

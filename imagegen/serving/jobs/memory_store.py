@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagegen.serving.jobs.jobs import TERMINAL, Job, StoredEvent, StoredResult, StoreFull
+from imagegen.errors import StoreFull
+from imagegen.serving.encoding import Encoded
+from imagegen.serving.jobs.jobs import TERMINAL, Job, StoredEvent
 
 KEEPALIVE_S = 15.0
 
@@ -17,7 +19,7 @@ KEEPALIVE_S = 15.0
 class _Entry:
     job: Job
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    result: StoredResult | None = None
+    result: Encoded | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def touch(self) -> None:
@@ -63,12 +65,13 @@ class MemoryJobStore:
         entry.job = job.model_copy()
         entry.touch()
 
-    async def save_result(self, job_id: str, result: StoredResult) -> None:
+    async def save_result(self, job_id: str, result: Encoded) -> None:
         self._entries[job_id].result = result
 
-    async def result(self, job_id: str) -> StoredResult | None:
+    async def result(self, job_id: str, image: int | None = None) -> Encoded | None:
         entry = self._entries.get(job_id)
-        return None if entry is None else entry.result
+        result = None if entry is None else entry.result
+        return result if result is None or image is None else result.only(image)
 
     async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
         entry = self._entries[job_id]

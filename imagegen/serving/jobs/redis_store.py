@@ -1,7 +1,8 @@
 """The shared job store: Redis (``IMAGEGEN_REDIS_URL``), so any replica answers for any job.
 
-Keys, under ``imagegen:``: ``job:{id}`` (the record, JSON), ``result:{id}`` (the encoded
-answer), ``events:{id}`` (a Redis stream: its entry ids are the SSE event ids, so
+Keys, under ``imagegen:``: ``job:{id}`` (the record, JSON), ``result:{id}`` (what the
+encoded answer says of its images, JSON) and ``result:{id}:{k}`` (image k's bytes, so one is
+read alone), ``events:{id}`` (a Redis stream: its entry ids are the SSE event ids, so
 `Last-Event-ID` resumes on any replica), ``lease:{id}`` (held by the replica running the job,
 renewed every few seconds), the sorted set ``jobs`` (ids by expiry, for the job cap) and the
 channel ``cancel`` (a `DELETE` sent to one replica reaches the one running the job). Every
@@ -22,15 +23,9 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
-from imagegen.serving.jobs.jobs import (
-    LEASE_S,
-    TERMINAL,
-    Job,
-    StoredEvent,
-    StoredResult,
-    StoreFull,
-    StoreUnavailable,
-)
+from imagegen.errors import StoreFull, StoreUnavailable
+from imagegen.serving.encoding import Encoded
+from imagegen.serving.jobs.jobs import LEASE_S, TERMINAL, Job, StoredEvent
 
 PREFIX = "imagegen:"
 KEEPALIVE_MS = 15_000
@@ -122,14 +117,29 @@ class RedisJobStore:
         await self._write(job)
 
     @reachable
-    async def save_result(self, job_id: str, result: StoredResult) -> None:
-        key = f"{PREFIX}result:{job_id}"
-        await self.client.set(key, result.model_dump_json(), ex=math.ceil(self.ttl))
+    async def save_result(self, job_id: str, result: Encoded) -> None:
+        key, keep = f"{PREFIX}result:{job_id}", math.ceil(self.ttl)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(key, result.model_dump_json(exclude={"images"}), ex=keep)
+            for k, image in enumerate(result.images):
+                pipe.set(f"{key}:{k}", image, ex=keep)
+            await pipe.execute()
 
     @reachable
-    async def result(self, job_id: str) -> StoredResult | None:
-        stored = await self.client.get(f"{PREFIX}result:{job_id}")
-        return None if stored is None else StoredResult.model_validate_json(stored)
+    async def result(self, job_id: str, image: int | None = None) -> Encoded | None:
+        key = f"{PREFIX}result:{job_id}"
+        stored = await self.client.get(key)
+        if stored is None:
+            return None
+        described = json.loads(stored)
+        seeds: list[int] = described["seeds"]
+        wanted = range(len(seeds)) if image is None else [image]
+        images = await self.client.mget([f"{key}:{k}" for k in wanted])
+        if any(data is None for data in images):
+            return None  # expired between the two reads
+        return Encoded.model_validate(
+            {**described, "images": images, "seeds": [seeds[k] for k in wanted]}
+        )
 
     @reachable
     async def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:

@@ -1,0 +1,39 @@
+"""The work queues' Prometheus gauges, labelled by model: what the autoscaler scales on."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import prometheus_client
+
+
+@cache
+def _gauges() -> tuple[prometheus_client.Gauge, prometheus_client.Gauge, prometheus_client.Gauge]:
+    # Created on first use, after BentoML has set up prometheus_client's multiprocess mode.
+    depth = prometheus_client.Gauge(
+        "imagegen_queue_depth",
+        "Generations (requests and jobs) admitted and not yet finished.",
+        labelnames=["model"],
+        multiprocess_mode="livesum",
+    )
+    queued = prometheus_client.Gauge(
+        "imagegen_queued_work",
+        "Work admitted and not yet done, in megapixel-steps.",
+        labelnames=["model"],
+        multiprocess_mode="livesum",
+    )
+    wait = prometheus_client.Gauge(
+        "imagegen_estimated_wait_seconds",
+        "Estimated seconds until the admitted work is done (queued work x measured seconds "
+        "per unit): what the autoscaler scales on.",
+        labelnames=["model"],
+        multiprocess_mode="livemax",
+    )
+    return depth, queued, wait
+
+
+def report_queue(model: str, depth: int, queued_work: float, wait_s: float) -> None:
+    depth_gauge, queued_gauge, wait_gauge = _gauges()
+    depth_gauge.labels(model=model).set(depth)
+    queued_gauge.labels(model=model).set(queued_work)
+    wait_gauge.labels(model=model).set(wait_s)
