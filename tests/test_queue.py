@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from starlette.requests import Request
 
 from imagegen.engine.loading import LoadedModel
-from imagegen.errors import Overloaded, TooMuchWork
+from imagegen.errors import Overloaded, RateLimited, TooMuchWork
 from imagegen.hop import Generation
-from imagegen.schemas import GenerationParameters, ModelInfo, WorkItem
+from imagegen.schemas import GenerationParameters, ImageRequest, ModelInfo, WorkItem
 from imagegen.serving.gateway import Gateway, job_store
 from imagegen.serving.queue import WorkQueue
 from imagegen.serving.remote import GeneratorClient
@@ -209,5 +210,53 @@ def test_a_request_without_a_listener_learns_the_rate_from_its_finished_call() -
         await q.admit([PARAMETERS, PARAMETERS]).run()
         assert q.rates.seconds_per_work(PARAMETERS) == pytest.approx(2.0 / (2 * UNIT))
         assert q.depth == 0
+
+    asyncio.run(scenario())
+
+
+def http_request(address: str = "10.0.0.1") -> Request:
+    return Request({"type": "http", "client": (address, 1234), "headers": [], "state": {}})
+
+
+def test_a_request_refused_by_the_work_rate_limit_leaves_nothing_queued(
+    tiny_model: LoadedModel,
+) -> None:
+    async def scenario() -> None:
+        settings = Settings(work_rate_limit="1/minute")
+        gateway = Gateway(LoadedGenerator(tiny_model.info), settings, job_store(settings))
+        large = ImageRequest(prompt="a cat", width=256, height=256, num_inference_steps=20)
+        with pytest.raises(RateLimited):
+            await gateway.admit(large, http_request())  # 2.6 megapixel-steps, over 1
+        queue = gateway.queue(await gateway.model(None))
+        assert queue.depth == 0 and queue.wait_s() == 0
+        small = await gateway.admit(ImageRequest(prompt="a cat"), http_request())
+        assert queue.depth == 1 and small.position == 0  # the refused one was not charged
+
+    asyncio.run(scenario())
+
+
+def test_an_interrupted_ticket_never_starts_or_stops_running() -> None:
+    generator = SteppingGenerator()
+
+    async def scenario() -> None:
+        q = WorkQueue(GeneratorClient(generator), max_request_work=1.0, max_wait_s=10)
+        early = q.admit([PARAMETERS])
+        early.interrupt()  # before it runs: it never reaches the generator
+        with pytest.raises(asyncio.CancelledError):
+            await early.run()
+        assert q.depth == 0 and generator.cancelled == []
+
+        async def never_ending(items: list[WorkItem]) -> Any:
+            generator.running.set()
+            await asyncio.sleep(3600)
+
+        q.client.generate = never_ending  # type: ignore[method-assign]
+        late = q.admit([PARAMETERS])
+        running = asyncio.create_task(late.run())
+        await asyncio.wait_for(generator.running.wait(), 5)
+        late.interrupt()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert generator.cancelled == late.ids and q.depth == 0
 
     asyncio.run(scenario())

@@ -105,6 +105,7 @@ class Ticket:
         """Generate this ticket's images; cancelling the awaiting task cancels them. With a
         ``listener`` (a job, an A1111 request), the images report their steps to it."""
         if self.interrupted:
+            self.discard()
             raise asyncio.CancelledError
         self._task = asyncio.current_task()
         return await self.queue.run(self, listener)
