@@ -22,14 +22,14 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The checked-out commit, ``+changes`` when the tree differs from it; ``unknown``
-    outside a git checkout."""
+    """The checked-out commit, ``+changes`` when the code differs from it (the docs may,
+    while their figures are being made); ``unknown`` outside a git checkout."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md"],
             capture_output=True,
             text=True,
             check=True,
