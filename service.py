@@ -24,7 +24,6 @@ from imagegen.schemas import (
     ImagesRequest,
     ImagesResponse,
     JobAccepted,
-    JobLinks,
     JobRequest,
     JobView,
     ModelInfo,
@@ -34,7 +33,6 @@ from imagegen.serving.compat.openai import openai_router
 from imagegen.serving.encoding import encode, image_response, images_response
 from imagegen.serving.gateway import Gateway, job_store, owner
 from imagegen.serving.jobs.events import event_stream
-from imagegen.serving.jobs.jobs import links
 from imagegen.settings import get_settings
 from middleware.auth import ApiKeys
 
@@ -176,13 +174,7 @@ class ImageGeneration:
     async def submit_job(self, body: JobRequest, request: Request) -> Response:
         """Submit a generation and return at once; follow it at `links.events`, fetch it at
         `links.result`, cancel it with `DELETE`. Takes the body of `/generate/images`."""
-        job = await self.gateway.start_job(body, request)
-        accepted = JobAccepted(
-            id=job.id,
-            status=job.status,
-            queue_position=job.queue_position or 0,
-            links=JobLinks(**links(job.id)),
-        )
+        accepted = (await self.gateway.start_job(body, request)).accepted()
         return JSONResponse(
             accepted.model_dump(mode="json"),
             status_code=202,

@@ -128,7 +128,7 @@ def test_the_replicas_share_the_in_cluster_redis(name: str) -> None:
 def test_the_autoscaler_scales_on_the_queue_metric_the_adapter_serves() -> None:
     [metric] = load("hpa.yaml")["spec"]["metrics"]
     name = metric["pods"]["metric"]["name"]
-    assert name == "imagegen_estimated_wait_seconds"  # exported by imagegen/queue.py
+    assert name == "imagegen_estimated_wait_seconds"  # exported by imagegen/serving/metrics.py
     rules = yaml.safe_load(load("prometheus-adapter-rules.yaml")["data"]["config.yaml"])
     assert [rule["name"]["as"] for rule in rules["rules"]] == [name]
     target = float(metric["pods"]["target"]["averageValue"])

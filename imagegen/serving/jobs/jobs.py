@@ -1,10 +1,10 @@
 """Jobs: a generation submitted now and watched, fetched or cancelled later.
 
-A job runs through the same :class:`~imagegen.serving.queue.WorkQueue` as a synchronous request, on
-the replica that accepted it (docs/jobs.md says why), and lives in a :class:`JobStore` that any
-replica can read: its record, its event log (what `GET /jobs/{id}/events` replays and
-follows) and, once it has succeeded, its encoded result. A job belongs to the API key that
-submitted it; to any other key it does not exist.
+A job runs through the same :class:`~imagegen.serving.queue.WorkQueue` as a synchronous
+request, on the replica that accepted it (docs/jobs.md says why), and lives in a
+:class:`JobStore` that any replica can read: its record, its event log (what
+`GET /jobs/{id}/events` replays and follows) and, once it has succeeded, its encoded images.
+A job belongs to the API key that submitted it; to any other key it does not exist.
 
 The replica running a job holds a lease on it, renewed every few seconds; a job whose lease
 has lapsed (its replica died) is ended ``failed`` by whichever replica next looks at it, so no
@@ -32,7 +32,15 @@ from imagegen.errors import (
     ServiceError,
 )
 from imagegen.hop import Event
-from imagegen.schemas import GenerationParameters, JobStatus, JobView, OutputFormat, Progress
+from imagegen.schemas import (
+    GenerationParameters,
+    JobAccepted,
+    JobLinks,
+    JobStatus,
+    JobView,
+    OutputFormat,
+    Progress,
+)
 from imagegen.serving.encoding import Encoded, encode
 from imagegen.serving.jobs.webhooks import Webhooks
 from imagegen.serving.queue import Ticket
@@ -75,6 +83,15 @@ class Job(BaseModel):
     finished_at: float | None = None
     error: str | None = None
     error_field: str | None = None
+
+    def accepted(self) -> JobAccepted:
+        """What `POST /jobs` answers."""
+        return JobAccepted(
+            id=self.id,
+            status=self.status,
+            queue_position=self.queue_position or 0,
+            links=JobLinks(**links(self.id)),
+        )
 
     def view(self) -> JobView:
         return JobView(
