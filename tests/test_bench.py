@@ -61,6 +61,10 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     for key in ("baseline_p50_ms", "service_p50_ms", "bare_pipeline_p50_ms"):
         assert result[key] > 0
     assert result["service_rss_after_requests_mib"] > 0
+    # Interleaved: one round of three request/bare-call pairs, with its paired difference.
+    (only_round,) = result["rounds"]
+    assert only_round["service_p50_ms"] > 0 and only_round["bare_p50_ms"] > 0
+    assert result["overhead_ms"]["median"] == only_round["paired_difference_ms"]
 
 
 @pytest.mark.e2e
