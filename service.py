@@ -30,7 +30,7 @@ from imagegen.schemas import (
 )
 from imagegen.serving.compat.a1111 import A1111, a1111_router
 from imagegen.serving.compat.openai import openai_router
-from imagegen.serving.encoding import encode, image_response, images_response
+from imagegen.serving.encoding import encode, image_response, images_response, off_the_loop
 from imagegen.serving.gateway import Gateway, job_store, owner
 from imagegen.serving.jobs.events import event_stream
 from imagegen.settings import get_settings
@@ -143,8 +143,10 @@ class ImageGeneration:
         `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
         generated = await self.gateway.generate(request, current_request())
-        encoded = encode(generated, request.output_format, request.quality)
-        return image_response(encoded)  # type: ignore[return-value]
+        answer = await off_the_loop(
+            lambda: image_response(encode(generated, request.output_format, request.quality))
+        )
+        return answer  # type: ignore[return-value]
 
     @bentoml.api(route="/generate/images", input_spec=ImagesRequest)
     @answers_errors
@@ -154,8 +156,10 @@ class ImageGeneration:
         batching off, within 1/255 per pixel with it on."""
         request = ImagesRequest.model_construct(**fields)
         generated = await self.gateway.generate(request, current_request())
-        encoded = encode(generated, request.output_format, request.quality)
-        return images_response(encoded)  # type: ignore[return-value]
+        answer = await off_the_loop(
+            lambda: images_response(encode(generated, request.output_format, request.quality))
+        )
+        return answer  # type: ignore[return-value]
 
     @routes.get("/models", tags=["Service APIs"])
     async def models(self) -> list[ModelInfo]:
@@ -211,7 +215,8 @@ class ImageGeneration:
         JSON of `/generate/images`, or with `image=k` image k's bytes alone. 409 until the
         job has succeeded, 410 once expired."""
         encoded = await self.gateway.jobs.result(owner(request), job_id, image)
-        return image_response(encoded) if len(encoded.images) == 1 else images_response(encoded)
+        answer = image_response if len(encoded.images) == 1 else images_response
+        return await off_the_loop(lambda: answer(encoded))
 
     @routes.delete("/jobs/{job_id}", tags=["Jobs"], response_model=JobView)
     @answers_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -24,6 +25,9 @@ from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import load_model
 from imagegen.parameters import resolve
 from imagegen.schemas import IMAGE_REQUEST_EXAMPLE, MAX_SEED, ImageRequest
+from imagegen.serving import encoding as encoding_module
+from imagegen.serving.compat import a1111 as a1111_module
+from imagegen.serving.compat import openai as openai_module
 from imagegen.settings import Settings, get_settings
 from middleware.auth import ApiKeys
 from models.recipes import SD_TINY
@@ -339,3 +343,38 @@ def test_the_service_module_imports_no_ml_library() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_answer_is_encoded_off_the_event_loop(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PNG encoding, base64 and the JSON around them grow with the pixels: run on the event
+    loop, they would hold every other request (issue 25)."""
+    on_loop: dict[str, bool] = {}
+
+    def recorded(module: Any, name: str) -> None:
+        encode_image = module.encode_image
+
+        def encoding(*args: Any) -> bytes:
+            try:
+                asyncio.get_running_loop()
+                on_loop[name] = True
+            except RuntimeError:  # no loop runs in this thread
+                on_loop.setdefault(name, False)
+            return encode_image(*args)
+
+        monkeypatch.setattr(module, "encode_image", encoding)
+
+    recorded(encoding_module, "native")
+    recorded(openai_module, "openai")
+    recorded(a1111_module, "a1111")
+    assert generate(client, width=64, height=64).status_code == 200
+    images = {"prompt": "a cat", "num_images": 2, "num_inference_steps": 2}
+    assert client.post("/generate/images", json=images).status_code == 200
+    job = client.post("/jobs", json=images).json()
+    while client.get(f"/jobs/{job['id']}").json()["status"] not in ("succeeded", "failed"):
+        time.sleep(0.05)
+    assert client.get(f"/jobs/{job['id']}/result").status_code == 200
+    assert client.post("/v1/images/generations", json={"prompt": "a cat"}).status_code == 200
+    assert client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2}).status_code == 200
+    assert on_loop == {"native": False, "openai": False, "a1111": False}

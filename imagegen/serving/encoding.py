@@ -1,10 +1,18 @@
-"""Encode generated images once, into what a response sends or a job stores."""
+"""Encode generated images once, into what a response sends or a job stores.
+
+Encoding is CPU work that grows with the pixels (PNG's deflate, base64, the JSON around it):
+every caller runs it through :func:`off_the_loop`, since on the public process's event loop
+it would hold every other request meanwhile (issue 25 measured `/livez` held 2.3 s by eight
+large PNGs)."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
+from typing import TypeVar
 
+import anyio.to_thread
 from PIL.Image import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +28,13 @@ from imagegen.schemas import (
 from imagegen.serving.remote import Generated
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+T = TypeVar("T")
+
+
+async def off_the_loop(work: Callable[[], T]) -> T:
+    """``work()`` in a worker thread (anyio's bounded pool), the event loop free meanwhile."""
+    return await anyio.to_thread.run_sync(work)
 
 
 def encode_image(

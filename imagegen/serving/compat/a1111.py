@@ -29,12 +29,13 @@ import PIL.ImageOps
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from imagegen import __version__
 from imagegen.errors import InvalidField, Unsupported, answers_errors
 from imagegen.parameters import choose_model
 from imagegen.schemas import MAX_IMAGES, ImagesRequest, ModelInfo
-from imagegen.serving.encoding import encode_image
+from imagegen.serving.encoding import encode_image, off_the_loop
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.queue import Ticket
 from imagegen.serving.remote import Generated
@@ -330,7 +331,7 @@ class A1111:
             return checkpoint(str(named), infos)
         return choose_model(self.checkpoints.get(key), infos)
 
-    async def generate(self, body: Txt2Img, request: Request) -> dict[str, Any]:
+    async def generate(self, body: Txt2Img, request: Request) -> JSONResponse:
         key = owner(request)
         info = await self.model_for(body, key)
         try:
@@ -353,7 +354,7 @@ class A1111:
             generated = None
         finally:
             self.running[key].remove(run)
-        return answer(body, generated, info)
+        return await off_the_loop(lambda: JSONResponse(answer(body, generated, info)))
 
     def interrupt(self, key: str) -> None:
         """Stop the key's A1111 generations (`skip` too: a request's images are one call)."""
@@ -451,13 +452,13 @@ def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
 
     @router.post("/txt2img")
     @answers_errors
-    async def txt2img(body: Txt2Img, request: Request) -> dict[str, Any]:
+    async def txt2img(body: Txt2Img, request: Request) -> JSONResponse:
         """Text to image: `images` (base64 PNG), `parameters`, `info` (a JSON string)."""
         return await layer().generate(body, request)
 
     @router.post("/img2img")
     @answers_errors
-    async def img2img(body: Img2Img, request: Request) -> dict[str, Any]:
+    async def img2img(body: Img2Img, request: Request) -> JSONResponse:
         """Image to image, and inpainting with `mask`."""
         return await layer().generate(body, request)
 

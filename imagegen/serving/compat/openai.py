@@ -47,7 +47,7 @@ from imagegen.schemas import (
     OutputFormat,
     SchedulerName,
 )
-from imagegen.serving.encoding import encode_image
+from imagegen.serving.encoding import encode_image, off_the_loop
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.lifetime import while_requested
 from imagegen.serving.remote import Generated
@@ -166,7 +166,9 @@ async def generate(
         raise InvalidField(error.errors()[0]["msg"], field=param_of(error)) from None
     if not isinstance(native, JobRequest):
         generated = await gateway.generate(native, request)
-        return created(b64_images(generated, native), body, size_of(generated))
+        return await off_the_loop(
+            lambda: created(b64_images(generated, native), body, size_of(generated))
+        )
     job = await gateway.start_job(native, request)
     try:
         await while_requested(gateway.jobs.ended(job.id), gateway.settings.timeout, request)

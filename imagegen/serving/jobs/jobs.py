@@ -41,7 +41,7 @@ from imagegen.schemas import (
     OutputFormat,
     Progress,
 )
-from imagegen.serving.encoding import Encoded, encode
+from imagegen.serving.encoding import Encoded, encode, off_the_loop
 from imagegen.serving.jobs.webhooks import Webhooks
 from imagegen.serving.queue import Ticket
 
@@ -336,7 +336,8 @@ class Jobs:
         try:
             async with asyncio.timeout(self.timeout - (time.time() - job.created_at)):
                 generated = await ticket.run(on_step)
-            await self.store.save_result(job.id, encode(generated, output_format, quality))
+            encoded = await off_the_loop(lambda: encode(generated, output_format, quality))
+            await self.store.save_result(job.id, encoded)
             status = "succeeded"
             job.step, job.fraction = ticket.steps, 1.0
         except asyncio.CancelledError:
