@@ -328,8 +328,9 @@ class ModelInfo(BaseModel):
         default_factory=list, description="Its stored LoRA adapters, which `loras` may name."
     )
     max_request_work: float = Field(
-        description="Most work one request or job may ask for, in megapixel-steps: images x "
-        "steps x width x height / 10^6, doubled when `guidance_scale` > 1."
+        description="Most work one request or job may ask for, in megapixel-steps: per image, "
+        "width x height / 10^6 x its steps (doubled when `guidance_scale` > 1 and for "
+        "two-evaluation schedulers such as Heun), plus one for decoding."
     )
 
     @property

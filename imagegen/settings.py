@@ -96,9 +96,10 @@ class Settings(BaseSettings):
     max_request_work: float | None = Field(
         None,
         gt=0,
-        description="Most work one request or job may ask for, in megapixel-steps (images x "
-        "steps x width x height / 10^6, doubled with guidance); more is a 400. Unset: 2000 on "
-        "CUDA, 200 on MPS, 16 on CPU. `GET /models` shows the value in effect.",
+        description="Most work one request or job may ask for, in megapixel-steps (per image, "
+        "width x height / 10^6 x its steps, doubled with guidance and for Heun, plus one for "
+        "decoding); more is a 400. Unset: 2000 on CUDA, 200 on MPS, 16 on CPU. `GET /models` "
+        "shows the value in effect.",
     )
     max_queue_wait_s: float = Field(
         60,

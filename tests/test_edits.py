@@ -22,7 +22,7 @@ from imagegen.hop import Generation
 from imagegen.inputs import pack, read_edit
 from imagegen.parameters import resolve
 from imagegen.schemas import GenerationParameters, ImageRequest, WorkItem
-from imagegen.work import image_work
+from imagegen.work import fixed_work, image_work
 from models.loading import load_pipeline
 from models.recipes import SD_TINY, SD_TINY_INPAINTING
 from models.store import ensure_built
@@ -118,10 +118,13 @@ def test_calls_never_mix_modes_or_strengths() -> None:
     assert plan_calls([text, *edits], max_batch_size=8) == [[0], [1, 4], [2], [3]]
 
 
-def test_an_edit_costs_the_steps_it_runs() -> None:
+def test_an_edit_costs_the_steps_it_runs_and_the_encoding_of_its_input() -> None:
     half = PARAMETERS.model_copy(update={"mode": "image-to-image", "strength": 0.5})
     assert half.denoising_steps == PARAMETERS.num_inference_steps // 2
-    assert image_work(half) == image_work(PARAMETERS) / 2
+    steps = image_work(PARAMETERS) - fixed_work(PARAMETERS)
+    assert image_work(half) - fixed_work(half) == pytest.approx(steps / 2)
+    # The VAE encode of its input, half a decode's worth, on top of the decode.
+    assert fixed_work(half) == pytest.approx(fixed_work(PARAMETERS) * 1.5)
 
 
 def test_too_few_steps_for_the_strength_is_refused(tiny_model: LoadedModel) -> None:

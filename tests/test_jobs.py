@@ -170,7 +170,7 @@ def test_work_over_the_budget_is_a_400_saying_how_to_fit(client: TestClient, pat
     )
     assert response.status_code == 400
     error = response.json()["error"]
-    assert "1258.3 megapixel-steps" in error and "limit of 16 per request" in error
+    assert "1262.5 megapixel-steps" in error and "limit of 16 per request" in error
     assert "`num_inference_steps` up to 1 fits" in error
 
 

@@ -30,7 +30,7 @@ from imagegen.serving.follower import EventFollower
 from imagegen.serving.metrics import report_queue
 from imagegen.serving.rates import RateEstimate
 from imagegen.serving.remote import Generated, GeneratorClient
-from imagegen.work import image_work, work
+from imagegen.work import evaluation_work, image_work, steps_within, work
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ class Ticket:
         if previous is None or step == 0:
             return
         parameters = self.batch[self.ids.index(id_)]
-        call_work = image_work(parameters) / parameters.denoising_steps * event["images"]
+        # Each step event is one loop of the pipeline: one evaluation of the denoiser (a
+        # second-order scheduler loops twice per step) for every image of the call.
+        call_work = evaluation_work(parameters) * event["images"]
         self.queue.record_rate(parameters, (at - previous) / call_work)
 
 
@@ -176,12 +178,12 @@ class WorkQueue:
 
     def _over_budget(self, batch: list[GenerationParameters], asked: float) -> str:
         first = batch[0]
-        per_step = asked / first.num_inference_steps
-        fits = max(math.floor(self.max_request_work / per_step), 0)
+        fits = steps_within(batch, self.max_request_work)
         return (
             f"This request asks for {asked:.1f} megapixel-steps of work, over the limit "
-            f"of {self.max_request_work:g} per request (images x steps x width x height "
-            f"/ 10^6, doubled when `guidance_scale` > 1): ask for fewer or smaller "
+            f"of {self.max_request_work:g} per request (per image, width x height / 10^6 "
+            f"x the steps, doubled when `guidance_scale` > 1 and for two-evaluation "
+            f"schedulers such as Heun, plus one for decoding): ask for fewer or smaller "
             f"images or fewer steps (at {first.width}x{first.height}, with these "
             f"settings, `num_inference_steps` up to {fits} fits)."
         )
