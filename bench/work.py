@@ -56,7 +56,11 @@ def rows(steps: int) -> dict[str, dict[str, Any]]:
             "strength": 0.5,
             "edit": "image",
         },
-        "inpainting": {"scheduler": "euler", "num_inference_steps": steps, "edit": "mask"},
+        "inpainting, strength 0.75": {
+            "scheduler": "euler",
+            "num_inference_steps": steps,
+            "edit": "mask",
+        },
     }
 
 

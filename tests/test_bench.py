@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench import batching, demo_model, edits, gpu, jobs, loras, middleware_overhead, serving
+from bench import (
+    batching,
+    demo_model,
+    edits,
+    gpu,
+    jobs,
+    loras,
+    middleware_overhead,
+    serving,
+    work,
+)
 
 
 def test_middleware_overhead_benchmark_runs(tmp_path: Path) -> None:
@@ -100,3 +110,13 @@ def test_jobs_benchmark_runs(tmp_path: Path) -> None:
         assert size["jobs_images_per_s"] > 0 and size["sync_images_per_s"] > 0
     assert set(result["status_p50_ms"]) == {"memory", "redis"}
     assert result["progress"]["preview_ms_per_event"] > 0
+
+
+def test_work_benchmark_compares_time_with_the_charge(tmp_path: Path) -> None:
+    out = tmp_path / "work.json"
+    work.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) >= {"euler, guided", "heun, guided", "inpainting, strength 0.75"}
+    heun, euler = result["rows"]["heun, guided"], result["rows"]["euler, guided"]
+    assert heun["work"] > euler["work"]  # charged for its second evaluation per step
+    assert result["spread"] >= 1 and result["parts_in_evaluations"]["evaluation"] == 1
