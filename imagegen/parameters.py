@@ -7,7 +7,15 @@ import secrets
 
 from imagegen.errors import InvalidField
 from imagegen.inputs import Edit
-from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest, Lora, Mode, ModelInfo
+from imagegen.schemas import (
+    MAX_SEED,
+    SCHEDULES,
+    GenerationParameters,
+    ImageRequest,
+    Lora,
+    Mode,
+    ModelInfo,
+)
 from models.families import FAMILIES
 
 
@@ -32,6 +40,21 @@ def check_family(request: ImageRequest, info: ModelInfo) -> None:
             f"`scheduler` must be one of {', '.join(info.schedulers)} for {label}, "
             f"but is {request.scheduler!r}.",
             field="scheduler",
+        )
+    scheduler = request.scheduler or info.default_scheduler
+    if request.schedule is not None and request.schedule not in SCHEDULES.get(scheduler, ()):
+        takes = ", ".join(SCHEDULES.get(scheduler, ())) or "none"
+        raise InvalidField(
+            f"`schedule` must be one the sampler {scheduler} takes ({takes}), but is "
+            f"{request.schedule!r}.",
+            field="schedule",
+        )
+    family = FAMILIES[info.family]
+    if (request.clip_skip or 1) > 1 and not family.clip_skip:
+        raise InvalidField(
+            f"`clip_skip` must be blank or 1 for {label}: its prompt is not read by CLIP "
+            f"layers alone, but is {request.clip_skip}.",
+            field="clip_skip",
         )
     if request.negative_prompt and info.guidance != "classifier-free":
         raise InvalidField(
@@ -91,6 +114,8 @@ def resolve(
         ),
         seed=secrets.randbelow(MAX_SEED + 2 - count) if request.seed is None else request.seed,
         scheduler=request.scheduler or info.default_scheduler,
+        schedule=request.schedule,
+        clip_skip=request.clip_skip or 1,
         model=info.tag,
         mode=mode,
         strength=request.strength if edit else None,

@@ -30,12 +30,43 @@ SchedulerName = Literal[
     "euler_a",
     "heun",
     "dpm++",
-    "dpm++_karras",
+    "dpm++_sde",
+    "dpm++_2m_sde",
+    "dpm++_3m_sde",
+    "dpm++_2s",
+    "dpm2",
+    "dpm2_a",
     "pndm",
     "lms",
     "unipc",
+    "lcm",
     "flow_match_euler",
 ]
+# How a sampler spaces its noise levels; blank: the sampler's own (diffusers' default).
+ScheduleName = Literal["karras", "exponential", "beta", "sgm_uniform", "uniform"]
+SIGMA_SCHEDULES = ("karras", "exponential", "beta")  # diffusers' `use_<name>_sigmas`
+# The schedules each sampler takes (what its diffusers class has an option for; a test in
+# tests/test_generation.py checks this against the classes).
+SCHEDULES: dict[str, tuple[str, ...]] = {
+    "euler": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "euler_a": ("sgm_uniform", "uniform"),
+    "heun": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "dpm++": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "dpm++_sde": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "dpm++_2m_sde": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "dpm++_3m_sde": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "dpm++_2s": ("karras", "exponential", "beta"),
+    "dpm2": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "dpm2_a": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "lms": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "unipc": ("karras", "exponential", "beta", "sgm_uniform", "uniform"),
+    "ddim": ("sgm_uniform", "uniform"),
+    "ddpm": ("sgm_uniform", "uniform"),
+    "pndm": ("sgm_uniform", "uniform"),
+    "lcm": ("sgm_uniform", "uniform"),
+    "flow_match_euler": ("karras", "exponential", "beta"),
+}
+MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGES = 8
@@ -126,6 +157,20 @@ class ImageRequest(BaseModel):
         None,
         description="Sampler. Leave blank for the model's own; `GET /models` lists the ones "
         "each model accepts.",
+    )
+    schedule: ScheduleName | None = Field(
+        None,
+        description="How the sampler spaces its noise levels (AUTOMATIC1111's schedule type): "
+        "`karras`, `exponential`, `beta`, `sgm_uniform` or `uniform`. Leave blank for the sampler's "
+        "own; docs/api.md lists which samplers take which.",
+    )
+    clip_skip: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CLIP_SKIP,
+        description="Which layer of the CLIP text encoder reads the prompt, counted from the "
+        "last, as AUTOMATIC1111 counts: 1 the last (no skip), 2 the one before it (what many "
+        "anime models expect). Leave blank for 1. Not for FLUX.1.",
     )
     output_format: OutputFormat = Field("png", description="Image encoding of the response.")
     quality: int = Field(
@@ -230,6 +275,8 @@ class GenerationParameters(BaseModel):
     guidance_scale: float
     seed: int
     scheduler: str
+    schedule: str | None = Field(None, description="The noise schedule; null: the sampler's own.")
+    clip_skip: int = Field(1, description="The CLIP layer read, from the last (1: no skip).")
     model: str = Field(description="`name:version` of the model.")
     mode: Mode = "text-to-image"
     strength: float | None = Field(None, description="An edit's `strength`; null otherwise.")

@@ -28,8 +28,9 @@ from imagegen.schemas import GenerationParameters
 # steps (847) or one guided 2048x2048 image of 150 steps (1263) fit; on two CPU cores one guided
 # 512x512 image of 30 steps (16.0) does.
 DEFAULT_BUDGETS = {"cuda": 2000.0, "mps": 200.0, "cpu": 16.0}
-# Denoiser evaluations per step, by scheduler; one for the others.
-EVALUATIONS_PER_STEP = {"heun": 2}
+# Denoiser evaluations per step, by scheduler; one for the others. The second-order ones
+# evaluate twice per step (diffusers' schedule has 2n - 1 timesteps for n steps).
+EVALUATIONS_PER_STEP = {"heun": 2, "dpm2": 2, "dpm2_a": 2, "dpm++_sde": 2}
 DECODE_WORK = 1.0  # per megapixel of output: the VAE decode and the output encode
 EDIT_ENCODE_WORK = 0.5  # per megapixel of an edit's input: its VAE encode
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -14,11 +15,19 @@ import torch
 from imagegen.engine.generation import PipelineRunner, plan_calls
 from imagegen.engine.loading import LoadedModel
 from imagegen.engine.progress import Tracker
-from imagegen.engine.schedulers import SCHEDULER_NAMES
+from imagegen.engine.schedulers import SCHEDULER_NAMES, SCHEDULERS, build_scheduler
 from imagegen.errors import GenerationFailed, InvalidField, OutOfMemory
 from imagegen.hop import Failure, Generation
 from imagegen.parameters import choose_model, resolve
-from imagegen.schemas import MAX_SEED, GenerationParameters, ImageRequest, WorkItem
+from imagegen.schemas import (
+    MAX_SEED,
+    SCHEDULES,
+    GenerationParameters,
+    ImageRequest,
+    ScheduleName,
+    WorkItem,
+)
+from imagegen.work import EVALUATIONS_PER_STEP
 from tests.conftest import loaded_recipe
 
 
@@ -83,6 +92,72 @@ def test_every_scheduler_generates(runner: PipelineRunner, scheduler: str) -> No
     image = pixels(runner, seed=3, scheduler=scheduler)
     assert image.shape == (64, 64, 3)
     assert image.std() > 0
+
+
+def test_the_schedule_table_is_what_each_scheduler_class_takes() -> None:
+    options = {
+        "karras": "use_karras_sigmas",
+        "exponential": "use_exponential_sigmas",
+        "beta": "use_beta_sigmas",
+        "sgm_uniform": "timestep_spacing",
+        "uniform": "timestep_spacing",
+    }
+    for name, (cls, _) in SCHEDULERS.items():
+        takes = inspect.signature(cls.__init__).parameters
+        assert SCHEDULES[name] == tuple(s for s, o in options.items() if o in takes), name
+
+
+def test_the_work_rule_counts_each_schedulers_evaluations(runner: PipelineRunner) -> None:
+    base = runner.model.pipeline.scheduler
+    for name in SCHEDULERS:
+        if name not in runner.model.info.schedulers:
+            continue
+        scheduler = build_scheduler(name, None, [0], base)
+        scheduler.set_timesteps(10)
+        per_step = EVALUATIONS_PER_STEP.get(name, 1)
+        # Second-order schedulers interleave a midpoint per step but the last.
+        assert len(scheduler.timesteps) in (10 * per_step - (per_step - 1), 10 + 1), name
+
+
+@pytest.mark.parametrize("schedule", get_args(ScheduleName))
+def test_a_schedule_changes_the_image(runner: PipelineRunner, schedule: str) -> None:
+    plain = pixels(runner, seed=3, scheduler="dpm++", num_inference_steps=6)
+    spaced = pixels(runner, seed=3, scheduler="dpm++", num_inference_steps=6, schedule=schedule)
+    assert not np.array_equal(plain, spaced)
+
+
+def test_a_schedule_the_sampler_lacks_is_refused_naming_those_it_takes(
+    runner: PipelineRunner,
+) -> None:
+    with pytest.raises(InvalidField) as refused:
+        parameters(runner, scheduler="euler_a", schedule="karras")
+    assert refused.value.field == "schedule"
+    assert "sgm_uniform, uniform" in refused.value.message
+
+
+def test_dpm_sde_images_depend_on_their_own_seed_alone(tiny_model: LoadedModel) -> None:
+    runner = PipelineRunner(tiny_model, max_batch_size=2)
+    alone = runner.generate(parameters(runner, seed=8, scheduler="dpm++_sde")).image
+    twice = runner.generate(parameters(runner, seed=8, scheduler="dpm++_sde")).image
+    batch = [parameters(runner, seed=seed, scheduler="dpm++_sde") for seed in (7, 8)]
+    together = runner.generate_batch(work_items(batch))
+    assert np.array_equal(np.asarray(alone), np.asarray(twice))
+    second = together[1]
+    assert isinstance(second, Generation)
+    assert np.abs(np.asarray(second.image, int) - np.asarray(alone, int)).max() <= 1
+
+
+def test_clip_skip_one_changes_nothing_and_two_changes_the_image(runner: PipelineRunner) -> None:
+    plain = pixels(runner, seed=4)
+    assert np.array_equal(pixels(runner, seed=4, clip_skip=1), plain)
+    assert not np.array_equal(pixels(runner, seed=4, clip_skip=2), plain)
+
+
+def test_clip_skip_is_refused_for_flux() -> None:
+    flux = PipelineRunner(loaded_recipe("flux-tiny"))
+    with pytest.raises(InvalidField) as refused:
+        parameters(flux, clip_skip=2)
+    assert refused.value.field == "clip_skip"
 
 
 def test_schedulers_change_the_image(runner: PipelineRunner) -> None:

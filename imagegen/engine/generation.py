@@ -57,13 +57,25 @@ def cancelled_images() -> prometheus_client.Counter:
     )
 
 
-BatchKey = tuple[str, int, int, int, float, str, str, float | None, tuple[tuple[str, float], ...]]
+BatchKey = tuple[
+    str,
+    int,
+    int,
+    int,
+    float,
+    str,
+    str | None,
+    int,
+    str,
+    float | None,
+    tuple[tuple[str, float], ...],
+]
 
 
 def batch_key(parameters: GenerationParameters) -> BatchKey:
     """What the images of one pipeline call share: diffusers takes one size, step count,
-    scheduler, guidance scale (the exact scale, not only guidance on or off), mode and
-    strength per call, and the adapters set on the pipeline apply to all its images;
+    scheduler and schedule, guidance scale (the exact scale, not only guidance on or off),
+    CLIP skip, mode and strength per call, and the adapters set on the pipeline apply to all its images;
     prompts, negative prompts, seeds, images and masks are per image."""
     p = parameters
     return (
@@ -73,6 +85,8 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
         p.num_inference_steps,
         p.guidance_scale,
         p.scheduler,
+        p.schedule,
+        p.clip_skip,
         p.mode,
         p.strength,
         tuple((lora.name, lora.scale) for lora in p.loras),
@@ -270,8 +284,10 @@ class PipelineRunner:
         scheduler = (
             # The model's own scheduler may be outside the registry: copy it as it is.
             type(pipeline.scheduler).from_config(pipeline.scheduler.config)
-            if first.scheduler == self.model.info.default_scheduler
-            else build_scheduler(first.scheduler, pipeline.scheduler)
+            if first.scheduler == self.model.info.default_scheduler and first.schedule is None
+            else build_scheduler(
+                first.scheduler, first.schedule, [p.seed for p in group], pipeline.scheduler
+            )
         )
         # __call__ writes per-call state onto the pipeline (guidance, step counts), so each call
         # runs on its own shallow copy: the weights are shared, the state is not.

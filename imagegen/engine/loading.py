@@ -62,6 +62,7 @@ def load_model(
     loaded = load_pipeline(
         stored.path, device=settings.device, dtype=settings.dtype, switches=switches(settings)
     )
+    clip_layers_readable(loaded.pipeline)
     logger.info(
         "loaded pipeline %s on %s (%s) in %.2fs",
         stored.tag,
@@ -80,6 +81,16 @@ def load_model(
             settings.max_loras,
         ),
     )
+
+
+def clip_layers_readable(pipeline: DiffusionPipeline) -> None:
+    """SD's pipeline reads an earlier CLIP layer (`clip_skip`) through the text encoder's
+    `text_model`, which transformers 5 folded into the encoder itself: the name points back
+    to it, outside the module tree (so no weights are listed twice)."""
+    encoder = getattr(pipeline, "text_encoder", None)
+    if encoder is not None and hasattr(encoder, "final_layer_norm"):
+        if not hasattr(encoder, "text_model"):
+            object.__setattr__(encoder, "text_model", encoder)
 
 
 def mode_pipelines(loaded: LoadedPipeline) -> dict[Mode, DiffusionPipeline]:

@@ -46,6 +46,8 @@ def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
     first = items[0].parameters
     pipeline = model.pipelines[first.mode]
     common: dict[str, Any] = {}
+    if first.clip_skip > 1:  # diffusers counts the layers skipped: A1111's count less one
+        common["clip_skip"] = first.clip_skip - 1
     if model.family.classifier_free_guidance:  # a distilled family has no negative prompt
         common["negative_prompt"] = [item.parameters.negative_prompt for item in items]
     size = {**common, "width": first.width, "height": first.height}

@@ -24,6 +24,8 @@ class Family:
     # The tokenizer of the text encoder that reads the most of a prompt: its limit is the
     # prompt's (CLIP reads 77 tokens; SD3 and FLUX.1 also give T5 the whole prompt).
     prompt_tokenizer: str = "tokenizer"
+    # Whether its pipeline can read the prompt from an earlier CLIP layer (`clip_skip`).
+    clip_skip: bool = True
 
 
 FAMILIES = {
@@ -45,6 +47,7 @@ FAMILIES = {
             classifier_free_guidance=False,
             denoiser="transformer",
             prompt_tokenizer="tokenizer_2",
+            clip_skip=False,
         ),
     )
 }
