@@ -161,8 +161,8 @@ class ImageRequest(BaseModel):
     schedule: ScheduleName | None = Field(
         None,
         description="How the sampler spaces its noise levels (AUTOMATIC1111's schedule type): "
-        "`karras`, `exponential`, `beta`, `sgm_uniform` or `uniform`. Leave blank for the sampler's "
-        "own; docs/api.md lists which samplers take which.",
+        "`karras`, `exponential`, `beta`, `sgm_uniform` or `uniform`. Leave blank for the "
+        "sampler's own; docs/api.md lists which samplers take which.",
     )
     clip_skip: int | None = Field(
         None,

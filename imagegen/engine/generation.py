@@ -75,8 +75,8 @@ BatchKey = tuple[
 def batch_key(parameters: GenerationParameters) -> BatchKey:
     """What the images of one pipeline call share: diffusers takes one size, step count,
     scheduler and schedule, guidance scale (the exact scale, not only guidance on or off),
-    CLIP skip, mode and strength per call, and the adapters set on the pipeline apply to all its images;
-    prompts, negative prompts, seeds, images and masks are per image."""
+    CLIP skip, mode and strength per call, and the adapters set on the pipeline apply to all
+    its images; prompts, negative prompts, seeds, images and masks are per image."""
     p = parameters
     return (
         p.model,

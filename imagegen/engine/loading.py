@@ -88,9 +88,9 @@ def clip_layers_readable(pipeline: DiffusionPipeline) -> None:
     `text_model`, which transformers 5 folded into the encoder itself: the name points back
     to it, outside the module tree (so no weights are listed twice)."""
     encoder = getattr(pipeline, "text_encoder", None)
-    if encoder is not None and hasattr(encoder, "final_layer_norm"):
-        if not hasattr(encoder, "text_model"):
-            object.__setattr__(encoder, "text_model", encoder)
+    folded = hasattr(encoder, "final_layer_norm") and not hasattr(encoder, "text_model")
+    if folded:
+        object.__setattr__(encoder, "text_model", encoder)
 
 
 def mode_pipelines(loaded: LoadedPipeline) -> dict[Mode, DiffusionPipeline]:
