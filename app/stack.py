@@ -8,6 +8,7 @@ import logging
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
+from imagegen.serving.compat.a1111 import A1111_PREFIX
 from imagegen.serving.compat.openai import EDITS_PATH, openai_error
 from imagegen.settings import Settings
 from middleware.access_log import AccessLogMiddleware
@@ -15,6 +16,7 @@ from middleware.admission import AdmissionMiddleware
 from middleware.auth import ApiKeyAuthMiddleware, ApiKeys
 from middleware.body_limit import BodyLimitMiddleware
 from middleware.content_type import JsonBodyMiddleware
+from middleware.cross_site import CrossSiteMiddleware
 from middleware.error_body import ErrorBodyMiddleware
 from middleware.rate_limit import RateLimitMiddleware
 from middleware.request_id import RequestIdMiddleware
@@ -36,16 +38,18 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
     3. error body: every error answer inside becomes one JSON shape carrying that id (in
        OpenAI's shape under `/v1/`);
     4. timing: `total` covers auth, limits and the handler;
-    5. auth, then 6. the per-key rate limit, which needs the key id;
-    7. admission: requests in flight and the timeout, for requests that passed the above;
-    8. JSON bodies only (a form on OpenAI's image edits), then 9. the body limit: neither
-       reads a refused body.
+    5. cross-site requests refused by `Origin`, before anything reads them;
+    6. auth, then 7. the per-key rate limit, which needs the key id;
+    8. admission: requests in flight and the timeout, for requests that passed the above;
+    9. JSON bodies only (a form on OpenAI's image edits; undeclared JSON on A1111's API), then
+       10. the body limit: neither reads a refused body.
     """
     stack = [
         Middleware(AccessLogMiddleware, log_prompts=settings.log_prompts),
         Middleware(RequestIdMiddleware),
         Middleware(ErrorBodyMiddleware, dialects={"/v1/": openai_error}),
         Middleware(TimingMiddleware),
+        Middleware(CrossSiteMiddleware, allowed_origins=settings.origins),
     ]
     if len(api_keys):
         stack.append(Middleware(ApiKeyAuthMiddleware, keys=api_keys))
@@ -67,7 +71,11 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
             # this later one answers for anything else that hangs.
             timeout=settings.timeout + TIMEOUT_GRACE_S,
         ),
-        Middleware(JsonBodyMiddleware, multipart_paths=frozenset({EDITS_PATH})),
+        Middleware(
+            JsonBodyMiddleware,
+            multipart_paths=frozenset({EDITS_PATH}),
+            undeclared_prefixes=(A1111_PREFIX,),
+        ),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
     ]
     return stack

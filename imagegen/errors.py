@@ -108,6 +108,12 @@ class JobConflict(ServiceError):
     status_code = 409
 
 
+class Forbidden(ServiceError):
+    """A credential that does not grant this (a signed link not issued here, or expired)."""
+
+    status_code = 403
+
+
 class JobGone(ServiceError):
     """The job existed, but its result and events have expired."""
 

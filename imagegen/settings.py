@@ -196,6 +196,24 @@ class Settings(BaseSettings):
         description="Key of the HMAC-SHA256 signature sent with each webhook "
         "(`X-Imagegen-Signature: sha256=<hex>`).",
     )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated web origins (`https://chat.example.com`) whose pages may "
+        "send state-changing requests; any other foreign `Origin` (or `Sec-Fetch-Site: "
+        "cross-site`) is refused with 403. API clients send no `Origin`.",
+    )
+    openai_models: str = Field(
+        "",
+        description="OpenAI model names mapped to served models, such as "
+        "`dall-e-3=sdxl,gpt-image-1=sd-shapes`. OpenAI's own names (`dall-e-2`, `dall-e-3`, "
+        "`gpt-image-*`) not listed reach the default model.",
+    )
+    url_secret: str = Field(
+        "",
+        description="Key that signs the expiring image links of OpenAI's `response_format: "
+        "url`. Set the same on every replica; unset, each process draws its own (links then "
+        "work only on the replica that made them, and not across restarts).",
+    )
     rate_limit_storage: str = Field(
         "memory://",
         pattern=r"^(memory|redis|rediss|redis\+cluster|redis\+sentinel)://",
@@ -216,6 +234,16 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"`models` must name each model once, but is {self.models!r}")
         return self
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def openai_model_map(self) -> dict[str, str]:
+        """OpenAI model name -> served model, from `openai_models`."""
+        pairs = (entry.partition("=") for entry in self.openai_models.split(",") if entry.strip())
+        return {name.strip(): model.strip() for name, _, model in pairs}
 
     @property
     def limits_storage(self) -> str:

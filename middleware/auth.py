@@ -2,7 +2,8 @@
 basic auth with the key as the password, for AUTOMATIC1111's clients).
 
 Every path needs a key except the public ones (``middleware.paths``: probes, metrics and the
-docs, read with GET or HEAD) and CORS preflights. Keys are kept as SHA-256 digests and
+docs, read with GET or HEAD), signed links (their route checks the signature) and CORS
+preflights. Keys are kept as SHA-256 digests and
 compared in constant time against every known key; the id logged for a key is a prefix of its
 digest.
 """
@@ -19,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .paths import is_public
+from .paths import is_public, is_signed_link
 
 SHA256_PREFIX = "sha256:"
 
@@ -111,7 +112,7 @@ class ApiKeyAuthMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if is_public(scope) or is_preflight(scope, headers):
+        if is_public(scope) or is_signed_link(scope) or is_preflight(scope, headers):
             await self.app(scope, receive, send)
             return
 

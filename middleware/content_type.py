@@ -1,11 +1,11 @@
 """Request bodies are JSON: a request that carries a body must declare
-``Content-Type: application/json``, or it gets 415 before the app reads a byte of it.
+``Content-Type: application/json``, or it gets 415 before the app reads a byte of it. Under
+``undeclared_prefixes`` (AUTOMATIC1111's API, whose clients post JSON without declaring it, as
+A1111 accepts) a body that declares nothing is read as JSON too.
 
-Browsers send ``text/plain``, form and multipart bodies across origins without a CORS preflight
-("simple requests"), so without this any web page a user visits could start generations on a
-local server that runs with auth off; a JSON body needs a preflight, which this server does not
-grant. It also keeps BentoML's multipart parser (a 500 on a header without a boundary) and its
-pickle transport away from clients.
+This keeps BentoML's multipart parser (a 500 on a header without a boundary) and its pickle
+transport away from clients. Cross-site requests are refused by ``Origin``
+(:mod:`middleware.cross_site`), not here.
 """
 
 from __future__ import annotations
@@ -24,21 +24,23 @@ def carries_body(headers: Headers) -> bool:
 MULTIPART_MEDIA_TYPE = "multipart/form-data"
 
 
-def cross_origin(headers: Headers) -> bool:
-    """A browser's request from another site: forms need no preflight, so a page could post
-    one to a server running with auth off. API clients send no `Origin`."""
-    origin = headers.get("origin")
-    return origin is not None and origin.partition("://")[2] != headers.get("host")
-
-
 class JsonBodyMiddleware:
-    def __init__(self, app: ASGIApp, *, multipart_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        multipart_paths: frozenset[str] = frozenset(),
+        undeclared_prefixes: tuple[str, ...] = (),
+    ) -> None:
         """``multipart_paths``: the routes (POST only) that take a form instead, for a
-        compatibility API whose clients send one (OpenAI's image edits)."""
-        if any(not path.startswith("/") for path in multipart_paths):
-            raise ValueError(f"`multipart_paths` must be paths, but are {sorted(multipart_paths)}")
+        compatibility API whose clients send one (OpenAI's image edits).
+        ``undeclared_prefixes``: path prefixes where a body without a ``Content-Type`` is JSON."""
+        paths = [*multipart_paths, *undeclared_prefixes]
+        if any(not path.startswith("/") for path in paths):
+            raise ValueError(f"`multipart_paths` and `undeclared_prefixes` must be paths: {paths}")
         self.app = app
         self.multipart_paths = multipart_paths
+        self.undeclared_prefixes = undeclared_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,9 +53,9 @@ class JsonBodyMiddleware:
             media_type == MULTIPART_MEDIA_TYPE
             and scope["method"] == "POST"
             and scope["path"] in self.multipart_paths
-            and not cross_origin(headers)
         )
-        if media_type == JSON_MEDIA_TYPE or form or not carries_body(headers):
+        undeclared = not declared and scope["path"].startswith(self.undeclared_prefixes)
+        if media_type == JSON_MEDIA_TYPE or form or undeclared or not carries_body(headers):
             await self.app(scope, receive, send)
             return
         shown = f"`{media_type}`" if media_type else "not declared"

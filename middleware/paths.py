@@ -15,6 +15,8 @@ PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 PUBLIC_PATHS = PROBE_PATHS | {"/", "/docs", "/docs.json"}
 # Swagger UI's scripts and styles, served by BentoML, and the playground's files.
 PUBLIC_ASSETS = ("/static_content/", "/web/")
+# Signed links to a job's images: the link is the credential (its route checks it).
+SIGNED_LINKS = "/v1/files/"
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -43,3 +45,8 @@ def is_public(scope: Scope) -> bool:
     prefix = next((prefix for prefix in PUBLIC_ASSETS if path.startswith(prefix)), None)
     segments = path.removeprefix(prefix or "").split("/")
     return prefix is not None and all(s not in ("", ".", "..") for s in segments)
+
+
+def is_signed_link(scope: Scope) -> bool:
+    """A read of a signed link, which carries its own credential instead of a key."""
+    return scope["method"] in READ_METHODS and route_path(scope).startswith(SIGNED_LINKS)

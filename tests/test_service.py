@@ -236,6 +236,7 @@ def test_middlewares_are_mounted_in_the_documented_order() -> None:
         "RequestIdMiddleware",
         "ErrorBodyMiddleware",
         "TimingMiddleware",
+        "CrossSiteMiddleware",
         "ApiKeyAuthMiddleware",
         "RateLimitMiddleware",
         "AdmissionMiddleware",

@@ -21,6 +21,7 @@ from imagegen.schemas import (
 )
 from imagegen.serving.follower import EventFollower
 from imagegen.serving.jobs.jobs import Job, Jobs, JobStore
+from imagegen.serving.jobs.links import Links
 from imagegen.serving.jobs.memory_store import MemoryJobStore
 from imagegen.serving.jobs.webhooks import Webhooks
 from imagegen.serving.lifetime import while_requested
@@ -70,6 +71,7 @@ class Gateway:
         self.input_limits = InputLimits(settings.max_input_pixels, settings.max_input_bytes)
         self.webhooks = Webhooks(settings.webhook_hosts, settings.webhook_secret)
         self.jobs = Jobs(store, timeout=settings.timeout, webhooks=self.webhooks)
+        self.links = Links(settings.url_secret, settings.job_ttl)
         self.work_limit = (
             WorkRateLimit(settings.work_rate_limit, settings.limits_storage)
             if settings.work_rate_limit

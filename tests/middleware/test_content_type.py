@@ -75,14 +75,25 @@ def test_a_form_passes_only_where_a_compatibility_route_takes_one() -> None:
     assert form_post("/v1/images/edits", method="PUT") == 415
 
 
-@pytest.mark.parametrize(
-    ("origin", "status"),
-    [("http://127.0.0.1:3000", 200), ("https://evil.example", 415), ("null", 415)],
-)
-def test_a_cross_site_form_is_refused_even_there(origin: str, status: int) -> None:
-    assert form_post("/v1/images/edits", Origin=origin) == status
+def test_a1111s_prefix_reads_an_undeclared_body_as_json() -> None:
+    lenient = JsonBodyMiddleware(echo_body_app, undeclared_prefixes=("/sdapi/v1/",))
+    headers = {"Content-Length": str(len(BODY))}
+    sent = call(lenient, "/sdapi/v1/txt2img", method="POST", headers=headers, chunks=(BODY,))
+    assert (sent.status, sent.body) == (200, BODY)
+    # Declared as something else, or elsewhere, it is still refused.
+    plain = {**headers, "Content-Type": "text/plain"}
+    assert (
+        call(lenient, "/sdapi/v1/txt2img", method="POST", headers=plain, chunks=(BODY,)).status
+        == 415
+    )
+    assert (
+        call(lenient, "/generate/image", method="POST", headers=headers, chunks=(BODY,)).status
+        == 415
+    )
 
 
 def test_multipart_paths_must_be_paths() -> None:
-    with pytest.raises(ValueError, match="`multipart_paths` must be paths"):
+    with pytest.raises(ValueError, match="must be paths"):
         JsonBodyMiddleware(echo_body_app, multipart_paths=frozenset({"v1/images/edits"}))
+    with pytest.raises(ValueError, match="must be paths"):
+        JsonBodyMiddleware(echo_body_app, undeclared_prefixes=("sdapi/v1/",))

@@ -8,7 +8,8 @@ restoration, tiling, styles, scripts, variation seeds, ...) is accepted only at 
 turns it off, as A1111 itself would then ignore it; any other value is a 422 naming the field.
 Unknown fields are ignored, as A1111's API ignores them. LoRAs are named in the prompt as A1111
 does (`<lora:name:0.8>`). `progress`, `interrupt` and `skip` see only the calling key's
-A1111 generations on this replica; `options` holds each key's default model (never a reload).
+A1111 generations on this replica; `options` and `override_settings` follow one rule
+(:mod:`.a1111_options`), per key, and never reload a model.
 """
 
 from __future__ import annotations
@@ -34,31 +35,58 @@ from starlette.responses import JSONResponse
 from imagegen import __version__
 from imagegen.errors import InvalidField, Unsupported, answers_errors
 from imagegen.parameters import choose_model
-from imagegen.schemas import MAX_IMAGES, ImagesRequest, ModelInfo
+from imagegen.schemas import MAX_CLIP_SKIP, MAX_IMAGES, ImagesRequest, ModelInfo
+from imagegen.serving.compat.a1111_options import Held, held, kept, model_hash, title
 from imagegen.serving.encoding import encode_image, off_the_loop
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.queue import Ticket
 from imagegen.serving.remote import Generated
 
-# A1111's sampler names -> the native scheduler names ("Euler" is also flow matching's).
-SAMPLERS = {
-    "Euler a": "euler_a",
-    "Euler": "euler",
-    "Heun": "heun",
-    "LMS": "lms",
-    "DDIM": "ddim",
-    "PLMS": "pndm",
-    "DDPM": "ddpm",
-    "UniPC": "unipc",
-    "DPM++ 2M": "dpm++",
+# A1111's sampler names -> the native scheduler names ("Euler" is also flow matching's), and
+# the aliases A1111 also accepts. DPM++ 2S a is diffusers' nearest, the second-order
+# single-step DPM++, which is not ancestral.
+SAMPLERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "DPM++ 2M": ("dpm++", ("k_dpmpp_2m",)),
+    "DPM++ SDE": ("dpm++_sde", ("k_dpmpp_sde",)),
+    "DPM++ 2M SDE": ("dpm++_2m_sde", ("k_dpmpp_2m_sde",)),
+    "DPM++ 3M SDE": ("dpm++_3m_sde", ("k_dpmpp_3m_sde",)),
+    "DPM++ 2S a": ("dpm++_2s", ("k_dpmpp_2s_a",)),
+    "Euler a": ("euler_a", ("k_euler_a", "k_euler_ancestral")),
+    "Euler": ("euler", ("k_euler",)),
+    "LMS": ("lms", ("k_lms",)),
+    "Heun": ("heun", ("k_heun",)),
+    "DPM2": ("dpm2", ("k_dpm_2",)),
+    "DPM2 a": ("dpm2_a", ("k_dpm_2_a",)),
+    "DDIM": ("ddim", ()),
+    "PLMS": ("pndm", ()),
+    "UniPC": ("unipc", ()),
+    "LCM": ("lcm", ("k_lcm",)),
+    "DDPM": ("ddpm", ()),
 }
-KARRAS = {"dpm++": "dpm++_karras"}  # what A1111's `Karras` schedule makes of a sampler
-SCHEDULES = ("automatic", "karras")
+# Any accepted spelling, lower-cased -> A1111's sampler name.
+SAMPLER_OF = {
+    name.lower(): sampler
+    for sampler, (_, aliases) in SAMPLERS.items()
+    for name in (sampler, *aliases)
+}
+# A1111's schedule types (`scheduler`) -> (label, the native `schedule`; None: the sampler's own).
+SCHEDULE_TYPES: dict[str, tuple[str, str | None]] = {
+    "automatic": ("Automatic", None),
+    "uniform": ("Uniform", "uniform"),
+    "normal": ("Normal", "uniform"),  # A1111's Normal spaces timesteps evenly too
+    "karras": ("Karras", "karras"),
+    "exponential": ("Exponential", "exponential"),
+    "sgm_uniform": ("SGM Uniform", "sgm_uniform"),
+    "beta": ("Beta", "beta"),
+}
+# The sampler names from before A1111 1.9 carried the schedule: "DPM++ 2M Karras".
+OLD_SUFFIXES = {" karras": "karras", " exponential": "exponential"}
 # Native field -> the A1111 field it came from, for error messages.
 FIELDS = {
     "num_inference_steps": "steps",
     "guidance_scale": "cfg_scale",
     "scheduler": "sampler_name",
+    "schedule": "scheduler",
     "num_images": "batch_size",
     "image": "init_images",
     "strength": "denoising_strength",
@@ -66,13 +94,13 @@ FIELDS = {
     "loras": "prompt",
 }
 # Features this service lacks, with the values that turn them off (A1111 then ignores them).
+# `script_args` are read only by the script named, so they are ignored with none.
 OFF: dict[str, tuple[Any, ...]] = {
     "enable_hr": (False,),
     "restore_faces": (False, None),
     "tiling": (False, None),
     "styles": ([], None),
     "script_name": (None, "", "None"),
-    "script_args": ([], None),
     "alwayson_scripts": ({}, None),
     "subseed_strength": (0, None),
     "seed_resize_from_h": (0, -1, None),
@@ -82,6 +110,7 @@ OFF: dict[str, tuple[Any, ...]] = {
     "include_init_images": (False, None),
     "initial_noise_multiplier": (1, None),
 }
+A1111_PREFIX = "/sdapi/v1/"
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::(-?[0-9.]+))?(?::[^>]*)?>")
 
 
@@ -99,12 +128,17 @@ class Txt2Img(BaseModel):
     height: int | None = None
     sampler_name: str | None = Field(None, description="`GET /sdapi/v1/samplers`.")
     sampler_index: str | None = Field(None, description="Deprecated alias of `sampler_name`.")
-    scheduler: str | None = Field(None, description="`automatic` or `karras`.")
+    scheduler: str | None = Field(None, description="Schedule type: `GET /sdapi/v1/schedulers`.")
+    clip_skip: int | None = Field(
+        None, ge=1, le=MAX_CLIP_SKIP, description="SD.Next's; as `CLIP_stop_at_last_layers`."
+    )
     batch_size: int = Field(1, ge=1, le=MAX_IMAGES)
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES)
     override_settings: dict[str, Any] = Field(
-        default_factory=dict, description="Only `sd_model_checkpoint` (a loaded model)."
+        default_factory=dict, description="As `POST /sdapi/v1/options`, for this request."
     )
+    override_settings_restore_afterwards: bool = True
+    disable_extra_networks: bool = Field(False, description="Ignore `<lora:...>` tags.")
     send_images: bool = True
 
 
@@ -117,45 +151,29 @@ class Img2Img(Txt2Img):
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: black is repainted.")
 
 
-class Options(BaseModel):
-    """`POST /sdapi/v1/options`: only the key's default model can be set."""
-
-    model_config = ConfigDict(extra="allow")
-
-    sd_model_checkpoint: str | None = None
-
-
-def model_hash(info: ModelInfo) -> str:
-    """A1111's short model hash: 10 hex digits (here of the model's `name:version`)."""
-    return hashlib.sha256(info.tag.encode()).hexdigest()[:10]
-
-
-def title(info: ModelInfo) -> str:
-    return f"{info.name} [{model_hash(info)}]"
-
-
-def checkpoint(name: str, infos: list[ModelInfo]) -> ModelInfo:
-    """The loaded model an A1111 checkpoint title, file name or model name means."""
-    bare = name.split(" [")[0].removesuffix(".safetensors").removesuffix(".ckpt")
-    for info in infos:
-        if bare in (info.name, info.tag) or name == title(info):
-            return info
-    raise Unsupported(
-        f"`sd_model_checkpoint` must be one of the loaded models "
-        f"({', '.join(title(info) for info in infos)}), but is {name!r}.",
-        field="override_settings.sd_model_checkpoint",
-    )
-
-
-def scheduler_of(body: Txt2Img, info: ModelInfo) -> str | None:
-    """The native scheduler for A1111's sampler and schedule names."""
-    sampler = body.sampler_name or body.sampler_index
-    schedule = (body.scheduler or "automatic").lower()
-    if sampler is None:
+def schedule_of(name: str | None) -> str | None:
+    """The native schedule for A1111's schedule type, by name or label."""
+    if name is None:
         return None
-    if sampler.endswith(" Karras"):  # the names from before A1111 1.9
-        sampler, schedule = sampler.removesuffix(" Karras"), "karras"
-    native = SAMPLERS.get(sampler)
+    for key, (label, native) in SCHEDULE_TYPES.items():
+        if name.lower() in (key, label.lower()):
+            return native
+    names = ", ".join(SCHEDULE_TYPES)
+    raise Unsupported(f"`scheduler` must be one of {names}, but is {name!r}.", field="scheduler")
+
+
+def sampling_of(body: Txt2Img, info: ModelInfo) -> tuple[str | None, str | None]:
+    """The native scheduler and schedule for A1111's sampler and schedule names."""
+    sampler = body.sampler_name or body.sampler_index
+    schedule = schedule_of(body.scheduler)
+    if sampler is None:
+        return None, schedule
+    named = sampler
+    for suffix, old in OLD_SUFFIXES.items():
+        if named.lower().endswith(suffix) and named.lower() not in SAMPLER_OF:
+            named, schedule = named[: -len(suffix)], old
+    found = SAMPLER_OF.get(named.lower())
+    native = SAMPLERS[found][0] if found else None
     if native == "euler" and info.schedulers == ["flow_match_euler"]:
         native = "flow_match_euler"
     if native is None or native not in info.schedulers:
@@ -164,20 +182,14 @@ def scheduler_of(body: Txt2Img, info: ModelInfo) -> str | None:
             f"`sampler_name` must be one of {names} for {info.name}, but is {sampler!r}.",
             field="sampler_name",
         )
-    if schedule not in SCHEDULES or (schedule == "karras" and native not in KARRAS):
-        raise Unsupported(
-            f"`scheduler` must be `automatic` (or `karras` with DPM++ 2M), but is "
-            f"{body.scheduler!r}.",
-            field="scheduler",
-        )
-    return KARRAS[native] if schedule == "karras" else native
+    return native, schedule
 
 
 def samplers_of(info: ModelInfo) -> list[str]:
     flow = info.schedulers == ["flow_match_euler"]
     return [
         name
-        for name, native in SAMPLERS.items()
+        for name, (native, _) in SAMPLERS.items()
         if native in info.schedulers or (flow and native == "euler")
     ]
 
@@ -191,22 +203,18 @@ def check_off(body: Txt2Img) -> None:
                 f"{sent[name]!r}.",
                 field=name,
             )
-    extra_settings = set(body.override_settings) - {"sd_model_checkpoint"}
-    if extra_settings:
-        name = sorted(extra_settings)[0]
-        raise Unsupported(
-            f"`override_settings.{name}` is not supported here: only `sd_model_checkpoint` is.",
-            field=f"override_settings.{name}",
-        )
 
 
-def native_fields(body: Txt2Img, info: ModelInfo) -> dict[str, Any]:
-    """The native request's fields for an A1111 body, to the model ``info``."""
+def native_fields(body: Txt2Img, info: ModelInfo, settings: Held) -> dict[str, Any]:
+    """The native request's fields for an A1111 body, to the model ``info``, under the
+    key's and the request's held ``settings``."""
     check_off(body)
     loras = [
         {"name": name, "scale": float(scale) if scale else 1.0}
         for name, scale in LORA_TAG.findall(body.prompt)
+        if not body.disable_extra_networks
     ]
+    scheduler, schedule = sampling_of(body, info)
     fields: dict[str, Any] = {
         "prompt": LORA_TAG.sub("", body.prompt).strip(),
         "negative_prompt": body.negative_prompt,
@@ -215,7 +223,9 @@ def native_fields(body: Txt2Img, info: ModelInfo) -> dict[str, Any]:
         "guidance_scale": body.cfg_scale,
         "width": body.width,
         "height": body.height,
-        "scheduler": scheduler_of(body, info),
+        "scheduler": scheduler,
+        "schedule": schedule,
+        "clip_skip": settings.clip_skip,
         "num_images": body.batch_size * body.n_iter,
         "model": info.tag,
         "loras": loras,
@@ -262,7 +272,9 @@ def infotext(p: Any, info: ModelInfo, sampler: str, strength: float | None) -> s
     return f"{p.prompt}{negative}\n{', '.join(line)}"
 
 
-def answer(body: Txt2Img, generated: Generated | None, info: ModelInfo) -> dict[str, Any]:
+def answer(
+    body: Txt2Img, generated: Generated | None, info: ModelInfo, settings: Held
+) -> dict[str, Any]:
     """A1111's answer; an interrupted request has no images, as A1111's then has none."""
     generations = generated.generations if generated else []
     sampler = body.sampler_name or body.sampler_index or "Automatic"
@@ -291,7 +303,7 @@ def answer(body: Txt2Img, generated: Generated | None, info: ModelInfo) -> dict[
         "sd_model_hash": model_hash(info),
         "denoising_strength": strength,
         "styles": [],
-        "clip_skip": 1,
+        "clip_skip": settings.clip_skip or 1,
         "is_using_inpainting_conditioning": info.pipeline.endswith("InpaintPipeline"),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "index_of_first_image": 0,
@@ -322,20 +334,29 @@ class A1111:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.running: dict[str, list[Running]] = {}
-        self.checkpoints: dict[str, str] = {}  # key -> its default model's `name:version`
+        self.settings: dict[str, dict[str, Any]] = {}  # key -> the settings it set
 
-    async def model_for(self, body: Txt2Img, key: str) -> ModelInfo:
+    async def held(self, key: str, body: Txt2Img | None = None) -> Held:
+        """The key's settings, then the request's `override_settings` and `clip_skip`."""
         infos = await self.gateway.models()
-        named = body.override_settings.get("sd_model_checkpoint")
-        if named:
-            return checkpoint(str(named), infos)
-        return choose_model(self.checkpoints.get(key), infos)
+        own = held(self.settings.get(key, {}), infos)
+        if body is None:
+            return own
+        override = held(body.override_settings, infos, "override_settings.")
+        if not body.override_settings_restore_afterwards:  # A1111 then keeps them
+            self.settings[key] = kept(self.settings.get(key, {}), body.override_settings)
+        return Held(
+            model=override.model or own.model,
+            clip_skip=override.clip_skip or body.clip_skip or own.clip_skip,
+            vae=override.vae or own.vae,
+        )
 
     async def generate(self, body: Txt2Img, request: Request) -> JSONResponse:
         key = owner(request)
-        info = await self.model_for(body, key)
+        settings = await self.held(key, body)
+        info = choose_model(settings.model, await self.gateway.models())
         try:
-            native = ImagesRequest.model_validate(native_fields(body, info))
+            native = ImagesRequest.model_validate(native_fields(body, info, settings))
             ticket = await self.gateway.admit(native, request)
         except ValidationError as error:
             name = str(error.errors()[0]["loc"][0])
@@ -354,7 +375,7 @@ class A1111:
             generated = None
         finally:
             self.running[key].remove(run)
-        return await off_the_loop(lambda: JSONResponse(answer(body, generated, info)))
+        return await off_the_loop(lambda: JSONResponse(answer(body, generated, info, settings)))
 
     def interrupt(self, key: str) -> None:
         """Stop the key's A1111 generations (`skip` too: a request's images are one call)."""
@@ -385,25 +406,22 @@ class A1111:
         }
 
     async def options(self, key: str) -> dict[str, Any]:
-        infos = await self.gateway.models()
-        info = choose_model(self.checkpoints.get(key), infos)
+        """What the key set, with the held settings as they are in effect."""
+        own = await self.held(key)
+        info = choose_model(own.model, await self.gateway.models())
         return {
+            "samples_format": "png",
+            **self.settings.get(key, {}),
             "sd_model_checkpoint": title(info),
             "sd_checkpoint_hash": model_hash(info),
-            "samples_format": "png",
-            "CLIP_stop_at_last_layers": 1,
+            "CLIP_stop_at_last_layers": own.clip_skip or 1,
+            "sd_vae": own.vae or "Automatic",
         }
 
-    async def set_options(self, body: Options, key: str) -> None:
-        unknown = sorted(set(body.model_extra or {}))
-        if unknown:
-            raise Unsupported(
-                f"`{unknown[0]}` is not an option this service sets: only `sd_model_checkpoint`.",
-                field=unknown[0],
-            )
-        if body.sd_model_checkpoint is not None:
-            info = checkpoint(body.sd_model_checkpoint, await self.gateway.models())
-            self.checkpoints[key] = info.tag
+    async def set_options(self, settings: dict[str, Any], key: str) -> None:
+        """Checked as a whole before any is kept: a 422 changes nothing."""
+        held(settings, await self.gateway.models())
+        self.settings[key] = kept(self.settings.get(key, {}), settings)
 
     async def sd_models(self) -> list[dict[str, Any]]:
         return [
@@ -419,8 +437,11 @@ class A1111:
         ]
 
     async def samplers(self, key: str) -> list[dict[str, Any]]:
-        info = choose_model(self.checkpoints.get(key), await self.gateway.models())
-        return [{"name": name, "aliases": [], "options": {}} for name in samplers_of(info)]
+        info = choose_model((await self.held(key)).model, await self.gateway.models())
+        return [
+            {"name": name, "aliases": list(SAMPLERS[name][1]), "options": {}}
+            for name in samplers_of(info)
+        ]
 
     async def loras(self) -> list[dict[str, Any]]:
         return [
@@ -436,8 +457,13 @@ class A1111:
 
 
 SCHEDULER_LIST = [
-    {"name": "automatic", "label": "Automatic", "aliases": None},
-    {"name": "karras", "label": "Karras", "aliases": None},
+    {"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+    for name, (label, _) in SCHEDULE_TYPES.items()
+]
+# What hires fix would upscale with: none until it is served (pixel and latent lists alike),
+# so only A1111's `None`.
+UPSCALERS = [
+    {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1}
 ]
 
 
@@ -448,7 +474,7 @@ async def observed(ticket: Ticket, event: Any) -> None:
 
 def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
     """The `/sdapi/v1` routes; ``layer`` gives the serving instance's :class:`A1111`."""
-    router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
+    router = APIRouter(prefix=A1111_PREFIX.rstrip("/"), tags=["AUTOMATIC1111 API"])
 
     @router.post("/txt2img")
     @answers_errors
@@ -481,12 +507,16 @@ def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
 
     @router.get("/options")
     async def get_options(request: Request) -> dict[str, Any]:
+        """The calling key's settings: the held ones as in effect, the others as set."""
         return await layer().options(owner(request))
 
     @router.post("/options")
     @answers_errors
-    async def set_options(body: Options, request: Request) -> dict[str, Any]:
-        """`sd_model_checkpoint`: the calling key's default model from now on (no reload)."""
+    async def set_options(body: dict[str, Any], request: Request) -> dict[str, Any]:
+        """Settings for the calling key from now on (never a reload): `sd_model_checkpoint`,
+        `CLIP_stop_at_last_layers` and `sd_vae` are applied; A1111's settings that change
+        the image are a 422 unless at A1111's default; the rest (saving, grids, UI) are kept
+        and ignored. docs/compatibility.md has the table."""
         await layer().set_options(body, owner(request))
         return {}
 
@@ -498,6 +528,14 @@ def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
     async def refresh_checkpoints() -> None:
         """Nothing to refresh: the models are loaded at start-up."""
 
+    @router.post("/refresh-vae")
+    async def refresh_vae() -> None:
+        """Nothing to refresh: each model decodes with its own VAE."""
+
+    @router.post("/refresh-loras")
+    async def refresh_loras() -> None:
+        """Nothing to refresh: the adapters are read from the model store at start-up."""
+
     @router.get("/samplers")
     async def samplers(request: Request) -> list[dict[str, Any]]:
         """The samplers the calling key's default model accepts."""
@@ -505,7 +543,40 @@ def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
 
     @router.get("/schedulers")
     async def schedulers() -> list[dict[str, Any]]:
+        """A1111's schedule types this service has (`scheduler` in txt2img)."""
         return SCHEDULER_LIST
+
+    @router.get("/upscalers")
+    async def upscalers() -> list[dict[str, Any]]:
+        """Only `None`: this service does not upscale yet."""
+        return UPSCALERS
+
+    @router.get("/latent-upscale-modes")
+    async def latent_upscale_modes() -> list[dict[str, Any]]:
+        """None yet (hires fix is not served)."""
+        return []
+
+    @router.get("/sd-vae")
+    async def sd_vae() -> list[dict[str, Any]]:
+        """No separate VAE files: each model decodes with its own (`sd_vae`: `Automatic`)."""
+        return []
+
+    @router.get("/sd-modules")
+    async def sd_modules() -> list[dict[str, Any]]:
+        """No separate text encoder or VAE modules: each model is served whole."""
+        return []
+
+    @router.post("/unload-checkpoint")
+    async def unload_checkpoint() -> dict[str, Any]:
+        """Keeps the models loaded: they are shared by every client and loaded once, so an
+        unload would make the next request of every key wait for a reload. To free the
+        accelerator, stop the service (docs/compatibility.md)."""
+        return {}
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint() -> dict[str, Any]:
+        """The models are loaded already (see `unload-checkpoint`)."""
+        return {}
 
     @router.get("/loras")
     async def loras() -> list[dict[str, Any]]:

@@ -3,18 +3,23 @@ native `ImagesRequest` (or, for `response_format: url`, a job), and goes through
 gateway, queue, batching, limits and auth as `/generate/images`; the answer and the errors
 come back in OpenAI's shapes, so its SDK and the chat front-ends that speak it work unchanged.
 
-Mapped: `prompt`, `model`, `n` (num_images), `size` (`WxH`, or `auto` for the model's native
-size), `output_format`, `output_compression` (the encoder's quality), `quality` (denoising
-steps: `low` half the model's default, `high`/`hd` twice it, others the default),
-`response_format`. Accepted and ignored as OpenAI does for models that lack them: `style`,
-`moderation`, `user`, `background` `auto`/`opaque`; `background: transparent` is refused (no
-served model draws alpha). Extensions (the SDK's `extra_body`): `negative_prompt`, `seed`,
-`num_inference_steps`, `guidance_scale`, `scheduler`, `loras`.
+Mapped: `prompt`, `model` (OpenAI's own names, `dall-e-*` and `gpt-image-*`, reach the
+default model or the one `IMAGEGEN_OPENAI_MODELS` maps them to), `n` (num_images), `size`
+(`WxH`, or `auto` for the model's native size), `output_format`, `output_compression` (the
+encoder's quality), `quality` (denoising steps: `low` half the model's default, `high`/`hd`
+twice it, others the default), `response_format` (blank: what OpenAI answers for the name,
+`url` for `dall-e-*`, `b64_json` otherwise; `gpt-image-*` always `b64_json`). A `url` is a
+signed link that expires with the job (:mod:`imagegen.serving.jobs.links`). Accepted and
+ignored as OpenAI does for models that lack them: `style`, `moderation`, `user`, `background`
+`auto`/`opaque`; `background: transparent` is refused (no served model draws alpha).
+Extensions (the SDK's `extra_body`): `negative_prompt`, `seed`, `num_inference_steps`,
+`guidance_scale`, `scheduler`, `schedule`, `clip_skip`, `loras`.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -25,10 +30,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from imagegen.errors import (
     Cancelled,
+    Forbidden,
     GenerationFailed,
     InvalidField,
     ServiceError,
@@ -45,14 +51,19 @@ from imagegen.schemas import (
     Lora,
     ModelInfo,
     OutputFormat,
+    ScheduleName,
     SchedulerName,
 )
-from imagegen.serving.encoding import encode_image, off_the_loop
+from imagegen.serving.encoding import encode_image, image_response, off_the_loop
 from imagegen.serving.gateway import Gateway, owner
+from imagegen.serving.jobs.links import EXTENSIONS
 from imagegen.serving.lifetime import while_requested
 from imagegen.serving.remote import Generated
+from middleware.paths import SIGNED_LINKS
 
 EDITS_PATH = "/v1/images/edits"
+# OpenAI's image model names, which its clients send as they are.
+OPENAI_MODELS = re.compile(r"^(dall-e-[23]|gpt-image-[0-9a-z.-]+)$")
 # Native field -> the OpenAI parameter a client sent it as.
 PARAMS = {"num_images": "n", "width": "size", "height": "size", "quality": "output_compression"}
 MAX_STEPS = 150
@@ -64,7 +75,11 @@ class OpenAIImageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
-    model: str | None = Field(None, description="A loaded model's name; blank: the default.")
+    model: str | None = Field(
+        None,
+        description="A loaded model's name; blank: the default. OpenAI's names (`dall-e-3`, "
+        "`gpt-image-1`, ...) reach the default model or the one `IMAGEGEN_OPENAI_MODELS` maps.",
+    )
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="How many images.")
     size: str | None = Field(
         None,
@@ -73,8 +88,9 @@ class OpenAIImageRequest(BaseModel):
     )
     response_format: Literal["b64_json", "url"] | None = Field(
         None,
-        description="`b64_json` (the default here), or `url`: `/jobs/{id}/result?image=k`, "
-        "fetched with the same key while the job is kept (`IMAGEGEN_JOB_TTL`).",
+        description="`b64_json`, or `url`: a signed link that downloads without a key until the "
+        "job expires (`IMAGEGEN_JOB_TTL`). Blank: `url` for `dall-e-*` models, as OpenAI; "
+        "`b64_json` otherwise. `gpt-image-*` always answers `b64_json`, as OpenAI.",
     )
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg, webp.")
     output_compression: int | None = Field(
@@ -95,6 +111,8 @@ class OpenAIImageRequest(BaseModel):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     scheduler: SchedulerName | None = None
+    schedule: ScheduleName | None = None
+    clip_skip: int | None = None
     loras: list[Lora] | None = None
 
 
@@ -116,10 +134,17 @@ def native_fields(body: OpenAIImageRequest, info: ModelInfo) -> dict[str, Any]:
             "but is 'transparent'.",
             field="background",
         )
-    extensions = ("negative_prompt", "seed", "num_inference_steps", "guidance_scale")
+    extensions = (
+        "negative_prompt",
+        "seed",
+        "num_inference_steps",
+        "guidance_scale",
+        "schedule",
+        "clip_skip",
+    )
     fields: dict[str, Any] = {
         "prompt": body.prompt,
-        "model": body.model,
+        "model": info.tag,
         "num_images": body.n,
         "output_format": body.output_format or "png",
         "scheduler": body.scheduler,
@@ -157,9 +182,11 @@ async def generate(
     gateway: Gateway, body: OpenAIImageRequest, request: Request, edit: dict[str, str]
 ) -> JSONResponse:
     """`/v1/images/generations` and, with ``edit`` (native `image`, `mask`), `/edits`."""
-    info = choose_model(body.model, await gateway.models())
+    info = choose_model(
+        model_for(body.model, gateway.settings.openai_model_map), await gateway.models()
+    )
     fields = {**native_fields(body, info), **edit}
-    url = body.response_format == "url"
+    url = answers_urls(body)
     try:
         native = (JobRequest if url else ImagesRequest).model_validate(fields)
     except ValidationError as error:
@@ -181,9 +208,31 @@ async def generate(
     if ended.status != "succeeded":
         raise GenerationFailed(f"The generation {ended.status}: {ended.error}.")
     base = str(request.base_url).rstrip("/")
-    urls = [("url", f"{base}/jobs/{job.id}/result?image={k}") for k in range(native.num_images)]
+    links = gateway.links
+    urls = [
+        ("url", links.url(base, job.id, ended.owner, k, native.output_format))
+        for k in range(native.num_images)
+    ]
     p = ended.parameters
     return created(urls, body, (p.width, p.height))
+
+
+def model_for(name: str | None, aliases: dict[str, str]) -> str | None:
+    """The served model an OpenAI `model` names: an operator's alias, the default for
+    OpenAI's own names, else the name itself (a loaded model's)."""
+    if name in aliases:
+        return aliases[name]
+    return None if name is None or OPENAI_MODELS.match(name) else name
+
+
+def answers_urls(body: OpenAIImageRequest) -> bool:
+    """Whether the answer holds links, as OpenAI decides for the model named."""
+    model = body.model or ""
+    if model.startswith("gpt-image-"):
+        return False
+    if body.response_format is None:
+        return model.startswith("dall-e-")
+    return body.response_format == "url"
 
 
 def b64_images(generated: Generated, native: ImagesRequest) -> list[tuple[str, str]]:
@@ -318,6 +367,20 @@ def openai_router(gateway: Callable[[], Gateway]) -> APIRouter:
         `/v1/images/generations`."""
         body, edit = await read_form(request, gateway().input_limits)
         return await generate(gateway(), body, request, edit)
+
+    @router.get(SIGNED_LINKS.removeprefix("/v1") + "{job_id}/{name}")
+    @answers_errors
+    async def signed_image(job_id: str, name: str, expires: int, signature: str) -> Response:
+        """An image a `url` answer linked to: no key, the link is the credential (a 403 once
+        it expires or if it was not issued here)."""
+        number, _, ext = name.partition(".")
+        if not number.isdigit() or len(number) > 2 or ext not in EXTENSIONS.values():
+            raise Forbidden("This link is not valid: it was not issued here, or has expired.")
+        gate = gateway()
+        owner_id = await gate.jobs.owner_of(job_id)
+        gate.links.check(job_id, owner_id, int(number), ext, expires, signature)
+        encoded = await gate.jobs.result(owner_id, job_id, int(number))
+        return await off_the_loop(lambda: image_response(encoded))
 
     @router.get("/models")
     async def models() -> dict[str, Any]:
