@@ -54,8 +54,12 @@ class JsonBodyMiddleware:
             and scope["method"] == "POST"
             and scope["path"] in self.multipart_paths
         )
-        undeclared = not declared and scope["path"].startswith(self.undeclared_prefixes)
-        if media_type == JSON_MEDIA_TYPE or form or undeclared or not carries_body(headers):
+        if not declared and scope["path"].startswith(self.undeclared_prefixes):
+            # Declared for the app, whose parser reads only bodies that say they are JSON.
+            raw = [*scope["headers"], (b"content-type", JSON_MEDIA_TYPE.encode())]
+            scope = {**scope, "headers": raw}
+            media_type = JSON_MEDIA_TYPE
+        if media_type == JSON_MEDIA_TYPE or form or not carries_body(headers):
             await self.app(scope, receive, send)
             return
         shown = f"`{media_type}`" if media_type else "not declared"

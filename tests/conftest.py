@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,50 @@ def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("open-server") / "bentoml-serve.log"
     with bentoml_serve(log, api_keys="", rate_limit="3/minute", warmup="false") as running:
         yield running
+
+
+# LibreChat's Stable Diffusion tool asks for 1024x1024 at 22 guided steps (46 units of work),
+# more than the CPU default budget: the front-ends' servers allow it, as an operator would.
+FRONTEND_WORK = "64"
+
+
+@pytest.fixture(scope="session")
+def frontends_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The front-ends' server with auth on."""
+    log = tmp_path_factory.mktemp("frontends-server") / "bentoml-serve.log"
+    with bentoml_serve(log, max_request_work=FRONTEND_WORK, warmup="false") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def frontends_open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The front-ends' server with auth off, as most people first run it."""
+    log = tmp_path_factory.mktemp("frontends-open-server") / "bentoml-serve.log"
+    with bentoml_serve(log, api_keys="", max_request_work=FRONTEND_WORK, warmup="false") as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """A server as a front-end is pointed at it: its URL and the key typed into the tool's
+    settings ("" with auth off, where the tools send an empty header or none)."""
+
+    url: str
+    key: str
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def url_with_credentials(self, user: str = "user") -> str:
+        """The URL with `user:key@` in it, how a tool that has no auth field of its own
+        (Dify's, text-generation-webui's) is given credentials: its HTTP library sends them
+        as basic auth."""
+        return f"http://{user}:{self.key}@{self.host}" if self.key else self.url
+
+
+@pytest.fixture(params=["auth on", "auth off"])
+def frontend(request: pytest.FixtureRequest) -> Frontend:
+    if request.param == "auth on":
+        return Frontend(request.getfixturevalue("frontends_server").url, API_KEY)
+    return Frontend(request.getfixturevalue("frontends_open_server").url, "")

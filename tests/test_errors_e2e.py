@@ -135,19 +135,21 @@ def test_a_cross_origin_simple_request_cannot_start_a_generation(
     open_server: Server, content_type: str, body: str
 ) -> None:
     """What any web page may make a browser send to a local server without a CORS preflight:
-    with auth off, only the content type stands between it and a generation."""
+    with auth off, the `Origin` it cannot fake refuses it, on every API (A1111's, which
+    takes JSON without a `Content-Type`, included)."""
     # From an address of its own, so the open server's per-address rate limit, which other
     # tests count on, is not spent here.
     transport = httpx.HTTPTransport(local_address="127.0.0.2")
     with httpx.Client(transport=transport) as client:
-        response = client.post(
-            f"{open_server.url}/generate/image",
-            content=body,
-            headers={"Content-Type": content_type, "Origin": "https://evil.example"},
-        )
-    assert response.status_code == 415
-    assert "image" not in response.headers["content-type"]
-    assert_error_shape(response)
+        for path in ("/generate/image", "/sdapi/v1/txt2img", "/sdapi/v1/interrupt"):
+            response = client.post(
+                f"{open_server.url}{path}",
+                content=body,
+                headers={"Content-Type": content_type, "Origin": "https://evil.example"},
+            )
+            assert response.status_code == 403, (path, response.text)
+            assert "https://evil.example" in response.json()["error"]
+            assert_error_shape(response)
 
 
 def test_concurrency_429_is_ours_with_retry_after_and_an_access_line(server: Server) -> None:

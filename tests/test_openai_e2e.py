@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import httpx
@@ -64,16 +65,24 @@ def test_size_auto_and_output_format_are_mapped(client: openai.OpenAI) -> None:
     assert (image.format, image.size) == ("WEBP", (64, 64))  # sd-tiny's native size
 
 
-def test_urls_serve_each_image_with_the_same_key(
+def test_urls_are_signed_links_that_download_without_a_key(
     client: openai.OpenAI, compat_server: Server
 ) -> None:
     made = client.images.generate(prompt="a cat", n=2, response_format="url")
     urls = [item.url or "" for item in made.data]
-    assert all(url.startswith(f"{compat_server.url}/jobs/") for url in urls)
-    fetched = [httpx.get(url, headers=AUTH) for url in urls]
+    assert all(url.startswith(f"{compat_server.url}/v1/files/") for url in urls)
+    assert all(httpx.URL(url).path.endswith(".png") for url in urls)  # clients name files so
+    fetched = [httpx.get(url) for url in urls]  # no key: the link is the credential
     assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in fetched)
     assert fetched[0].content != fetched[1].content
-    assert httpx.get(urls[0]).status_code == 401  # the URL is the key's, like its job
+    forged = urls[0].replace("/0.png", "/1.png")
+    expired = re.sub(r"expires=[0-9]+", "expires=1", urls[0])
+    for bad in (forged, expired, urls[0][:-4] + "0000"):
+        assert httpx.get(bad).status_code == 403, bad
+    job_id = httpx.URL(urls[0]).path.split("/")[3]
+    # Every other path of the job still needs the key.
+    assert httpx.get(f"{compat_server.url}/jobs/{job_id}").status_code == 401
+    assert httpx.get(f"{compat_server.url}/jobs/{job_id}/result?image=0").status_code == 401
 
 
 def test_edit_inpaints_where_the_mask_is_transparent(client: openai.OpenAI) -> None:
@@ -108,7 +117,7 @@ def test_an_edit_without_a_mask_redraws_the_whole_image(client: openai.OpenAI) -
     [
         ({"prompt": "a cat", "size": "65x64"}, "size"),
         ({"prompt": "a cat", "n": 9}, "n"),
-        ({"prompt": "a cat", "model": "dall-e-3"}, "model"),
+        ({"prompt": "a cat", "model": "midjourney-v6"}, "model"),
         ({"prompt": "a cat", "background": "transparent"}, "background"),
         ({"prompt": "a cat", "extra_body": {"stepz": 3}}, "stepz"),
     ],
@@ -165,7 +174,7 @@ def test_only_the_edit_route_takes_a_form(compat_server: Server, tmp_path: Path)
         files=form,
         headers={**AUTH, "Origin": "https://evil.example"},
     )
-    assert cross_site.status_code == 415
+    assert cross_site.status_code == 403
 
 
 def test_the_rate_limit_raises_rate_limit_error(open_server: Server) -> None:

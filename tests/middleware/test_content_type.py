@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from middleware.content_type import JsonBodyMiddleware
 from tests.asgi import call, echo_body_app
@@ -75,11 +78,20 @@ def test_a_form_passes_only_where_a_compatibility_route_takes_one() -> None:
     assert form_post("/v1/images/edits", method="PUT") == 415
 
 
+async def content_type_app(scope: Scope, receive: Receive, send: Send) -> None:
+    declared = Headers(scope=scope).get("content-type", "")
+    await Response(declared.encode())(scope, receive, send)
+
+
 def test_a1111s_prefix_reads_an_undeclared_body_as_json() -> None:
     lenient = JsonBodyMiddleware(echo_body_app, undeclared_prefixes=("/sdapi/v1/",))
     headers = {"Content-Length": str(len(BODY))}
     sent = call(lenient, "/sdapi/v1/txt2img", method="POST", headers=headers, chunks=(BODY,))
     assert (sent.status, sent.body) == (200, BODY)
+    # Declared for the app, whose parser reads JSON only when it says so.
+    declaring = JsonBodyMiddleware(content_type_app, undeclared_prefixes=("/sdapi/v1/",))
+    seen = call(declaring, "/sdapi/v1/options", method="POST", headers=headers, chunks=(BODY,))
+    assert seen.body == b"application/json"
     # Declared as something else, or elsewhere, it is still refused.
     plain = {**headers, "Content-Type": "text/plain"}
     assert (
