@@ -4,6 +4,7 @@ state is saved as a screenshot in the test artifacts; a request outside the serv
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,22 @@ def test_the_png_downloaded_keeps_its_parameters(playground: tuple[Page, list[st
         page.locator("#results figure a").first.click()
     saved = Image.open(download.value.path())
     assert '"seed":7' in saved.info["parameters"]  # type: ignore[operator]
+
+
+def test_schedule_and_clip_skip_reach_the_image(playground: tuple[Page, list[str]]) -> None:
+    page, _ = playground
+    enter_key(page)
+    page.fill("#prompt", PROMPT)
+    fix_seed(page, 7)
+    page.select_option("#scheduler", "dpm++")
+    page.select_option("#schedule", "karras")
+    page.fill("#clip_skip", "2")
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=WAIT_MS)
+    with page.expect_download() as download:
+        page.locator("#results figure a").first.click()
+    drawn = json.loads(Image.open(download.value.path()).info["parameters"])  # type: ignore[arg-type]
+    assert (drawn["scheduler"], drawn["schedule"], drawn["clip_skip"]) == ("dpm++", "karras", 2)
 
 
 def ask_for_a_long_generation(page: Page) -> None:

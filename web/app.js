@@ -6,11 +6,12 @@
 const KEY_STORAGE = "imagegen-api-key";
 const GALLERY_LIMIT = 100; // images kept; the oldest go first
 const FIELDS = [
-  "prompt", "negative_prompt", "model", "scheduler", "width", "height",
+  "prompt", "negative_prompt", "model", "scheduler", "schedule", "clip_skip", "width", "height",
   "num_inference_steps", "guidance_scale", "seed", "num_images", "strength",
 ];
 const NUMBERS = new Set([
-  "width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images", "strength",
+  "clip_skip", "width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images",
+  "strength",
 ]);
 
 const $ = (id) => document.getElementById(id);
@@ -198,6 +199,7 @@ function applyModel() {
   negative.disabled = info.guidance !== "classifier-free";
   negative.placeholder = negative.disabled ? `${info.name} has no negative prompt` : "";
   $("guidance_scale").disabled = info.guidance === "none";
+  $("clip_skip").disabled = info.family === "flux"; // its prompt is not read by CLIP alone
   $("loras").replaceChildren(...(info.loras ?? []).map(loraRow));
   $("adapters").hidden = !info.loras?.length;
 }
