@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal, get_args, get_origin
@@ -239,9 +239,9 @@ class Settings(BaseSettings):
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip() for o in self.allowed_origins.split(",") if o.strip())
 
-    @property
+    @cached_property
     def openai_model_map(self) -> dict[str, str]:
-        """OpenAI model name -> served model, from `openai_models`."""
+        """OpenAI model name -> served model, from `openai_models` (read once)."""
         pairs = (entry.partition("=") for entry in self.openai_models.split(",") if entry.strip())
         return {name.strip(): model.strip() for name, _, model in pairs}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import json
 import re
@@ -36,7 +35,14 @@ from imagegen import __version__
 from imagegen.errors import InvalidField, Unsupported, answers_errors
 from imagegen.parameters import choose_model
 from imagegen.schemas import MAX_CLIP_SKIP, MAX_IMAGES, ImagesRequest, ModelInfo
-from imagegen.serving.compat.a1111_options import Held, held, kept, model_hash, title
+from imagegen.serving.compat.a1111_options import (
+    Held,
+    held,
+    kept,
+    model_hash,
+    model_sha256,
+    title,
+)
 from imagegen.serving.encoding import encode_image, off_the_loop
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.queue import Ticket
@@ -336,7 +342,7 @@ class A1111:
         self.running: dict[str, list[Running]] = {}
         self.settings: dict[str, dict[str, Any]] = {}  # key -> the settings it set
 
-    async def held(self, key: str, body: Txt2Img | None = None) -> Held:
+    async def settings_for(self, key: str, body: Txt2Img | None = None) -> Held:
         """The key's settings, then the request's `override_settings` and `clip_skip`."""
         infos = await self.gateway.models()
         own = held(self.settings.get(key, {}), infos)
@@ -353,7 +359,7 @@ class A1111:
 
     async def generate(self, body: Txt2Img, request: Request) -> JSONResponse:
         key = owner(request)
-        settings = await self.held(key, body)
+        settings = await self.settings_for(key, body)
         info = choose_model(settings.model, await self.gateway.models())
         try:
             native = ImagesRequest.model_validate(native_fields(body, info, settings))
@@ -407,7 +413,7 @@ class A1111:
 
     async def options(self, key: str) -> dict[str, Any]:
         """What the key set, with the held settings as they are in effect."""
-        own = await self.held(key)
+        own = await self.settings_for(key)
         info = choose_model(own.model, await self.gateway.models())
         return {
             "samples_format": "png",
@@ -429,7 +435,7 @@ class A1111:
                 "title": title(info),
                 "model_name": info.name,
                 "hash": model_hash(info),
-                "sha256": hashlib.sha256(info.tag.encode()).hexdigest(),
+                "sha256": model_sha256(info),
                 "filename": info.tag,
                 "config": None,
             }
@@ -437,7 +443,7 @@ class A1111:
         ]
 
     async def samplers(self, key: str) -> list[dict[str, Any]]:
-        info = choose_model((await self.held(key)).model, await self.gateway.models())
+        info = choose_model((await self.settings_for(key)).model, await self.gateway.models())
         return [
             {"name": name, "aliases": list(SAMPLERS[name][1]), "options": {}}
             for name in samplers_of(info)

@@ -81,11 +81,10 @@ def held(settings: dict[str, Any], infos: list[ModelInfo], where: str = "") -> H
     """The held settings among ``settings``, checked by the rule (``where`` prefixes the field
     named in a 422: `override_settings.`)."""
     for name, value in settings.items():
-        default = IMAGE_SETTINGS.get(name, value)
-        if value != default:
+        if name in IMAGE_SETTINGS and value != IMAGE_SETTINGS[name]:
             raise Unsupported(
                 f"`{where}{name}` changes the image in a way this service cannot: it must be "
-                f"{default!r} (A1111's default), but is {value!r}.",
+                f"{IMAGE_SETTINGS[name]!r} (A1111's default), but is {value!r}.",
                 field=f"{where}{name}",
             )
     model = settings.get("sd_model_checkpoint")
@@ -144,9 +143,14 @@ def checkpoint(name: str, infos: list[ModelInfo], field: str) -> ModelInfo:
     )
 
 
+def model_sha256(info: ModelInfo) -> str:
+    """A1111's model hash (here of the model's `name:version`, not of a file)."""
+    return hashlib.sha256(info.tag.encode()).hexdigest()
+
+
 def model_hash(info: ModelInfo) -> str:
-    """A1111's short model hash: 10 hex digits (here of the model's `name:version`)."""
-    return hashlib.sha256(info.tag.encode()).hexdigest()[:10]
+    """A1111's short model hash: its first 10 hex digits."""
+    return model_sha256(info)[:10]
 
 
 def title(info: ModelInfo) -> str:

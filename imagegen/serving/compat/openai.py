@@ -377,7 +377,8 @@ def openai_router(gateway: Callable[[], Gateway]) -> APIRouter:
         if not number.isdigit() or len(number) > 2 or ext not in EXTENSIONS.values():
             raise Forbidden("This link is not valid: it was not issued here, or has expired.")
         gate = gateway()
-        owner_id = await gate.jobs.owner_of(job_id)
+        # No job signs as nobody's: an unknown id is a 403 too, so links reveal no job ids.
+        owner_id = await gate.jobs.owner_of(job_id) or ""
         gate.links.check(job_id, owner_id, int(number), ext, expires, signature)
         encoded = await gate.jobs.result(owner_id, job_id, int(number))
         return await off_the_loop(lambda: image_response(encoded))

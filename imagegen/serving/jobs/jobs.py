@@ -238,12 +238,10 @@ class Jobs:
             )
         return result
 
-    async def owner_of(self, job_id: str) -> str:
-        """Whose job it is, for a signed link (which names no key); unknown: not found."""
+    async def owner_of(self, job_id: str) -> str | None:
+        """Whose job it is, for a signed link (which names no key); None if there is none."""
         job = await self.store.get(job_id)
-        if job is None:
-            raise JobNotFound(f"There is no job {job_id}.")
-        return job.owner
+        return job.owner if job is not None else None
 
     async def ended(self, job_id: str) -> None:
         """Wait for a job started on this replica to end (its task is not cancelled when
