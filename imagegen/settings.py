@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from imagegen.hop import api_name
+from imagegen.hop import api_name, model_name
 from imagegen.schemas import MAX_LORAS
 from models.recipes import EMBEDDED
 
@@ -206,7 +206,8 @@ class Settings(BaseSettings):
         "",
         description="OpenAI model names mapped to served models, such as "
         "`dall-e-3=sdxl,gpt-image-1=sd-shapes`. OpenAI's own names (`dall-e-2`, `dall-e-3`, "
-        "`gpt-image-*`) not listed reach the default model.",
+        "`gpt-image-*`) not listed reach the default model. Each must be a served model: a "
+        "bad entry stops the service at start.",
     )
     url_secret: str = Field(
         "",
@@ -233,6 +234,18 @@ class Settings(BaseSettings):
         names = [api_name(tag) for tag in self.model_tags]
         if len(set(names)) != len(names):
             raise ValueError(f"`models` must name each model once, but is {self.models!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _openai_models_are_served(self) -> Settings:
+        served = {model_name(tag) for tag in self.model_tags}
+        for name, model in self.openai_model_map.items():
+            if not name or model_name(model) not in served:
+                raise ValueError(
+                    f"`openai_models` must map names to served models "
+                    f"({', '.join(sorted(served))}) as `name=model`, but maps {name!r} to "
+                    f"{model!r}"
+                )
         return self
 
     @property

@@ -379,3 +379,14 @@ def test_every_answer_is_encoded_off_the_event_loop(
     assert client.post("/v1/images/generations", json={"prompt": "a cat"}).status_code == 200
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2}).status_code == 200
     assert on_loop == {"native": False, "openai": False, "a1111": False}
+
+
+@pytest.mark.parametrize("mapping", ["dall-e-3=sdxl", "dall-e-3", "=sd-tiny"])
+def test_openai_model_names_must_map_to_served_models(mapping: str) -> None:
+    with pytest.raises(ValueError, match="`openai_models` must map names to served models"):
+        Settings(models="sd-tiny", openai_models=mapping)
+
+
+def test_openai_model_names_map_to_a_served_model_by_name_or_tag() -> None:
+    settings = Settings(models="sd-tiny", openai_models="dall-e-3=sd-tiny, gpt-image-1=sd-tiny:v1")
+    assert settings.openai_model_map == {"dall-e-3": "sd-tiny", "gpt-image-1": "sd-tiny:v1"}
