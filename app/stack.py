@@ -20,6 +20,7 @@ from middleware.cross_site import CrossSiteMiddleware
 from middleware.error_body import ErrorBodyMiddleware
 from middleware.rate_limit import RateLimitMiddleware
 from middleware.request_id import RequestIdMiddleware
+from middleware.security_headers import SecurityHeadersMiddleware
 from middleware.timing import TimingMiddleware
 
 logger = logging.getLogger(__name__)
@@ -34,18 +35,21 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
 
     1. access log: sees the final status and bytes of everything inside, the request id and
        the key id auth records;
-    2. request id: set before anything else logs;
-    3. error body: every error answer inside becomes one JSON shape carrying that id (in
+    2. security headers (`nosniff`, a Content-Security-Policy) on every answer;
+    3. request id: set before anything else logs;
+    4. error body: every error answer inside becomes one JSON shape carrying that id (in
        OpenAI's shape under `/v1/`);
-    4. timing: `total` covers auth, limits and the handler;
-    5. cross-site requests refused by `Origin`, before anything reads them;
-    6. auth, then 7. the per-key rate limit, which needs the key id;
-    8. admission: requests in flight and the timeout, for requests that passed the above;
-    9. JSON bodies only (a form on OpenAI's image edits; undeclared JSON on A1111's API), then
-       10. the body limit: neither reads a refused body.
+    5. timing: `total` covers auth, limits and the handler;
+    6. cross-site requests refused by `Origin`, before anything reads them;
+    7. auth, then 8. the per-key rate limit, which needs the key id;
+    9. admission: requests in flight (in total and per key) and the timeout, for requests
+       that passed the above;
+    10. JSON bodies only (a form on OpenAI's image edits; undeclared JSON on A1111's API), then
+       11. the body limits (size, time to arrive): neither reads a refused body.
     """
     stack = [
         Middleware(AccessLogMiddleware, log_prompts=settings.log_prompts),
+        Middleware(SecurityHeadersMiddleware),
         Middleware(RequestIdMiddleware),
         Middleware(ErrorBodyMiddleware, dialects={"/v1/": openai_error}),
         Middleware(TimingMiddleware),
@@ -67,6 +71,7 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
         Middleware(
             AdmissionMiddleware,
             max_concurrency=settings.max_concurrency,
+            per_client=settings.concurrency_per_key,
             # Generation handlers cancel their work and answer 504 at `timeout` themselves;
             # this later one answers for anything else that hangs.
             timeout=settings.timeout + TIMEOUT_GRACE_S,
@@ -76,7 +81,9 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
             multipart_paths=frozenset({EDITS_PATH}),
             undeclared_prefixes=(A1111_PREFIX,),
         ),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s
+        ),
     ]
     return stack
 

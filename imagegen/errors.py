@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic_core import ErrorDetails
 from starlette.responses import JSONResponse
+
+from imagegen.field_errors import sentence
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -91,7 +94,7 @@ class GenerationFailed(ServiceError):
 
 
 class RateLimited(ServiceError):
-    """A client over its work rate limit."""
+    """A client over one of its own limits: its work rate, or the jobs its key may hold."""
 
     status_code = 429
 
@@ -160,14 +163,12 @@ def answers_validation_errors(app: FastAPI, statuses: Mapping[str, int] | None =
 
     async def bad_request(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
-        detail = [
-            {
-                "loc": [part for part in item["loc"] if part != "body"],
-                "msg": item["msg"],
-                "type": item["type"],
-            }
-            for item in error.errors()
-        ]
+        detail = []
+        for item in error.errors():
+            loc = [part for part in item["loc"] if part != "body"]
+            # The body as a whole (none, `null`, an array): its own sentence, not pydantic's.
+            message = item["msg"] if loc else sentence(cast(ErrorDetails, {**item, "loc": ()}))
+            detail.append({"loc": loc, "msg": message, "type": item["type"]})
         path = request.url.path
         status = next((s for p, s in (statuses or {}).items() if path.startswith(p)), 400)
         return JSONResponse({"detail": detail}, status_code=status)

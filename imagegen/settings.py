@@ -114,6 +114,20 @@ class Settings(BaseSettings):
         description="Requests in flight per service, event streams included; more are "
         "answered 429 with `Retry-After` (BentoML's own limit stays at twice this as a backstop).",
     )
+    max_concurrency_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="Requests in flight per API key (per client address with auth off), event "
+        "streams included, so one client cannot hold every slot; more are answered 429 with "
+        "`Retry-After`. Unset: half of `max_concurrency` (at least 1).",
+    )
+    body_timeout_s: float = Field(
+        30,
+        gt=0,
+        description="Seconds a request body may take to arrive, from the request's start; a "
+        "slower one is answered 408 and its connection closed, so a trickled body holds a "
+        "slot no longer than this.",
+    )
     max_batch_size: int = Field(
         8,
         ge=1,
@@ -186,15 +200,23 @@ class Settings(BaseSettings):
         description="Most jobs stored at once (unexpired, any status); past it `POST /jobs` "
         "answers 503 with `Retry-After`.",
     )
+    max_jobs_per_key: int = Field(
+        100,
+        ge=1,
+        description="Most jobs one API key may hold at once (unexpired, any status), so one "
+        "key cannot fill the store for the others; past it its `POST /jobs` answers 429 with "
+        "`Retry-After`. With auth off every client is one owner, bounded by `max_jobs` alone.",
+    )
     webhook_hosts: str = Field(
         "",
-        description="Comma-separated host names (or `host:port`) a job's `webhook` may name; "
-        "empty turns webhooks off. No other URL a client gives is ever fetched.",
+        description="Comma-separated `host:port` (that port) or bare host names (port 80 or "
+        "443 only) a job's `webhook` may name; empty turns webhooks off. No other URL a client "
+        "gives is ever fetched.",
     )
     webhook_secret: str = Field(
         "",
-        description="Key of the HMAC-SHA256 signature sent with each webhook "
-        "(`X-Imagegen-Signature: sha256=<hex>`).",
+        description="Key of the HMAC-SHA256 signature sent with each webhook, over its id, "
+        "timestamp and body as Standard Webhooks sign (`webhook-signature`; docs/jobs.md).",
     )
     allowed_origins: str = Field(
         "",
@@ -257,6 +279,11 @@ class Settings(BaseSettings):
         """OpenAI model name -> served model, from `openai_models` (read once)."""
         pairs = (entry.partition("=") for entry in self.openai_models.split(",") if entry.strip())
         return {name.strip(): model.strip() for name, _, model in pairs}
+
+    @property
+    def concurrency_per_key(self) -> int:
+        """``max_concurrency_per_key``, or half of ``max_concurrency`` when unset."""
+        return self.max_concurrency_per_key or max(1, self.max_concurrency // 2)
 
     @property
     def limits_storage(self) -> str:

@@ -1,4 +1,5 @@
-"""The one list of paths the middlewares treat specially, matched one way.
+"""The one list of paths the middlewares treat specially, matched one way, and whom a request
+is counted against.
 
 Probes and metrics are polled by machines: they need no key, are never limited or logged, and
 must answer under any load. The docs and the playground page (its files, not what it asks
@@ -12,7 +13,7 @@ from __future__ import annotations
 from starlette.types import Scope
 
 PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-PUBLIC_PATHS = PROBE_PATHS | {"/", "/docs", "/docs.json"}
+PUBLIC_PATHS = PROBE_PATHS | {"/", "/docs", "/docs.json", "/docs.js"}
 # Swagger UI's scripts and styles, served by BentoML, and the playground's files.
 PUBLIC_ASSETS = ("/static_content/", "/web/")
 # Signed links to a job's images: the link is the credential (its route checks it).
@@ -50,3 +51,11 @@ def is_public(scope: Scope) -> bool:
 def is_signed_link(scope: Scope) -> bool:
     """A read of a signed link, which carries its own credential instead of a key."""
     return scope["method"] in READ_METHODS and route_path(scope).startswith(SIGNED_LINKS)
+
+
+def client_bucket(scope: Scope) -> str:
+    """Whom a request is counted against: its API key (the id auth records), or its address
+    without auth."""
+    key_id = scope.get("state", {}).get("api_key_id")
+    client = scope.get("client")
+    return f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"

@@ -21,7 +21,7 @@ from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .paths import is_public
+from .paths import client_bucket, is_public
 
 
 def parse_rate(rate: str) -> RateLimitItem:
@@ -42,13 +42,6 @@ def limits_storage(url: str) -> Storage:
     storage = storage_from_string(f"async+{url}", **options)
     assert isinstance(storage, Storage)
     return storage
-
-
-def client_bucket(scope: Scope) -> str:
-    """Whom a request is counted against: its API key, or its address without auth."""
-    key_id = scope.get("state", {}).get("api_key_id")
-    client = scope.get("client")
-    return f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"
 
 
 class RateLimitMiddleware:

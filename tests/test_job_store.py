@@ -12,7 +12,7 @@ import pytest
 import redis as redis_client
 
 from harness.servers import Redis, redis_server
-from imagegen.errors import JobGone, JobNotFound, StoreFull
+from imagegen.errors import JobGone, JobNotFound, RateLimited, StoreFull
 from imagegen.schemas import Timings
 from imagegen.serving.encoding import Encoded
 from imagegen.serving.jobs.jobs import Job, Jobs, JobStore
@@ -32,12 +32,13 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 
 @pytest.fixture(params=["memory", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    def make(max_jobs: int) -> JobStore:
+    def make(max_jobs: int, max_jobs_per_owner: int | None = None) -> JobStore:
+        limits = {"max_jobs": max_jobs, "ttl": TTL, "max_jobs_per_owner": max_jobs_per_owner}
         if request.param == "memory":
-            return MemoryJobStore(max_jobs=max_jobs, ttl=TTL)
+            return MemoryJobStore(**limits)  # type: ignore[arg-type]
         url: str = request.getfixturevalue("redis").url
         redis_client.Redis.from_url(url).flushdb()  # each test starts from an empty store
-        return RedisJobStore.connect(url, max_jobs=max_jobs, ttl=TTL)
+        return RedisJobStore.connect(url, **limits)  # type: ignore[arg-type]
 
     return make
 
@@ -101,5 +102,25 @@ def test_the_cap_expiry_and_the_gone_window(make_store: Any) -> None:
         await asyncio.sleep(TTL + 1.2)  # the record itself is kept twice the TTL
         with pytest.raises(JobNotFound):
             await jobs.find("key", "first")
+
+    asyncio.run(scenario())
+
+
+def test_one_owner_is_held_to_its_own_cap_and_the_others_are_not(make_store: Any) -> None:
+    async def scenario() -> None:
+        store = make_store(10, max_jobs_per_owner=2)
+        first = job("a1", owner="a")
+        for held in (first, job("a2", owner="a")):
+            await store.create(held)
+        with pytest.raises(RateLimited) as over:
+            await store.create(job("a3", owner="a"))
+        assert over.value.status_code == 429 and int(over.value.headers["Retry-After"]) > 0
+        await store.create(job("b1", owner="b"))  # another key is not held back
+        for anyone in ("x1", "x2", "x3"):  # auth off: one owner, the total alone applies
+            await store.create(job(anyone, owner=""))
+        first.status, first.finished_at = "succeeded", time.time()
+        await store.save(first)
+        await asyncio.sleep(TTL + 0.3)
+        await store.create(job("a3", owner="a"))  # its expired job no longer counts
 
     asyncio.run(scenario())

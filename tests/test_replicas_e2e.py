@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,29 @@ def test_losing_redis_makes_the_job_paths_answer_503_not_wrong(tmp_path: Path) -
             f"{server.url}/generate/image", json={"prompt": "a"}, headers=AUTH, timeout=60
         )
         assert image.status_code == 200
+
+
+def test_a_frozen_redis_makes_the_job_paths_answer_503_at_once(
+    redis: Redis, replicas: tuple[Server, Server]
+) -> None:
+    """Was: Redis stopped (SIGSTOP) held `GET /jobs/{id}` and `POST /jobs` on both replicas
+    for as long as it stayed frozen. Last in this module: it freezes the shared Redis."""
+    a, _ = replicas
+    job_id = httpx.post(f"{a.url}/jobs", json={"prompt": "a"}, headers=AUTH).json()["id"]
+    redis.process.send_signal(signal.SIGSTOP)
+    try:
+        for server in replicas:
+            for method, path in [("GET", f"/jobs/{job_id}"), ("POST", "/jobs")]:
+                started = time.monotonic()
+                response = httpx.request(
+                    method, f"{server.url}{path}", json={"prompt": "a"}, headers=AUTH, timeout=30
+                )
+                assert response.status_code == 503, response.text
+                assert int(response.headers["retry-after"]) >= 1
+                assert time.monotonic() - started < 4
+            image = httpx.post(
+                f"{server.url}/generate/image", json={"prompt": "a"}, headers=AUTH, timeout=60
+            )
+            assert image.status_code == 200  # synchronous generation needs no store
+    finally:
+        redis.process.send_signal(signal.SIGCONT)

@@ -233,6 +233,7 @@ def test_middlewares_are_mounted_in_the_documented_order() -> None:
     stack = middleware_stack(Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
     assert [middleware.cls.__name__ for middleware in stack] == [  # type: ignore[attr-defined]
         "AccessLogMiddleware",
+        "SecurityHeadersMiddleware",
         "RequestIdMiddleware",
         "ErrorBodyMiddleware",
         "TimingMiddleware",

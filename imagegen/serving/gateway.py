@@ -29,7 +29,7 @@ from imagegen.serving.queue import Listener, Ticket, WorkQueue
 from imagegen.serving.remote import Generated, GeneratorClient, generator_ready
 from imagegen.serving.work_limit import WorkRateLimit
 from imagegen.settings import Settings
-from middleware.rate_limit import client_bucket
+from middleware.paths import client_bucket
 
 
 def owner(request: Request) -> str:
@@ -40,15 +40,18 @@ def owner(request: Request) -> str:
 
 def job_store(settings: Settings) -> JobStore:
     """Redis when ``IMAGEGEN_REDIS_URL`` is set (several replicas), else this process."""
+    limits = {
+        "max_jobs": settings.max_jobs,
+        "ttl": settings.job_ttl,
+        "max_jobs_per_owner": settings.max_jobs_per_key,
+    }
     if settings.redis_url:
         from imagegen.serving.jobs.redis_store import (
             RedisJobStore,  # only this backend needs the redis client
         )
 
-        return RedisJobStore.connect(
-            settings.redis_url, max_jobs=settings.max_jobs, ttl=settings.job_ttl
-        )
-    return MemoryJobStore(max_jobs=settings.max_jobs, ttl=settings.job_ttl)
+        return RedisJobStore.connect(settings.redis_url, **limits)
+    return MemoryJobStore(**limits)
 
 
 @dataclass(frozen=True)

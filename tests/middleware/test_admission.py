@@ -128,3 +128,43 @@ def test_nothing_the_app_sends_after_the_504_reaches_the_client() -> None:
 def test_options_are_checked(options: dict[str, float], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         AdmissionMiddleware(ok_app, **options)  # type: ignore[arg-type]
+
+
+def test_one_client_over_its_own_limit_gets_429_while_others_are_admitted() -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    admission = AdmissionMiddleware(slow, max_concurrency=4, timeout=10, per_client=1)
+
+    async def as_key(key: str) -> list[Message]:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        keyed = {**scope(), "state": {"api_key_id": key}}
+        await admission(keyed, receive_nothing, send)
+        return sent
+
+    async def scenario() -> tuple[int, bytes, int]:
+        held = asyncio.ensure_future(as_key("a"))
+        await asyncio.sleep(0.01)
+        refused = await as_key("a")
+        other = asyncio.ensure_future(as_key("b"))
+        await asyncio.sleep(0.01)
+        release.set()
+        await held
+        return status(refused), refused[1]["body"], status(await other)
+
+    refused, body, other = asyncio.run(scenario())
+    assert (refused, other) == (429, 200)
+    assert b"This API key has its limit of 1 requests in flight" in body
+    assert admission.by_client == {}  # nothing kept for clients with nothing in flight
+
+
+def test_a_per_client_limit_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="`per_client` must be at least 1"):
+        AdmissionMiddleware(ok_app, max_concurrency=4, timeout=1, per_client=0)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from middleware.body_limit import BodyLimitMiddleware
 from tests.asgi import call, echo_body_app
@@ -66,3 +68,54 @@ def test_a_lying_content_length_is_still_counted() -> None:
 def test_a_non_positive_limit_is_refused(max_bytes: int) -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         BodyLimitMiddleware(echo_body_app, max_bytes=max_bytes)
+
+
+def test_a_body_slower_than_the_deadline_gets_408_and_the_app_a_disconnect() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (message := await receive())["type"] == "http.request":
+            seen.append(message["type"])
+        seen.append(message["type"])
+
+    async def trickle() -> Message:
+        await asyncio.sleep(0.05)  # a byte now and then, never the end
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    limited = BodyLimitMiddleware(app, max_bytes=10**6, timeout=0.3)
+    scope: Scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    asyncio.run(asyncio.wait_for(limited(scope, trickle, send), 5))
+    assert sent[0]["status"] == 408
+    assert b"within 0.3 s" in sent[1]["body"]
+    assert seen[-1] == "http.disconnect" and 2 <= len(seen) <= 8
+
+
+def test_once_the_body_is_whole_waiting_for_a_disconnect_has_no_deadline() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # the whole body
+        await receive()  # then wait, as a streaming answer listens for a disconnect
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(0.4)  # past the deadline
+        return {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    limited = BodyLimitMiddleware(app, max_bytes=100, timeout=0.2)
+    scope: Scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    asyncio.run(limited(scope, receive, send))
+    assert sent[0]["status"] == 200

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,8 +30,11 @@ from imagegen.errors import (
     JobConflict,
     JobGone,
     JobNotFound,
+    RateLimited,
     ServiceError,
+    StoreFull,
 )
+from imagegen.field_errors import shown
 from imagegen.hop import Event
 from imagegen.schemas import (
     GenerationParameters,
@@ -113,6 +117,28 @@ class Job(BaseModel):
         )
 
 
+class Limited(Protocol):
+    max_jobs: int
+    max_jobs_per_owner: int | None
+
+
+def check_room(store: Limited, held: int, owners: int, owner: str) -> None:
+    """Refuse a new job when the store holds ``max_jobs`` (503: the service is full) or its
+    owner, an API key, ``max_jobs_per_owner`` (429: that key is). With auth off (owner "")
+    the total alone applies."""
+    if held >= store.max_jobs:
+        raise StoreFull(
+            f"This service holds its limit of {store.max_jobs} jobs; retry when some have expired.",
+            retry_after=60,
+        )
+    if owner and store.max_jobs_per_owner is not None and owners >= store.max_jobs_per_owner:
+        raise RateLimited(
+            f"This API key holds its limit of {store.max_jobs_per_owner} jobs "
+            "(`IMAGEGEN_MAX_JOBS_PER_KEY`); retry when some have expired.",
+            retry_after=60,
+        )
+
+
 # One stored event: its id (what `Last-Event-ID` names), its name and its data.
 StoredEvent = tuple[str, str, dict[str, Any]]
 
@@ -123,6 +149,7 @@ class JobStore(Protocol):
     its paths say 410, not 404)."""
 
     ttl: float
+    event_ids: re.Pattern[str]  # the shape of the ids `follow` gives its events
 
     async def create(self, job: Job) -> None: ...
     async def get(self, job_id: str) -> Job | None: ...
@@ -163,6 +190,19 @@ class Jobs:
         self._running: dict[str, tuple[asyncio.Task[None], Ticket]] = {}
         self._reasons: dict[str, str] = {}
         self._background: list[asyncio.Task[None]] = []
+
+    def resumed_after(self, last_event_id: str | None) -> str | None:
+        """A stream's `Last-Event-ID`, checked before the stream starts: an id this store
+        gives its events, else a 400."""
+        if not last_event_id:
+            return None
+        if not self.store.event_ids.fullmatch(last_event_id):
+            raise InvalidField(
+                f"`Last-Event-ID` must be the id of an event this stream sent, but is "
+                f"{shown(last_event_id)}.",
+                field="Last-Event-ID",
+            )
+        return last_event_id
 
     def _start_background(self) -> None:
         """The lease keeper and the listener for cancels sent to other replicas, started

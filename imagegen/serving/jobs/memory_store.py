@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from imagegen.errors import StoreFull
 from imagegen.serving.encoding import Encoded
-from imagegen.serving.jobs.jobs import TERMINAL, Job, StoredEvent
+from imagegen.serving.jobs.jobs import TERMINAL, Job, StoredEvent, check_room
 
 KEEPALIVE_S = 15.0
 
@@ -28,14 +29,17 @@ class _Entry:
 
 
 class MemoryJobStore:
-    def __init__(self, *, max_jobs: int, ttl: float) -> None:
+    event_ids = re.compile(r"[0-9]{1,9}", re.ASCII)  # positions in the job's event log
+
+    def __init__(self, *, max_jobs: int, ttl: float, max_jobs_per_owner: int | None = None) -> None:
         self.max_jobs = max_jobs
+        self.max_jobs_per_owner = max_jobs_per_owner
         self.ttl = ttl
         self._entries: dict[str, _Entry] = {}
 
-    def _prune(self) -> int:
-        """Drop what has expired; the number of jobs still counted against ``max_jobs``."""
-        now, live = time.time(), 0
+    def _prune(self) -> Counter[str]:
+        """Drop what has expired; the jobs still counted against the limits, by owner."""
+        now, live = time.time(), Counter[str]()
         for job_id, entry in list(self._entries.items()):
             finished = entry.job.finished_at
             if finished is not None and now - finished > 2 * self.ttl:
@@ -43,16 +47,12 @@ class MemoryJobStore:
             elif finished is not None and now - finished > self.ttl:
                 entry.result, entry.events = None, []
             else:
-                live += 1
+                live[entry.job.owner] += 1
         return live
 
     async def create(self, job: Job) -> None:
-        if self._prune() >= self.max_jobs:
-            raise StoreFull(
-                f"This server holds its limit of {self.max_jobs} jobs; retry when some have "
-                "expired.",
-                retry_after=60,
-            )
+        live = self._prune()
+        check_room(self, live.total(), live[job.owner], job.owner)
         self._entries[job.id] = _Entry(job.model_copy())
 
     async def get(self, job_id: str) -> Job | None:
@@ -79,8 +79,8 @@ class MemoryJobStore:
         entry.touch()
 
     async def follow(self, job_id: str, after: str | None) -> AsyncIterator[StoredEvent | None]:
-        """Event ids count from 1; a malformed ``after`` replays from the start."""
-        position = int(after) if after and after.isdigit() else 0
+        """Event ids count from 1."""
+        position = int(after) if after else 0
         while True:
             entry = self._entries.get(job_id)
             if entry is None:

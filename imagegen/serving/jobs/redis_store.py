@@ -23,19 +23,33 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
-from imagegen.errors import StoreFull, StoreUnavailable
+from imagegen.errors import StoreUnavailable
 from imagegen.serving.encoding import Encoded
-from imagegen.serving.jobs.jobs import LEASE_S, TERMINAL, Job, StoredEvent
+from imagegen.serving.jobs.jobs import LEASE_S, TERMINAL, Job, StoredEvent, check_room
 
 PREFIX = "imagegen:"
 KEEPALIVE_MS = 15_000
+COMMAND_TIMEOUT_S = 1.5
 # An unfinished job's keys outlive any job (IMAGEGEN_TIMEOUT); a looker ends it first.
 UNFINISHED_S = 86_400
 MAX_EVENTS = 10_000  # per job: 150 steps x 8 images is far below
-STREAM_ID = re.compile(r"^\d+-\d+$")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+# The unexpired jobs, in total and of one owner (sorted sets scored by expiry), counted in
+# one round trip once the expired are dropped: [total, owner's].
+COUNT_JOBS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+"""
+
+
+def owned(owner: str) -> str:
+    """The key of an owner's jobs (an API key's id; "" with auth off)."""
+    return f"{PREFIX}jobs-of:{owner}"
 
 
 def where(url: str) -> str:
@@ -58,13 +72,28 @@ def reachable(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corout
 
 
 class RedisJobStore:
-    def __init__(self, client: redis.asyncio.Redis, *, max_jobs: int, ttl: float) -> None:
+    event_ids = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)  # Redis stream entry ids
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        waits: redis.asyncio.Redis | None = None,
+        max_jobs: int,
+        ttl: float,
+        max_jobs_per_owner: int | None = None,
+    ) -> None:
         self.client = client
+        self.waits = waits or client  # for the blocking reads
         self.max_jobs = max_jobs
+        self.max_jobs_per_owner = max_jobs_per_owner
         self.ttl = ttl
+        self._count = client.register_script(COUNT_JOBS)
 
     @classmethod
-    def connect(cls, url: str, *, max_jobs: int, ttl: float) -> RedisJobStore:
+    def connect(
+        cls, url: str, *, max_jobs: int, ttl: float, max_jobs_per_owner: int | None = None
+    ) -> RedisJobStore:
         """A store on ``url``, which must answer now: start-up fails with a clear message
         otherwise (the URL's credentials are never shown)."""
         try:
@@ -74,11 +103,18 @@ class RedisJobStore:
                 f"IMAGEGEN_REDIS_URL: Redis at {where(url)} does not answer ({error}); "
                 "start it or correct the URL."
             ) from None
-        # The socket timeout outlasts a blocking read of the event stream.
+        # Commands answer within COMMAND_TIMEOUT_S or the job paths say 503, so a frozen
+        # Redis never holds a request; the blocking reads (event streams, cancels) wait on
+        # connections of their own, whose timeout outlasts a block.
         client = redis.asyncio.Redis.from_url(
-            url, socket_connect_timeout=3, socket_timeout=2 * KEEPALIVE_MS / 1000
+            url, socket_connect_timeout=COMMAND_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S
         )
-        return cls(client, max_jobs=max_jobs, ttl=ttl)
+        waits = redis.asyncio.Redis.from_url(
+            url, socket_connect_timeout=COMMAND_TIMEOUT_S, socket_timeout=2 * KEEPALIVE_MS / 1000
+        )
+        return cls(
+            client, waits=waits, max_jobs=max_jobs, ttl=ttl, max_jobs_per_owner=max_jobs_per_owner
+        )
 
     def _expiry(self, job: Job) -> float:
         if job.finished_at is None:
@@ -87,15 +123,13 @@ class RedisJobStore:
 
     @reachable
     async def create(self, job: Job) -> None:
-        jobs = PREFIX + "jobs"
-        await self.client.zremrangebyscore(jobs, "-inf", time.time())
-        if await self.client.zcard(jobs) >= self.max_jobs:
-            raise StoreFull(
-                f"This service holds its limit of {self.max_jobs} jobs; retry when some have "
-                "expired.",
-                retry_after=60,
-            )
-        await self.client.zadd(jobs, {job.id: self._expiry(job)})
+        keys = [PREFIX + "jobs", owned(job.owner)]
+        held, owners = await self._count(keys=keys, args=[time.time()])
+        check_room(self, held, owners, job.owner)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.zadd(key, {job.id: self._expiry(job)})
+            await pipe.execute()
         await self._write(job)
 
     async def _write(self, job: Job) -> None:
@@ -104,7 +138,8 @@ class RedisJobStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(f"{PREFIX}job:{job.id}", job.model_dump_json(), ex=max(keep, 1))
             pipe.expire(f"{PREFIX}events:{job.id}", max(math.ceil(expiry - time.time()), 1))
-            pipe.zadd(PREFIX + "jobs", {job.id: expiry}, xx=True)
+            for key in (PREFIX + "jobs", owned(job.owner)):
+                pipe.zadd(key, {job.id: expiry}, xx=True)
             await pipe.execute()
 
     @reachable
@@ -148,14 +183,13 @@ class RedisJobStore:
         await self.client.xadd(key, fields, maxlen=MAX_EVENTS, approximate=True)  # type: ignore[arg-type]
 
     async def follow(self, job_id: str, after: str | None) -> AsyncIterator[StoredEvent | None]:
-        """Event ids are the stream's entry ids; a malformed ``after`` replays from the
-        start."""
-        last = after if after and STREAM_ID.match(after) else "0-0"
+        """Event ids are the stream's entry ids."""
+        last = after or "0-0"
         key = f"{PREFIX}events:{job_id}"
         while True:
             try:
                 # [[key, [(entry id, {field: value})...]]], or empty after the block
-                answer: Any = await self.client.xread({key: last}, count=100, block=KEEPALIVE_MS)
+                answer: Any = await self.waits.xread({key: last}, count=100, block=KEEPALIVE_MS)
             except redis.RedisError as error:
                 raise StoreUnavailable("The job store is unreachable; retry later.") from error
             if not answer:
@@ -185,7 +219,7 @@ class RedisJobStore:
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         try:
-            async with self.client.pubsub() as pubsub:
+            async with self.waits.pubsub() as pubsub:
                 await pubsub.subscribe(PREFIX + "cancel")
                 async for message in pubsub.listen():
                     if message["type"] == "message":
