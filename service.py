@@ -200,8 +200,8 @@ class ImageGeneration:
         `preview=true` a small preview PNG, base64), then `succeeded`, `failed` or
         `cancelled`, and the stream ends. `Last-Event-ID` resumes after that event."""
         jobs, key = self.gateway.jobs, owner(request)
+        after = jobs.resumed_after(request.headers.get("last-event-id"))
         await jobs.find(key, job_id)
-        after = request.headers.get("last-event-id")
         return StreamingResponse(
             event_stream(jobs, key, job_id, after, preview),
             media_type="text/event-stream",

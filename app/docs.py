@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from imagegen import __version__
 from imagegen.schemas import ErrorBody
@@ -41,27 +41,41 @@ ERROR_STATUSES: dict[int, str] = {
     400: "A field breaks its rule, an unknown field, a scheduler or model the server does not "
     "have, a prompt longer than the text encoder reads, more work than one request may ask "
     "for, an `image` or `mask` that is not a readable PNG, JPEG or WebP within the size "
-    "limits, a webhook the server will not call, or malformed JSON.",
+    "limits, a webhook the server will not call, a bad `Last-Event-ID`, or malformed JSON.",
     401: "A missing or wrong API key.",
+    403: "A state-changing request from a web origin not in `IMAGEGEN_ALLOWED_ORIGINS`, or a "
+    "signed link that is wrong or expired.",
     404: "No such job, or another API key's job.",
+    408: "The body did not arrive within `IMAGEGEN_BODY_TIMEOUT_S`.",
     409: "The job has not succeeded (a result), or has already ended (a cancel).",
     410: "The job's result has expired (`IMAGEGEN_JOB_TTL`).",
     413: "The body is larger than `IMAGEGEN_MAX_BODY_BYTES`.",
     415: "The body is not `application/json`.",
-    429: "Too many requests in flight, or over a rate limit: retry after `Retry-After`.",
+    422: "AUTOMATIC1111's API (which answers 422 where the native API answers 400): a field "
+    "that breaks its rule, or that asks for a feature this service does not have.",
+    429: "Too many requests in flight (in total or for this key), or over a rate limit: retry "
+    "after `Retry-After`.",
     500: "The generation failed; the server log has the details, under the request id.",
     503: "The queue's estimated wait is past its bound, out of accelerator memory, the job store "
     "is full or unreachable, or the model is still loading: retry after `Retry-After`.",
     504: "The request took longer than `IMAGEGEN_TIMEOUT`; its generation was cancelled.",
 }
-POST_ERROR_STATUSES = (400, 401, 413, 415, 429, 500, 503, 504)
-GET_ERROR_STATUSES = (401, 429, 500, 504)
-JOB_ERROR_STATUSES = {
-    "get": (401, 404, 410, 429, 500, 503, 504),
-    "delete": (401, 404, 409, 410, 429, 500, 503, 504),
+# Every route but BentoML's probes passes auth, the limits and the timeout; a request with a
+# body its checks too; then each path its own.
+EVERY_ROUTE = (401, 429, 500, 504)
+WITH_BODY = (400, 403, 408, 413, 415)
+BENTOML_ROUTES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+BY_PATH: dict[str, tuple[int, ...]] = {
+    "/generate/": (503,),
+    "/v1/images/": (503,),
+    "/sdapi/v1/": (400, 422, 503),
+    "/jobs": (400, 404, 409, 410, 503),
+    "/v1/files/": (400, 403, 409, 410, 503),
 }
 
-# Assets are served by BentoML under /static_content.
+# Assets are served by BentoML under /static_content; the page's own script is /docs.js, so
+# the policy allows no inline script (Swagger UI sets inline styles, hence 'unsafe-inline'
+# for styles alone).
 SWAGGER_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -74,19 +88,52 @@ SWAGGER_PAGE = """<!DOCTYPE html>
   <div id="swagger-ui"></div>
   <script src="/static_content/swagger-ui-bundle.js"></script>
   <script src="/static_content/swagger-ui-standalone-preset.js"></script>
-  <script>
-    window.ui = SwaggerUIBundle({
-      url: "/docs.json",
-      dom_id: "#swagger-ui",
-      deepLinking: true,
-      persistAuthorization: true,
-      presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
-      layout: "StandaloneLayout",
-    });
-  </script>
+  <script src="/docs.js"></script>
 </body>
 </html>
 """
+# The key typed into Authorize is kept in this tab's sessionStorage (Swagger UI's own
+# `persistAuthorization` would keep it in localStorage, for every later visitor of the
+# browser profile), so a reload keeps it and closing the tab forgets it.
+SWAGGER_SCRIPT = """"use strict";
+const SAVED = "imagegen-docs-auth";
+const saved = () => JSON.parse(sessionStorage.getItem(SAVED) || "{}");
+const SessionAuthorization = () => ({
+  statePlugins: {
+    auth: {
+      wrapActions: {
+        authorize: (action) => (payload) => {
+          sessionStorage.setItem(SAVED, JSON.stringify({ ...saved(), ...payload }));
+          return action(payload);
+        },
+        logout: (action) => (names) => {
+          const kept = saved();
+          for (const name of names) delete kept[name];
+          sessionStorage.setItem(SAVED, JSON.stringify(kept));
+          return action(names);
+        },
+      },
+    },
+  },
+});
+window.ui = SwaggerUIBundle({
+  url: "/docs.json",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  plugins: [SessionAuthorization],
+  layout: "StandaloneLayout",
+  onComplete: () => {
+    const kept = saved();
+    if (Object.keys(kept).length) window.ui.authActions.authorize(kept);
+  },
+});
+"""
+DOCS_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 SECURITY_SCHEMES = {
@@ -116,19 +163,21 @@ def error_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
 
 def error_statuses(path: str, method: str) -> tuple[int, ...] | None:
     """The error statuses an operation can answer; None for BentoML's own routes."""
-    if method == "post":
-        return POST_ERROR_STATUSES
-    if path == "/models":
-        return GET_ERROR_STATUSES
-    if path.startswith("/jobs/"):
-        statuses = JOB_ERROR_STATUSES[method]
-        return tuple(sorted({*statuses, 409})) if path.endswith("/result") else statuses
-    return None
+    if path in BENTOML_ROUTES:
+        return None
+    statuses = {*EVERY_ROUTE, *(WITH_BODY if method != "get" else ())}
+    for prefix, more in BY_PATH.items():
+        if path.startswith(prefix):
+            statuses.update(more)
+    return tuple(sorted(statuses))
 
 
 def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
     """BentoML's spec with this service's title, version, error answers and schema names."""
     document = renamed_schemas(document)
+    # pydantic writes JSON Schema 2020-12 (a numeric `exclusiveMinimum`, `anyOf` with null):
+    # OpenAPI 3.1's dialect, not the 3.0.2 BentoML declares.
+    document["openapi"] = "3.1.0"
     document["info"] = {"title": "imagegen", "description": API_DESCRIPTION, "version": __version__}
     document.pop("servers", None)  # BentoML's "." reads as a server named "."; none means this one
     schemas = document["components"]["schemas"]
@@ -144,8 +193,9 @@ def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
             statuses = tuple(status for status in answered if auth or status != 401)
             # Swagger shows summaries as plain text, so without markdown's backticks; the
             # first sentence ends at a full stop followed by a space (not `links.events`).
-            summary = " ".join(operation["description"].split()).split(". ")[0].rstrip(".")
-            operation["summary"] = summary.replace("`", "")
+            if "description" in operation:
+                summary = " ".join(operation["description"].split()).split(". ")[0].rstrip(".")
+                operation["summary"] = summary.replace("`", "")
             kept = {k: v for k, v in operation["responses"].items() if int(k) < 400}
             operation["responses"] = {**kept, **error_responses(statuses)}
     if auth:
@@ -168,7 +218,11 @@ def docs_router(service: Any, *, auth: bool) -> APIRouter:
         return spec()
 
     @router.get("/docs", response_class=HTMLResponse)
-    def swagger_ui() -> str:
-        return SWAGGER_PAGE
+    def swagger_ui() -> HTMLResponse:
+        return HTMLResponse(SWAGGER_PAGE, headers={"Content-Security-Policy": DOCS_POLICY})
+
+    @router.get("/docs.js")
+    def swagger_script() -> Response:
+        return Response(SWAGGER_SCRIPT, media_type="text/javascript")
 
     return router

@@ -23,7 +23,10 @@ POLICY = (
 def mount_playground(app: FastAPI) -> None:
     """``GET /`` answers the page; ``/web/`` its script and style sheet."""
 
+    # The page under its file's name too, with the same policy (the files below get the
+    # API's, which would leave it blank).
     @app.get("/", include_in_schema=False)
+    @app.get("/web/index.html", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(
             WEB / "index.html",

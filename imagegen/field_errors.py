@@ -46,7 +46,7 @@ def sentence(error: ErrorDetails) -> str:
     field = ".".join(str(part) for part in error["loc"])
     name = f"`{field}`"
     if kind == "missing":
-        return f"{name} is required."
+        return f"{name} is required." if field else "The request body must be a JSON object."
     if kind == "extra_forbidden":
         return f"{name} is not a field of this request; `/docs` lists the fields."
     if kind == "string_too_short":

@@ -141,6 +141,13 @@ def read_image(
     return flattened(image, background), hashlib.sha256(data).hexdigest()
 
 
+def inverted_mask(text: str, field: str, limits: InputLimits) -> str:
+    """A mask with black and white swapped (AUTOMATIC1111's `inpainting_mask_invert`), read
+    through the checks above first; base64 PNG, for the native `mask`."""
+    drawn, _ = read_image(text, field, limits, background=(0, 0, 0))
+    return pack(ImageOps.invert(drawn.convert("L")))
+
+
 def output_size(size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
     """The size an edit makes: the requested one; a blank side is the image's, or follows the
     other side's scale when that one is given; rounded down to a multiple of 8."""

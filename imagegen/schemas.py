@@ -341,7 +341,6 @@ class AdapterInfo(BaseModel):
 
     name: str
     version: str
-    source: str = Field(description="Where it was imported from.")
 
     @property
     def tag(self) -> str:

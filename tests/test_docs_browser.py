@@ -17,11 +17,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 @pytest.fixture
 def docs_page(browser: Browser, server: Server) -> Iterator[tuple[Page, list[str]]]:
-    """/docs loaded, with every request that left the server recorded."""
+    """/docs loaded, with every request that left the server recorded; the page breaks no
+    rule of its Content-Security-Policy."""
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     outside = requests_outside(page, server.url)
-    page.goto(f"{server.url}/docs", wait_until="networkidle")
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    response = page.goto(f"{server.url}/docs", wait_until="networkidle")
+    assert response is not None
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     yield page, outside
+    assert [line for line in console if "Content Security Policy" in line] == []
     page.close()
 
 
@@ -78,3 +84,8 @@ def test_authorize_button_makes_try_it_out_work(
     page.screenshot(path=str(artifacts / "docs-try-it-out.png"), full_page=True)
     assert status.inner_text().strip() == "200"
     assert outside == []
+    # The key lives in this tab's sessionStorage: a reload keeps it, localStorage never has it.
+    assert page.evaluate("localStorage.length") == 0
+    page.reload(wait_until="networkidle")
+    page.locator("button.authorize").first.click()
+    assert page.locator(".modal-ux .auth-container").first.inner_text().count("Authorized") >= 1

@@ -4,16 +4,17 @@ end to end, a real server notifying a receiver on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import base64
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import standardwebhooks
 
 from harness.servers import Server, bentoml_serve
 from imagegen.errors import InvalidField
@@ -63,6 +64,8 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
 
 
 HOOKS = Webhooks("127.0.0.1, hooks.example.com:8443", SECRET, backoff_s=0.01)
+# How a receiver checks a delivery: the Standard Webhooks library, given the secret as it asks.
+RECEIVER = standardwebhooks.Webhook("whsec_" + base64.b64encode(SECRET.encode()).decode())
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,9 @@ HOOKS = Webhooks("127.0.0.1, hooks.example.com:8443", SECRET, backoff_s=0.01)
         ("http://user:pw@127.0.0.1/x", "must not carry credentials"),
         ("http://169.254.169.254/latest", "must name a host this server allows"),
         ("https://hooks.example.com/x", "must name a host this server allows"),  # wrong port
+        # A bare host allows its scheme's default port only, not the host's other services.
+        ("http://127.0.0.1:6379/x", "must name a host this server allows"),
+        ("https://127.0.0.1:80/x", "must name a host this server allows"),
         ("http://127.0.0.1:99999/x", "must be a valid URL"),
         ("not a url", "must be an http or https URL"),
     ],
@@ -83,8 +89,13 @@ def test_a_webhook_outside_the_rules_is_refused_naming_the_rule(url: str, rule: 
 
 
 def test_allowed_hosts_pass() -> None:
-    HOOKS.check("http://127.0.0.1:8080/hook")
-    HOOKS.check("https://hooks.example.com:8443/hook")
+    for url in [
+        "http://127.0.0.1/hook",
+        "http://127.0.0.1:80/hook",
+        "https://127.0.0.1/hook",
+        "https://hooks.example.com:8443/hook",
+    ]:
+        HOOKS.check(url)
 
 
 def test_without_allowed_hosts_webhooks_are_off() -> None:
@@ -98,9 +109,20 @@ def test_a_failed_delivery_is_retried_and_signed(receiver: Receiver) -> None:
     assert asyncio.run(HOOKS.deliver(receiver.url, payload))
     assert len(receiver.received) == 3
     _, headers, body = receiver.received[-1]
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert headers["X-Imagegen-Signature"] == expected
-    assert json.loads(body) == payload
+    assert RECEIVER.verify(body, headers) == payload
+    # One delivery id across its retries, so a receiver drops the replay of one it has seen.
+    assert len({headers["webhook-id"] for _, headers, _ in receiver.received}) == 1
+
+
+def test_a_replayed_or_altered_delivery_fails_the_receiver_s_check(receiver: Receiver) -> None:
+    asyncio.run(HOOKS.deliver(receiver.url, {"id": "j1", "status": "succeeded"}))
+    [(_, headers, body)] = receiver.received
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        RECEIVER.verify(body.replace(b"succeeded", b"cancelled"), headers)
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError, match="too old"):
+        old = str(int(headers["webhook-timestamp"]) - 600)  # replayed ten minutes later
+        resigned = {**headers, "webhook-timestamp": old}
+        RECEIVER.verify(body, resigned)
 
 
 @pytest.mark.parametrize("receiver", [[500]], indirect=True)
@@ -122,17 +144,20 @@ def test_a_server_without_allowed_hosts_refuses_a_webhook(client: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def hooked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Receiver]]:
+    """A server allowed to call one receiver, by host and port."""
+    receiver = Receiver([200])
     log = tmp_path_factory.mktemp("hooked") / "bentoml-serve.log"
-    settings = {"webhook_hosts": "127.0.0.1", "webhook_secret": SECRET, "warmup": "false"}
+    host = urlsplit(receiver.url).netloc
+    settings = {"webhook_hosts": host, "webhook_secret": SECRET, "warmup": "false"}
     with bentoml_serve(log, **settings) as running:
-        yield running
+        yield running, receiver
+    receiver.close()
 
 
 @pytest.mark.e2e
-def test_a_finished_job_notifies_its_webhook_once(
-    hooked_server: Server, receiver: Receiver
-) -> None:
+def test_a_finished_job_notifies_its_webhook_once(hooked: tuple[Server, Receiver]) -> None:
+    hooked_server, receiver = hooked
     body = {"prompt": "a cat", "num_inference_steps": 2, "webhook": receiver.url}
     job_id = httpx.post(f"{hooked_server.url}/jobs", json=body, headers=AUTH).json()["id"]
     assert receiver.got.wait(60)
@@ -141,6 +166,14 @@ def test_a_finished_job_notifies_its_webhook_once(
     assert path == "/hook" and payload["id"] == job_id and payload["status"] == "succeeded"
     assert payload["links"]["result"] == f"/jobs/{job_id}/result"
     assert headers["X-Imagegen-Event"] == "job.succeeded"
-    assert headers["X-Imagegen-Signature"] == (
-        "sha256=" + hmac.new(SECRET.encode(), sent, hashlib.sha256).hexdigest()
-    )
+    assert RECEIVER.verify(sent, headers) == payload
+
+
+@pytest.mark.e2e
+def test_the_allowed_host_on_another_port_is_refused(hooked: tuple[Server, Receiver]) -> None:
+    hooked_server, receiver = hooked
+    elsewhere = receiver.url.replace(f":{urlsplit(receiver.url).port}/", ":6379/")
+    body = {"prompt": "a cat", "webhook": elsewhere}
+    response = httpx.post(f"{hooked_server.url}/jobs", json=body, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"][0]["loc"] == ["webhook"]

@@ -70,6 +70,10 @@ def load_model(
         loaded.dtype,
         time.perf_counter() - started,
     )
+    for adapter in adapters:  # where each came from: the operator's business, not the API's
+        logger.info(
+            "LoRA %s of %s from %s", adapter.tag, stored.tag, adapter.info.metadata["source"]
+        )
     return LoadedModel(
         info=describe(stored, loaded, settings, adapters),
         family=loaded.family,
@@ -150,7 +154,6 @@ def describe(
             AdapterInfo(
                 name=adapter.tag.name,
                 version=str(adapter.tag.version),
-                source=adapter.info.metadata["source"],
             )
             for adapter in adapters
         ],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import re
 import time
@@ -24,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import PIL.Image
-import PIL.ImageOps
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -33,8 +30,16 @@ from starlette.responses import JSONResponse
 
 from imagegen import __version__
 from imagegen.errors import InvalidField, Unsupported, answers_errors
+from imagegen.inputs import inverted_mask
 from imagegen.parameters import choose_model
-from imagegen.schemas import MAX_CLIP_SKIP, MAX_IMAGES, ImagesRequest, ModelInfo
+from imagegen.schemas import (
+    MAX_CLIP_SKIP,
+    MAX_IMAGES,
+    MAX_LORAS,
+    MAX_PROMPT_CHARS,
+    ImagesRequest,
+    ModelInfo,
+)
 from imagegen.serving.compat.a1111_options import (
     Held,
     held,
@@ -117,7 +122,12 @@ OFF: dict[str, tuple[Any, ...]] = {
     "initial_noise_multiplier": (1, None),
 }
 A1111_PREFIX = "/sdapi/v1/"
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::(-?[0-9.]+))?(?::[^>]*)?>")
+# `<lora:name>`, `<lora:name:scale>` or `<lora:name:scale:...>`. No part may hold `<`, so a
+# failed match never reaches past the next tag's start: linear in the prompt's length.
+LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>")
+# A prompt's tags are removed before the native length limit applies; room for the most a
+# request may apply, each of bounded length (a name at most 200 characters).
+MAX_TAGGED_PROMPT_CHARS = MAX_PROMPT_CHARS + MAX_LORAS * 256
 
 
 class Txt2Img(BaseModel):
@@ -125,16 +135,24 @@ class Txt2Img(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field(
+        "",
+        max_length=MAX_TAGGED_PROMPT_CHARS,
+        description=f"What to draw, with `<lora:name:scale>` tags (at most {MAX_LORAS}).",
+    )
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     seed: int = Field(-1, description="-1 for random.")
     steps: int | None = Field(None, description="Blank: the model's default.")
     cfg_scale: float | None = Field(None, description="Blank: the model's default.")
     width: int | None = Field(None, description="Blank: the model's native size.")
     height: int | None = None
-    sampler_name: str | None = Field(None, description="`GET /sdapi/v1/samplers`.")
-    sampler_index: str | None = Field(None, description="Deprecated alias of `sampler_name`.")
-    scheduler: str | None = Field(None, description="Schedule type: `GET /sdapi/v1/schedulers`.")
+    sampler_name: str | None = Field(None, max_length=64, description="`GET /sdapi/v1/samplers`.")
+    sampler_index: str | None = Field(
+        None, max_length=64, description="Deprecated alias of `sampler_name`."
+    )
+    scheduler: str | None = Field(
+        None, max_length=64, description="Schedule type: `GET /sdapi/v1/schedulers`."
+    )
     clip_skip: int | None = Field(
         None, ge=1, le=MAX_CLIP_SKIP, description="SD.Next's; as `CLIP_stop_at_last_layers`."
     )
@@ -215,11 +233,7 @@ def native_fields(body: Txt2Img, info: ModelInfo, settings: Held) -> dict[str, A
     """The native request's fields for an A1111 body, to the model ``info``, under the
     key's and the request's held ``settings``."""
     check_off(body)
-    loras = [
-        {"name": name, "scale": float(scale) if scale else 1.0}
-        for name, scale in LORA_TAG.findall(body.prompt)
-        if not body.disable_extra_networks
-    ]
+    loras = [] if body.disable_extra_networks else lora_tags(body.prompt)
     scheduler, schedule = sampling_of(body, info)
     fields: dict[str, Any] = {
         "prompt": LORA_TAG.sub("", body.prompt).strip(),
@@ -238,22 +252,23 @@ def native_fields(body: Txt2Img, info: ModelInfo, settings: Held) -> dict[str, A
     }
     if isinstance(body, Img2Img):
         fields.update(image=body.init_images[0], strength=body.denoising_strength)
-        if body.mask is not None:
-            fields["mask"] = inverted(body.mask) if body.inpainting_mask_invert else body.mask
+        fields["mask"] = body.mask
     return fields
 
 
-def inverted(mask: str) -> str:
-    """A1111's `inpainting_mask_invert`: black is repainted."""
-    data = mask.partition(",")[2] if mask.startswith("data:") else mask
-    try:
-        image = PIL.Image.open(io.BytesIO(base64.b64decode(data)))
-        image.load()
-    except (ValueError, OSError) as error:
-        raise Unsupported(f"`mask` must be a readable image: {error}.", field="mask") from None
-    buffer = io.BytesIO()
-    PIL.ImageOps.invert(image.convert("L")).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+def lora_tags(prompt: str) -> list[dict[str, Any]]:
+    """The LoRAs a prompt names with A1111's tags; a scale that is no number is a 422."""
+    loras = []
+    for name, scale in LORA_TAG.findall(prompt):
+        try:
+            loras.append({"name": name, "scale": float(scale) if scale else 1.0})
+        except ValueError:
+            raise Unsupported(
+                f"`prompt`'s tag `<lora:{name[:64]}:...>` must give a number as its scale, but "
+                f"gives {scale[:32]!r}.",
+                field="prompt",
+            ) from None
+    return loras
 
 
 def infotext(p: Any, info: ModelInfo, sampler: str, strength: float | None) -> str:
@@ -363,6 +378,10 @@ class A1111:
         info = choose_model(settings.model, await self.gateway.models())
         try:
             native = ImagesRequest.model_validate(native_fields(body, info, settings))
+            if isinstance(body, Img2Img) and body.inpainting_mask_invert and native.mask:
+                limits, mask = self.gateway.input_limits, native.mask
+                inverted = await off_the_loop(lambda: inverted_mask(mask, "mask", limits))
+                native = native.model_copy(update={"mask": inverted})
             ticket = await self.gateway.admit(native, request)
         except ValidationError as error:
             name = str(error.errors()[0]["loc"][0])
@@ -455,7 +474,7 @@ class A1111:
                 "name": lora.name,
                 "alias": lora.name,
                 "path": lora.tag,
-                "metadata": {"base": info.name, "source": lora.source},
+                "metadata": {"base": info.name},
             }
             for info in await self.gateway.models()
             for lora in info.loras

@@ -313,8 +313,10 @@ def native_edit(files: dict[str, bytes], limits: InputLimits) -> dict[str, str]:
 def openai_error(status: int, document: dict[str, Any]) -> dict[str, Any]:
     """A native error document in OpenAI's shape (its SDK raises by status, and reads
     `error.message`, `type`, `param`, `code`)."""
-    detail = document.get("detail") or [{}]
-    field = detail[0].get("loc", [None])[0] if isinstance(detail, list) else None
+    detail = document.get("detail")
+    first = detail[0] if isinstance(detail, list) and detail else {}
+    loc = first.get("loc") if isinstance(first, dict) else None
+    field = loc[0] if isinstance(loc, list) and loc else None  # none: the body as a whole
     kind, code = ERROR_KINDS.get(status, ("invalid_request_error", None))
     if status >= 500:
         kind = "server_error"

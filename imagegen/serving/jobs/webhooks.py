@@ -1,20 +1,30 @@
 """Webhooks: a job's client may name a URL to be told once when the job ends.
 
-Only hosts the operator lists (``IMAGEGEN_WEBHOOK_HOSTS``: ``host`` for any port, or
-``host:port``) may be named; with none listed, webhooks are off. A URL a client gives is
-never fetched otherwise: no redirects are followed, nothing is read but the status. The body
-is signed with HMAC-SHA256 under ``IMAGEGEN_WEBHOOK_SECRET`` (``X-Imagegen-Signature:
-sha256=<hex>`` of the exact body bytes); a delivery that fails (no connection, 5xx, 429) is
-retried with exponential backoff, a bounded number of times.
+Only hosts the operator lists (``IMAGEGEN_WEBHOOK_HOSTS``: ``host:port`` for that port, a bare
+``host`` for its scheme's default port, 80 or 443) may be named; with none listed, webhooks
+are off. A URL a client gives is never fetched otherwise: no redirects are followed, nothing is
+read but the status. A delivery that fails (no connection, 5xx, 429) is retried with
+exponential backoff, a bounded number of times.
+
+Deliveries are signed as Standard Webhooks (standardwebhooks.com, Svix's scheme) sign them:
+``webhook-id`` (one per delivery, the same on each retry, so a receiver can drop a
+replay it has seen), ``webhook-timestamp`` (Unix seconds of the attempt, so a receiver can
+refuse an old one; the standard's tolerance is 5 minutes) and ``webhook-signature``:
+``v1,`` and the base64 HMAC-SHA256, under ``IMAGEGEN_WEBHOOK_SECRET``'s bytes, of
+``{id}.{timestamp}.{body}``. The standard's libraries take the secret as ``whsec_`` followed
+by its base64.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import logging
+import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,10 +37,13 @@ logger = logging.getLogger(__name__)
 ATTEMPTS = 4
 FIRST_BACKOFF_S = 1.0
 TIMEOUT_S = 10.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: str, delivery: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` of a delivery (Standard Webhooks' version 1)."""
+    signed = f"{delivery}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.digest(secret.encode(), signed, hashlib.sha256)).decode()
 
 
 class Webhooks:
@@ -70,7 +83,10 @@ class Webhooks:
         if parts.username is not None or parts.password is not None:
             raise refuse("must not carry credentials")
         host = (parts.hostname or "").lower()
-        if host not in self.hosts and f"{host}:{port}" not in self.hosts:
+        default = port is None or port == DEFAULT_PORTS[parts.scheme]
+        if f"{host}:{port or DEFAULT_PORTS[parts.scheme]}" not in self.hosts and not (
+            default and host in self.hosts
+        ):
             allowed = ", ".join(sorted(self.hosts))
             raise refuse(f"must name a host this server allows ({allowed})")
 
@@ -83,14 +99,18 @@ class Webhooks:
     async def deliver(self, url: str, payload: dict[str, Any]) -> bool:
         """POST ``payload``; True once a 2xx answers. No redirect is followed."""
         body = json.dumps(payload).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Imagegen-Signature": signature(self.secret, body),
-            "X-Imagegen-Event": f"job.{payload['status']}",
-        }
+        delivery = f"msg_{uuid.uuid4().hex}"
         delay = self.backoff_s
         async with httpx.AsyncClient(follow_redirects=False, timeout=TIMEOUT_S) as client:
             for attempt in range(1, self.attempts + 1):
+                timestamp = int(time.time())
+                headers = {
+                    "Content-Type": "application/json",
+                    "webhook-id": delivery,
+                    "webhook-timestamp": str(timestamp),
+                    "webhook-signature": signature(self.secret, delivery, timestamp, body),
+                    "X-Imagegen-Event": f"job.{payload['status']}",
+                }
                 try:
                     response = await client.post(url, content=body, headers=headers)
                     if response.is_success:
