@@ -9,6 +9,7 @@ from typing import Any
 import bentoml
 from fastapi import FastAPI, Request
 from PIL.Image import Image
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.docs import docs_router
@@ -33,6 +34,7 @@ from imagegen.serving.compat.openai import openai_router
 from imagegen.serving.encoding import encode, image_response, images_response, off_the_loop
 from imagegen.serving.gateway import Gateway, job_store, owner
 from imagegen.serving.jobs.events import event_stream
+from imagegen.serving.metrics import exposition
 from imagegen.settings import get_settings
 from middleware.auth import ApiKeys
 
@@ -116,6 +118,10 @@ class Generator:
     traffic=BACKSTOP,
     # The access log middleware below writes the one access line per request.
     logging={"access": {"enabled": False}},
+    # BentoML's HTTP metrics label each raw path (every job id, every unknown path a series
+    # of its own): off (for both services; this one's settings are the server's), counted
+    # by route template instead and served at /metrics (middleware/request_metrics.py).
+    metrics={"enabled": False},
 )
 class ImageGeneration:
     """Text-to-image, image-to-image and inpainting with a diffusers pipeline."""
@@ -160,6 +166,11 @@ class ImageGeneration:
             lambda: images_response(encode(generated, request.output_format, request.quality))
         )
         return answer  # type: ignore[return-value]
+
+    @routes.get("/metrics", include_in_schema=False)
+    async def metrics(self) -> Response:
+        """Prometheus' scrape: with auth on, it takes the metrics key (IMAGEGEN_METRICS_KEY)."""
+        return Response(await off_the_loop(exposition), media_type=CONTENT_TYPE_LATEST)
 
     @routes.get("/models", tags=["Service APIs"])
     async def models(self) -> list[ModelInfo]:

@@ -20,6 +20,7 @@ from middleware.cross_site import CrossSiteMiddleware
 from middleware.error_body import ErrorBodyMiddleware
 from middleware.rate_limit import RateLimitMiddleware
 from middleware.request_id import RequestIdMiddleware
+from middleware.request_metrics import RequestMetricsMiddleware
 from middleware.security_headers import SecurityHeadersMiddleware
 from middleware.timing import TimingMiddleware
 
@@ -29,25 +30,29 @@ TIMEOUT_GRACE_S = 5
 
 
 def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
-    """Outermost first. BentoML runs its metrics and tracing outside these, its own timeout and
-    concurrency limit (looser, a backstop) outside too, and CORS inside them (so preflights
-    pass auth as public).
+    """Outermost first. BentoML runs its tracing, its own timeout and concurrency limit
+    (looser, a backstop) outside these (its HTTP metrics are off: they label raw paths), and
+    CORS inside them (so preflights pass auth as public).
 
-    1. access log: sees the final status and bytes of everything inside, the request id and
+    1. request metrics, by route template, method and status: every answer, those the layers
+       below refuse included;
+    2. access log: sees the final status and bytes of everything inside, the request id and
        the key id auth records;
-    2. security headers (`nosniff`, a Content-Security-Policy) on every answer;
-    3. request id: set before anything else logs;
-    4. error body: every error answer inside becomes one JSON shape carrying that id (in
+    3. security headers (`nosniff`, a Content-Security-Policy) on every answer;
+    4. request id: set before anything else logs;
+    5. error body: every error answer inside becomes one JSON shape carrying that id (in
        OpenAI's shape under `/v1/`);
-    5. timing: `total` covers auth, limits and the handler;
-    6. cross-site requests refused by `Origin`, before anything reads them;
-    7. auth, then 8. the per-key rate limit, which needs the key id;
-    9. admission: requests in flight (in total and per key) and the timeout, for requests
-       that passed the above;
-    10. JSON bodies only (a form on OpenAI's image edits; undeclared JSON on A1111's API), then
-       11. the body limits (size, time to arrive): neither reads a refused body.
+    6. timing: `total` covers auth, limits and the handler;
+    7. cross-site requests refused by `Origin`, before anything reads them;
+    8. auth (the metrics key for `/metrics`), then 9. the per-key rate limit, which needs the
+       key id;
+    10. admission: requests in flight (in total and per key) and the timeout, for requests
+        that passed the above;
+    11. JSON bodies only (a form on OpenAI's image edits; undeclared JSON on A1111's API), then
+        12. the body limits (size, time to arrive): neither reads a refused body.
     """
     stack = [
+        Middleware(RequestMetricsMiddleware),
         Middleware(AccessLogMiddleware, log_prompts=settings.log_prompts),
         Middleware(SecurityHeadersMiddleware),
         Middleware(RequestIdMiddleware),
@@ -56,7 +61,10 @@ def middleware_stack(settings: Settings, api_keys: ApiKeys) -> list[Middleware]:
         Middleware(CrossSiteMiddleware, allowed_origins=settings.origins),
     ]
     if len(api_keys):
-        stack.append(Middleware(ApiKeyAuthMiddleware, keys=api_keys))
+        metrics_keys = ApiKeys.parse([settings.metrics_key])
+        if not len(metrics_keys):
+            logger.warning("auth is on and IMAGEGEN_METRICS_KEY is unset: /metrics answers 401")
+        stack.append(Middleware(ApiKeyAuthMiddleware, keys=api_keys, metrics_keys=metrics_keys))
     else:
         logger.warning(
             "no API keys configured (IMAGEGEN_API_KEYS, IMAGEGEN_API_KEYS_FILE): auth is off"

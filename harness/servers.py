@@ -146,16 +146,22 @@ class Redis:
 
 
 @contextmanager
-def redis_server(log: Path, timeout: float = 20) -> Iterator[Redis]:
-    """Debian's ``redis-server`` on a free loopback port, nothing persisted; stopped on exit."""
+def redis_server(
+    log: Path, timeout: float = 20, *, aof_dir: Path | None = None, port: int | None = None
+) -> Iterator[Redis]:
+    """Debian's ``redis-server`` on a loopback port (a free one unless given); stopped on exit.
+    Nothing is persisted, unless ``aof_dir``: an append-only file there, fsynced each write, as
+    the manifests' Redis keeps one (a restart on the same directory reads it back)."""
     import redis
 
-    port = free_port()
+    port = port or free_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if aof_dir is None:
+        command += ["--appendonly", "no"]
+    else:
+        command += ["--dir", str(aof_dir), "--appendonly", "yes", "--appendfsync", "always"]
     with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*command, "--appendonly", "no"], stdout=sink, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         deadline = time.monotonic() + timeout

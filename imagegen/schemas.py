@@ -71,6 +71,7 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGES = 8
 MAX_LORAS = 4  # adapters per request
+MAX_PREVIEWS = 16  # kept in a job's event log
 
 
 class Lora(BaseModel):
@@ -433,6 +434,12 @@ class JobRequest(ImagesRequest):
         max_length=2000,
         description="An http(s) URL notified once when the job ends, with a signed JSON body; "
         "its host must be one the operator allows (`IMAGEGEN_WEBHOOK_HOSTS`).",
+    )
+    preview: bool = Field(
+        False,
+        description=f"Make small preview images of the first image as it is drawn (at most "
+        f"{MAX_PREVIEWS}, spread over the steps), for `events?preview=true`; without it none "
+        "is made or kept.",
     )
 
 

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         description="File of API keys, one per line; a line may be `sha256:<hex>` of a key, so "
         "the file need not hold the key itself; `#` starts a comment.",
     )
+    metrics_key: str = Field(
+        "",
+        description="With auth on, the key Prometheus sends for `/metrics` (`Authorization: "
+        "Bearer <key>`; it opens nothing else, and API keys do not open `/metrics`); unset, "
+        "`/metrics` answers 401. With auth off `/metrics` is open like everything else.",
+    )
     log_prompts: bool = Field(
         False, description="Put prompts in the access log lines (they can hold personal data)."
     )

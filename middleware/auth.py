@@ -1,11 +1,12 @@
 """API-key authentication: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (or HTTP
 basic auth with the key as the password, for AUTOMATIC1111's clients).
 
-Every path needs a key except the public ones (``middleware.paths``: probes, metrics and the
-docs, read with GET or HEAD), signed links (their route checks the signature) and CORS
-preflights. Keys are kept as SHA-256 digests and
-compared in constant time against every known key; the id logged for a key is a prefix of its
-digest.
+Every path needs a key except the public ones (``middleware.paths``: probes and the docs, read
+with GET or HEAD), signed links (their route checks the signature) and CORS preflights.
+``/metrics`` takes a key of ``metrics_keys`` (a scraper's, which opens nothing else) and no API
+key: what it counts is the whole service's business, not one client's. Keys are kept as
+SHA-256 digests and compared in constant time against every known key; the id logged for a
+key is a prefix of its digest.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .paths import is_public, is_signed_link
+from .paths import is_metrics, is_public, is_signed_link
 
 SHA256_PREFIX = "sha256:"
 
@@ -101,11 +102,12 @@ def presented_key(headers: Headers) -> str | None:
 
 
 class ApiKeyAuthMiddleware:
-    def __init__(self, app: ASGIApp, *, keys: ApiKeys) -> None:
+    def __init__(self, app: ASGIApp, *, keys: ApiKeys, metrics_keys: ApiKeys | None = None) -> None:
         if not len(keys):
             raise ValueError("`keys` must hold at least one API key")
         self.app = app
         self.keys = keys
+        self.metrics_keys = metrics_keys or ApiKeys([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,9 +119,14 @@ class ApiKeyAuthMiddleware:
             return
 
         key = presented_key(headers)
-        key_id = self.keys.identify(key) if key is not None else None
+        keys, what = (
+            (self.metrics_keys, "The metrics key (IMAGEGEN_METRICS_KEY)")
+            if is_metrics(scope)
+            else (self.keys, "A valid API key")
+        )
+        key_id = keys.identify(key) if key is not None else None
         if key_id is None:
-            message = "A valid API key is required: send `Authorization: Bearer <key>`."
+            message = f"{what} is required: send `Authorization: Bearer <key>`."
             challenge = 'Bearer error="invalid_token"' if key is not None else "Bearer"
             response = JSONResponse(
                 {"error": message}, status_code=401, headers={"WWW-Authenticate": challenge}

@@ -1,19 +1,22 @@
 """The one list of paths the middlewares treat specially, matched one way, and whom a request
 is counted against.
 
-Probes and metrics are polled by machines: they need no key, are never limited or logged, and
-must answer under any load. The docs and the playground page (its files, not what it asks
-of the API) are public too. Everything is matched on the path exactly
-as the router will match it, for GET and HEAD only, so a slash, dot-segment, percent-encoding,
-case or method trick can only turn a public path into a private one, never the reverse.
+Probes and metrics are polled by machines: they are never limited or logged, and must answer
+under any load. Probes need no key, and neither do the docs and the playground page (its
+files, not what it asks of the API); metrics take the metrics key. Everything is matched on
+the path exactly as the router will match it, for GET and HEAD only, so a slash,
+dot-segment, percent-encoding, case or method trick can only turn a public path into a
+private one, never the reverse.
 """
 
 from __future__ import annotations
 
 from starlette.types import Scope
 
-PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-PUBLIC_PATHS = PROBE_PATHS | {"/", "/docs", "/docs.json", "/docs.js"}
+METRICS_PATH = "/metrics"
+PROBE_PATHS = frozenset({"/livez", "/readyz", "/healthz", METRICS_PATH})
+# Metrics are not public: with auth on, they take the metrics key (the auth middleware).
+PUBLIC_PATHS = PROBE_PATHS - {METRICS_PATH} | {"/", "/docs", "/docs.json", "/docs.js"}
 # Swagger UI's scripts and styles, served by BentoML, and the playground's files.
 PUBLIC_ASSETS = ("/static_content/", "/web/")
 # Signed links to a job's images: the link is the credential (its route checks it).
@@ -59,3 +62,7 @@ def client_bucket(scope: Scope) -> str:
     key_id = scope.get("state", {}).get("api_key_id")
     client = scope.get("client")
     return f"key:{key_id}" if key_id else f"addr:{client[0] if client else 'unknown'}"
+
+
+def is_metrics(scope: Scope) -> bool:
+    return scope["method"] in READ_METHODS and route_path(scope) == METRICS_PATH

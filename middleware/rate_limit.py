@@ -6,7 +6,7 @@ may spend two windows' worth around a boundary). Over it, 429 with ``Retry-After
 window resets.
 ``storage`` is a `limits` storage URL: ``memory://`` keeps the windows in this process and
 drops each one when it expires; ``redis://host:port`` shares them across workers and replicas
-(through the ``redis`` client). Public paths are never limited.
+(through the ``redis`` client). Public paths and metrics are never limited.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .paths import client_bucket, is_public
+from .paths import client_bucket, is_probe, is_public
 
 
 def parse_rate(rate: str) -> RateLimitItem:
@@ -52,7 +52,7 @@ class RateLimitMiddleware:
         self.limiter = FixedWindowRateLimiter(limits_storage(storage))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_public(scope):
+        if scope["type"] != "http" or is_public(scope) or is_probe(scope):
             await self.app(scope, receive, send)
             return
         bucket = client_bucket(scope)

@@ -22,6 +22,10 @@ API_KEY = "test-key-0f9e8d7c6b5a"
 OTHER_KEY = "test-key-second-1a2b3c"  # a second client, for what one key must not see
 os.environ["IMAGEGEN_API_KEYS"] = f"{API_KEY},{OTHER_KEY}"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Prometheus' key for /metrics, on every server of the session.
+METRICS_KEY = "test-metrics-key-4d3c"
+os.environ["IMAGEGEN_METRICS_KEY"] = METRICS_KEY
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_KEY}"}
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
 
 import pytest
@@ -108,9 +112,11 @@ def client() -> Iterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real server for the session, auth on."""
+    """One real server for the session, auth on; one key may use every slot (the tests of
+    the per-key limit have their own server)."""
     log = tmp_path_factory.mktemp("server") / "bentoml-serve.log"
-    with bentoml_serve(log, max_concurrency=str(SERVER_MAX_CONCURRENCY)) as running:
+    limit = str(SERVER_MAX_CONCURRENCY)
+    with bentoml_serve(log, max_concurrency=limit, max_concurrency_per_key=limit) as running:
         yield running
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from harness.servers import Server, bentoml_serve, failed_start
 from models.recipes import SD_TINY
 from models.store import ensure_built
-from tests.conftest import API_KEY, AUTH, MAX_BODY, SERVER_MAX_CONCURRENCY
+from tests.conftest import API_KEY, AUTH, MAX_BODY, METRICS_AUTH, SERVER_MAX_CONCURRENCY
 
 pytestmark = pytest.mark.e2e
 
@@ -206,18 +206,18 @@ def test_the_right_key_opens_the_same_raw_request(server: Server) -> None:
     assert (status, content_type) == (200, "image/png")
 
 
-@pytest.mark.parametrize(
-    "path", ["/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json"]
-)
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/healthz", "/docs", "/docs.json"])
 def test_public_paths_need_no_key(server: Server, path: str) -> None:
     assert httpx.get(f"{server.url}{path}").status_code == 200
 
 
 def test_metrics_expose_the_generation_histogram_by_model(server: Server) -> None:
     assert generate(server, seed=3).status_code == 200
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{server.url}/metrics", headers=METRICS_AUTH).text
     assert 'imagegen_generation_seconds_count{model="sd-tiny:' in metrics
-    assert "bentoml_service_request_duration_seconds" in metrics
+    assert 'imagegen_http_requests_total{method="POST",route="/generate/image",status="200"}' in (
+        metrics
+    )
 
 
 def test_a_chunked_body_over_the_limit_is_a_413(server: Server) -> None:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from PIL import Image
 from harness.servers import Server, bentoml_serve
 from models.adapters import ensure_adapter
 from models.recipes import SD_TINY_STYLE
-from tests.conftest import API_KEY, AUTH, OTHER_AUTH, OTHER_KEY
+from tests.conftest import API_KEY, AUTH, METRICS_AUTH, OTHER_AUTH, OTHER_KEY
 from tests.test_inputs import png
 from tests.test_jobs_e2e import LONG
 
@@ -54,6 +55,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "body_timeout_s": str(BODY_TIMEOUT_S),
         "max_jobs": "12",
         "max_jobs_per_key": str(JOBS_PER_KEY),
+        "max_queue_wait_s": "100000",  # eight large images at once are admitted
         "warmup": "false",
     }
     with bentoml_serve(log, **settings) as running:
@@ -314,3 +316,74 @@ def test_schemathesis_finds_no_server_error_or_undocumented_status(
         cwd=tmp_path,  # where it keeps its cache
     )
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_metrics_stay_bounded_name_no_job_and_take_the_metrics_key(
+    guarded: Server, finished_job: str
+) -> None:
+    """Was: open to anyone, 300 unknown paths grew it from 86 series to 6,087, and every job's
+    paths were labels naming its id."""
+    with httpx.Client(base_url=guarded.url, timeout=30) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=AUTH).status_code == 401  # a client's key
+        before = client.get("/metrics", headers=METRICS_AUTH).text
+        for k in range(300):
+            client.get(f"/unknown/{k}", headers=AUTH)
+        for path in ("", "/events", "/result"):
+            client.get(f"/jobs/{finished_job}{path}", headers=AUTH)
+        after = client.get("/metrics", headers=METRICS_AUTH).text
+    assert finished_job not in after and "/unknown/" not in after
+    assert 'route="unmatched"' in after and 'route="/jobs/{job_id}/events"' in after
+    counted = [line for line in after.splitlines() if line.startswith("imagegen_http_requests")]
+    assert [line for line in counted if 'route="unmatched",status="404"' in line] == [
+        f'imagegen_http_requests_total{{method="GET",route="unmatched",status="404"}} {k}'
+        for k in ["300.0"]
+    ]
+    assert len(after) < len(before) + 20_000  # the 300 paths added one series, not 300
+
+
+def livez_seconds(url: str, count: int, pause: float = 0.01) -> list[float]:
+    """``count`` timed probes of /livez, one connection kept alive."""
+    timings = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            assert client.get("/livez").status_code == 200
+            timings.append(time.perf_counter() - started)
+            time.sleep(pause)
+    return timings
+
+
+def p99(timings: list[float]) -> float:
+    return sorted(timings)[max(0, round(0.99 * len(timings)) - 1)]
+
+
+def test_the_event_loop_stays_free_while_eight_large_images_encode(guarded: Server) -> None:
+    """Was: 8 large PNG encodes and their base64 held /livez up to 2.3 s."""
+    idle = p99(livez_seconds(guarded.url, 50))
+    large = {"prompt": "noise", "width": 1024, "height": 1024, "num_inference_steps": 1}
+    keys = [API_KEY, OTHER_KEY, FILLER_KEY, FUZZER_KEY]  # two each: the per-key limit
+    busy: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            busy.extend(livez_seconds(guarded.url, 5))
+
+    def generate(key: str) -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        url = f"{guarded.url}/generate/images"
+        response = httpx.post(url, json=large, headers=headers, timeout=300)
+        return response.status_code if response.status_code == 200 else response.text
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(generate, keys * 2))
+    finally:
+        done.set()
+        prober.join()
+    assert statuses == [200] * 8
+    assert len(busy) >= 20
+    assert p99(busy) - idle < 0.05, (idle, sorted(busy)[-5:])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis as redis_client
 
-from harness.servers import Redis, redis_server
+from harness.servers import Redis, free_port, redis_server
 from imagegen.errors import JobGone, JobNotFound, RateLimited, StoreFull
 from imagegen.schemas import Timings
 from imagegen.serving.encoding import Encoded
@@ -124,3 +124,25 @@ def test_one_owner_is_held_to_its_own_cap_and_the_others_are_not(make_store: Any
         await store.create(job("a3", owner="a"))  # its expired job no longer counts
 
     asyncio.run(scenario())
+
+
+def test_a_redis_restarted_from_its_append_only_file_keeps_finished_jobs(tmp_path: Path) -> None:
+    """The manifests' Redis keeps an append-only file: a restart loses no finished work."""
+    port, finished = free_port(), job("kept")
+    finished.status, finished.finished_at = "succeeded", time.time()
+
+    async def write(url: str) -> None:
+        store = RedisJobStore.connect(url, max_jobs=10, ttl=60)
+        await store.create(finished)
+        await store.save_result(finished.id, result([b"png bytes"]))
+
+    async def read(url: str) -> tuple[Job | None, Encoded | None]:
+        store = RedisJobStore.connect(url, max_jobs=10, ttl=60)
+        return await store.get(finished.id), await store.result(finished.id)
+
+    with redis_server(tmp_path / "first.log", aof_dir=tmp_path, port=port) as first:
+        asyncio.run(write(first.url))
+    with redis_server(tmp_path / "second.log", aof_dir=tmp_path, port=port) as second:
+        kept, images = asyncio.run(read(second.url))
+    assert kept is not None and kept.status == "succeeded"
+    assert images is not None and images.images == [b"png bytes"]

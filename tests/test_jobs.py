@@ -14,6 +14,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from imagegen.errors import RateLimited
+from imagegen.schemas import MAX_PREVIEWS
 from imagegen.serving.work_limit import WorkRateLimit
 from tests.conftest import OTHER_AUTH
 
@@ -89,7 +90,7 @@ def test_the_event_stream_has_every_step_then_the_end(client: TestClient) -> Non
 
 
 def test_previews_are_small_pngs_only_when_asked_for(client: TestClient) -> None:
-    accepted = submit(client, num_inference_steps=2, scheduler="euler")
+    accepted = submit(client, num_inference_steps=2, scheduler="euler", preview=True)
     wait_for(client, accepted["id"], "succeeded")
     with_previews = [json.loads(f["data"]) for f in events(client, accepted["id"])]
     previews = [data["preview"] for data in with_previews if "preview" in data]
@@ -98,6 +99,20 @@ def test_previews_are_small_pngs_only_when_asked_for(client: TestClient) -> None
     assert image.format == "PNG" and image.size == (8, 8)  # a 64x64 image's latent size
     plain = client.get(f"/jobs/{accepted['id']}/events").text
     assert "preview" not in plain
+
+
+def test_a_job_that_did_not_ask_keeps_no_preview_and_one_that_did_a_bounded_number(
+    client: TestClient,
+) -> None:
+    """Was: every job's event log held a preview per step, asked for or not."""
+    unasked = submit(client, num_inference_steps=4, scheduler="euler")
+    many = submit(client, num_inference_steps=40, scheduler="euler", preview=True)
+    for job in (unasked, many):
+        wait_for(client, job["id"], "succeeded")
+    assert not any("preview" in f["data"] for f in events(client, unasked["id"]))
+    kept = [json.loads(f["data"]) for f in events(client, many["id"]) if "preview" in f["data"]]
+    assert 2 <= len(kept) <= MAX_PREVIEWS + 1  # step 0, every third step, the last
+    assert kept[-1]["step"] == 40
 
 
 def test_last_event_id_resumes_after_that_event(client: TestClient) -> None:

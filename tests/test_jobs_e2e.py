@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from harness.servers import REPO, Server, bentoml_serve
-from tests.conftest import API_KEY, AUTH
+from tests.conftest import API_KEY, AUTH, METRICS_AUTH
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ LONG = {"prompt": "a long one", "width": 256, "height": 256, "num_inference_step
 
 
 def cancelled_images(server: Server) -> float:
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx.get(f"{server.url}/metrics", headers=METRICS_AUTH).text
     found = re.findall(r"^imagegen_cancelled_images_total\{[^}]*\} (\S+)$", metrics, re.M)
     return sum(float(value) for value in found)
 

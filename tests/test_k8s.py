@@ -27,7 +27,17 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def env(deployment: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container(deployment)["env"]}
+    """The variables written in the manifest (not those from a Secret)."""
+    return {item["name"]: item["value"] for item in container(deployment)["env"] if "value" in item}
+
+
+def secrets(deployment: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The variables from a Secret: name -> (Secret, key)."""
+    return {
+        item["name"]: (ref["name"], ref["key"])
+        for item in container(deployment)["env"]
+        if (ref := item.get("valueFrom", {}).get("secretKeyRef"))
+    }
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in MANIFESTS.glob("*.yaml")))
@@ -64,6 +74,7 @@ def test_keys_come_from_a_secret_and_nothing_secret_is_inline(name: str) -> None
     deployment = load(name)
     values = env(deployment)
     assert "IMAGEGEN_API_KEYS" not in values
+    assert secrets(deployment)["IMAGEGEN_METRICS_KEY"] == ("imagegen-metrics", "key")
     [volume] = deployment["spec"]["template"]["spec"]["volumes"]
     assert volume["secret"]["secretName"] == "imagegen-api-keys"
     [mount] = container(deployment)["volumeMounts"]
@@ -117,12 +128,34 @@ def test_the_validator_catches_a_broken_deployment(breakage: Any) -> None:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_the_replicas_share_the_in_cluster_redis(name: str) -> None:
-    deployment, service = yaml.safe_load_all((MANIFESTS / "redis.yaml").read_text())
+def test_the_replicas_share_the_in_cluster_redis_with_its_password(name: str) -> None:
+    deployment, _, service, _ = yaml.safe_load_all((MANIFESTS / "redis.yaml").read_text())
     port = service["spec"]["ports"][0]["port"]
     url = env(load(name))["IMAGEGEN_REDIS_URL"]
-    assert url == f"redis://{service['metadata']['name']}:{port}/0"
+    assert url == f"redis://:$(REDIS_PASSWORD)@{service['metadata']['name']}:{port}/0"
+    password = secrets(load(name))["REDIS_PASSWORD"]
+    assert password == secrets(deployment)["REDIS_PASSWORD"] == ("imagegen-redis", "password")
+    args = container(deployment)["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
     assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def test_redis_keeps_an_append_only_file_on_a_claim_and_only_the_service_reaches_it() -> None:
+    deployment, claim, _, policy = yaml.safe_load_all((MANIFESTS / "redis.yaml").read_text())
+    args = container(deployment)["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert policy["kind"] == "NetworkPolicy"
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == (deployment["spec"]["template"]["metadata"]["labels"])
+    )
+    [rule] = policy["spec"]["ingress"]
+    [source] = rule["from"]
+    for variant in VARIANTS:
+        pods = load(variant)["spec"]["template"]["metadata"]["labels"]
+        assert source["podSelector"]["matchLabels"].items() <= pods.items()
 
 
 def test_the_autoscaler_scales_on_the_queue_metric_the_adapter_serves() -> None:

@@ -232,6 +232,7 @@ def test_pipeline_is_loaded_once_and_later_requests_cost_one_generation(
 def test_middlewares_are_mounted_in_the_documented_order() -> None:
     stack = middleware_stack(Settings(rate_limit="60/minute"), ApiKeys.parse(["k"]))
     assert [middleware.cls.__name__ for middleware in stack] == [  # type: ignore[attr-defined]
+        "RequestMetricsMiddleware",
         "AccessLogMiddleware",
         "SecurityHeadersMiddleware",
         "RequestIdMiddleware",

@@ -306,7 +306,8 @@ async function generate() {
   const controller = new AbortController();
   try {
     const body = await requestBody();
-    const accepted = await (await checked(await api("POST", "/jobs", body))).json();
+    // Previews are made (and kept) only for a job that asks for them.
+    const accepted = await (await checked(await api("POST", "/jobs", { ...body, preview: true }))).json();
     state.job = accepted.id;
     setStatus(`Queued: ${accepted.queue_position} ahead.`);
     const ended = await follow(accepted.id, controller.signal);

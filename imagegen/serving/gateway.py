@@ -154,6 +154,7 @@ class Gateway:
         if body.webhook is not None:
             self.webhooks.check(body.webhook)
         ticket = await self.admit(body, http_request)
+        ticket.previews = body.preview
         return await self.jobs.submit(
             ticket,
             owner(http_request),

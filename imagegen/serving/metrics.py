@@ -1,10 +1,13 @@
-"""The work queues' Prometheus gauges, labelled by model: what the autoscaler scales on."""
+"""The work queues' Prometheus gauges, labelled by model (what the autoscaler scales on), and
+`/metrics`' text: every process's metrics."""
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import prometheus_client
+from prometheus_client import multiprocess
 
 
 @cache
@@ -37,3 +40,13 @@ def report_queue(model: str, depth: int, queued_work: float, wait_s: float) -> N
     depth_gauge.labels(model=model).set(depth)
     queued_gauge.labels(model=model).set(queued_work)
     wait_gauge.labels(model=model).set(wait_s)
+
+
+def exposition() -> bytes:
+    """Every process's metrics in Prometheus' text format: `bentoml serve` runs the services
+    as processes that share ``PROMETHEUS_MULTIPROC_DIR``; in one process, its own."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return prometheus_client.generate_latest()
+    registry = prometheus_client.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return prometheus_client.generate_latest(registry)

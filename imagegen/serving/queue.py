@@ -54,6 +54,7 @@ class Ticket:
     # Denoising iterations per image: the scheduler's, which may differ from
     # `num_inference_steps` (PNDM adds one); known from the first step event.
     steps: int = 0
+    previews: bool = True  # made while reported (a job's only when it asks)
     preview: str | None = None  # the latest, of the first image
     interrupted: bool = False
     _task: asyncio.Task[Generated] | None = field(default=None, repr=False)
@@ -87,14 +88,14 @@ class Ticket:
 
     def items(self, reported: bool) -> list[WorkItem]:
         """What crosses the hop: a ``reported`` ticket's images publish their steps (the
-        first with a preview); an edit's image and mask go with each of them."""
+        first with a preview, if ``previews``); an edit's image and mask go with each."""
         edit = self.edit
         return [
             WorkItem(
                 id=id_,
                 parameters=parameters,
                 report=reported,
-                preview=reported and k == 0,
+                preview=reported and self.previews and k == 0,
                 image=edit.image if edit else None,
                 mask=edit.mask if edit else None,
             )

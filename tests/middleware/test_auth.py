@@ -20,8 +20,11 @@ def basic(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+METRICS_KEY = "scraper-key-5f4e"
+
+
 def guarded() -> ApiKeyAuthMiddleware:
-    return ApiKeyAuthMiddleware(ok_app, keys=KEYS)
+    return ApiKeyAuthMiddleware(ok_app, keys=KEYS, metrics_keys=ApiKeys.parse([METRICS_KEY]))
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,6 @@ def test_the_key_id_is_recorded_and_is_not_the_key() -> None:
         "/livez",
         "/readyz",
         "/healthz",
-        "/metrics",
         "/docs",
         "/docs.json",
         "/static_content/swagger-ui-bundle.js",
@@ -179,3 +181,14 @@ def test_an_unreadable_key_file_is_refused(tmp_path: Path) -> None:
 def test_auth_without_keys_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one API key"):
         ApiKeyAuthMiddleware(ok_app, keys=ApiKeys([]))
+
+
+def test_metrics_take_the_metrics_key_which_opens_nothing_else() -> None:
+    scraper = {"Authorization": f"Bearer {METRICS_KEY}"}
+    client = {"Authorization": f"Bearer {KEY}"}
+    assert call(guarded(), "/metrics", headers=scraper).status == 200
+    refused = call(guarded(), "/metrics", headers=client)  # an API key is a client's, not ops'
+    assert refused.status == 401
+    assert "IMAGEGEN_METRICS_KEY" in refused.json()["error"]
+    assert call(guarded(), "/metrics").status == 401
+    assert call(guarded(), "/models", headers=scraper).status == 401

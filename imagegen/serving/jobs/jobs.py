@@ -37,6 +37,7 @@ from imagegen.errors import (
 from imagegen.field_errors import shown
 from imagegen.hop import Event
 from imagegen.schemas import (
+    MAX_PREVIEWS,
     GenerationParameters,
     JobAccepted,
     JobLinks,
@@ -137,6 +138,13 @@ def check_room(store: Limited, held: int, owners: int, owner: str) -> None:
             "(`IMAGEGEN_MAX_JOBS_PER_KEY`); retry when some have expired.",
             retry_after=60,
         )
+
+
+def kept_preview(step: int, steps: int) -> bool:
+    """Whether a step's preview is kept: at most ``MAX_PREVIEWS`` a job, spread over its
+    steps, the last one always."""
+    stride = max(1, -(-steps // MAX_PREVIEWS))  # ceiling
+    return step == steps or step % stride == 0
 
 
 # One stored event: its id (what `Last-Event-ID` names), its name and its data.
@@ -371,7 +379,7 @@ class Jobs:
                 "fraction": round(job.fraction, 4),
                 "eta_s": job.view().eta_s,
             }
-            if ticket.preview is not None:
+            if ticket.preview is not None and kept_preview(job.step, job.steps):
                 data["preview"] = ticket.preview
             await self.store.publish(job.id, "progress", data)
 
