@@ -1,8 +1,9 @@
 """What the middleware stack adds per request, on a trivial endpoint.
 
 The same ASGI app is called bare and wrapped in the service's whole stack, as
-``app.stack.middleware_stack`` lists it (access log, request id, error body, timing,
-API-key auth, rate limit, admission, JSON bodies, body limit), in-process, so only the
+``app.stack.middleware_stack`` lists it (request metrics, access log, security headers,
+request id, error body, timing, cross-site, API-key auth, rate limit, admission, JSON bodies,
+body limits), in-process, so only the
 middlewares' own cost is measured, not the network or the server. Access lines are formatted
 as in production and written to /dev/null.
 

@@ -213,6 +213,19 @@ class Settings(BaseSettings):
         "key cannot fill the store for the others; past it its `POST /jobs` answers 429 with "
         "`Retry-After`. With auth off every client is one owner, bounded by `max_jobs` alone.",
     )
+    max_result_bytes: int = Field(
+        2 * 1024**3,
+        ge=128 * 1024**2,
+        description="Most bytes of finished jobs' images kept at once (in this process, or in "
+        "Redis); past it the oldest results are dropped early (their paths answer 410), so new "
+        "work is never refused for old results. At least 128 MiB, more than one job's worth.",
+    )
+    max_result_bytes_per_key: int = Field(
+        512 * 1024**2,
+        ge=128 * 1024**2,
+        description="The same per API key: past it that key's own oldest results are dropped, "
+        "so no key holds more than this of the total.",
+    )
     webhook_hosts: str = Field(
         "",
         description="Comma-separated `host:port` (that port) or bare host names (port 80 or "

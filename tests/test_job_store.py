@@ -15,7 +15,7 @@ from harness.servers import Redis, free_port, redis_server
 from imagegen.errors import JobGone, JobNotFound, RateLimited, StoreFull
 from imagegen.schemas import Timings
 from imagegen.serving.encoding import Encoded
-from imagegen.serving.jobs.jobs import Job, Jobs, JobStore
+from imagegen.serving.jobs.jobs import Job, Jobs, JobStore, StoreLimits
 from imagegen.serving.jobs.memory_store import MemoryJobStore
 from imagegen.serving.jobs.redis_store import RedisJobStore
 from imagegen.serving.jobs.webhooks import Webhooks
@@ -32,13 +32,13 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 
 @pytest.fixture(params=["memory", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    def make(max_jobs: int, max_jobs_per_owner: int | None = None) -> JobStore:
-        limits = {"max_jobs": max_jobs, "ttl": TTL, "max_jobs_per_owner": max_jobs_per_owner}
+    def make(max_jobs: int, **bounds: int) -> JobStore:
+        limits = StoreLimits(max_jobs, **bounds)
         if request.param == "memory":
-            return MemoryJobStore(**limits)  # type: ignore[arg-type]
+            return MemoryJobStore(limits, ttl=TTL)
         url: str = request.getfixturevalue("redis").url
         redis_client.Redis.from_url(url).flushdb()  # each test starts from an empty store
-        return RedisJobStore.connect(url, **limits)  # type: ignore[arg-type]
+        return RedisJobStore.connect(url, limits, ttl=TTL)
 
     return make
 
@@ -132,12 +132,12 @@ def test_a_redis_restarted_from_its_append_only_file_keeps_finished_jobs(tmp_pat
     finished.status, finished.finished_at = "succeeded", time.time()
 
     async def write(url: str) -> None:
-        store = RedisJobStore.connect(url, max_jobs=10, ttl=60)
+        store = RedisJobStore.connect(url, StoreLimits(max_jobs=10), ttl=60)
         await store.create(finished)
         await store.save_result(finished.id, result([b"png bytes"]))
 
     async def read(url: str) -> tuple[Job | None, Encoded | None]:
-        store = RedisJobStore.connect(url, max_jobs=10, ttl=60)
+        store = RedisJobStore.connect(url, StoreLimits(max_jobs=10), ttl=60)
         return await store.get(finished.id), await store.result(finished.id)
 
     with redis_server(tmp_path / "first.log", aof_dir=tmp_path, port=port) as first:
@@ -146,3 +146,32 @@ def test_a_redis_restarted_from_its_append_only_file_keeps_finished_jobs(tmp_pat
         kept, images = asyncio.run(read(second.url))
     assert kept is not None and kept.status == "succeeded"
     assert images is not None and images.images == [b"png bytes"]
+
+
+def test_past_the_bytes_bounds_the_oldest_results_go_first(make_store: Any) -> None:
+    """Was: every result kept until its TTL, however many bytes (8 x 992² PNGs: 56 MiB a job)."""
+
+    async def stored(store: JobStore, job_id: str, owner: str, size: int) -> None:
+        finished = job(job_id, owner)
+        finished.status, finished.finished_at = "succeeded", time.time()
+        await store.create(finished)
+        await store.save(finished)
+        await store.save_result(job_id, result([b"x" * size]))
+
+    async def kept(store: JobStore, *job_ids: str) -> list[str]:
+        return [job_id for job_id in job_ids if await store.result(job_id) is not None]
+
+    async def scenario() -> None:
+        store = make_store(10, max_result_bytes=300, max_result_bytes_per_owner=200)
+        await stored(store, "a1", "a", 100)
+        await stored(store, "b1", "b", 100)
+        await stored(store, "a2", "a", 100)
+        await stored(store, "a3", "a", 100)  # a: 300 > 200, its oldest goes
+        assert await kept(store, "a1", "b1", "a2", "a3") == ["b1", "a2", "a3"]
+        await stored(store, "c1", "c", 100)  # 400 in all > 300: the oldest of anyone's goes
+        assert await kept(store, "b1", "a2", "a3", "c1") == ["a2", "a3", "c1"]
+        jobs = Jobs(store, timeout=60, webhooks=Webhooks("", ""))
+        with pytest.raises(JobGone, match="dropped to make room"):
+            await jobs.result("b", "b1")
+
+    asyncio.run(scenario())

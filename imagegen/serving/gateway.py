@@ -20,7 +20,7 @@ from imagegen.schemas import (
     ModelInfo,
 )
 from imagegen.serving.follower import EventFollower
-from imagegen.serving.jobs.jobs import Job, Jobs, JobStore
+from imagegen.serving.jobs.jobs import Job, Jobs, JobStore, StoreLimits
 from imagegen.serving.jobs.links import Links
 from imagegen.serving.jobs.memory_store import MemoryJobStore
 from imagegen.serving.jobs.webhooks import Webhooks
@@ -40,18 +40,19 @@ def owner(request: Request) -> str:
 
 def job_store(settings: Settings) -> JobStore:
     """Redis when ``IMAGEGEN_REDIS_URL`` is set (several replicas), else this process."""
-    limits = {
-        "max_jobs": settings.max_jobs,
-        "ttl": settings.job_ttl,
-        "max_jobs_per_owner": settings.max_jobs_per_key,
-    }
+    limits = StoreLimits(
+        max_jobs=settings.max_jobs,
+        max_jobs_per_owner=settings.max_jobs_per_key,
+        max_result_bytes=settings.max_result_bytes,
+        max_result_bytes_per_owner=settings.max_result_bytes_per_key,
+    )
     if settings.redis_url:
         from imagegen.serving.jobs.redis_store import (
             RedisJobStore,  # only this backend needs the redis client
         )
 
-        return RedisJobStore.connect(settings.redis_url, **limits)
-    return MemoryJobStore(**limits)
+        return RedisJobStore.connect(settings.redis_url, limits, ttl=settings.job_ttl)
+    return MemoryJobStore(limits, ttl=settings.job_ttl)
 
 
 @dataclass(frozen=True)

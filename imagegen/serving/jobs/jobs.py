@@ -20,6 +20,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -118,26 +119,43 @@ class Job(BaseModel):
         )
 
 
-class Limited(Protocol):
+@dataclass(frozen=True)
+class StoreLimits:
+    """What a job store holds at most, in total and per owner (an API key; with auth off,
+    owner "", the totals alone apply): jobs (unexpired, any status), and bytes of stored
+    results. Past a bytes bound the oldest finished results go first, early (their paths
+    answer 410), so new work is never refused for old results."""
+
     max_jobs: int
-    max_jobs_per_owner: int | None
+    max_jobs_per_owner: int | None = None
+    max_result_bytes: int | None = None
+    max_result_bytes_per_owner: int | None = None
 
 
-def check_room(store: Limited, held: int, owners: int, owner: str) -> None:
+def check_room(limits: StoreLimits, held: int, owners: int, owner: str) -> None:
     """Refuse a new job when the store holds ``max_jobs`` (503: the service is full) or its
-    owner, an API key, ``max_jobs_per_owner`` (429: that key is). With auth off (owner "")
-    the total alone applies."""
-    if held >= store.max_jobs:
+    owner ``max_jobs_per_owner`` (429: that key is)."""
+    if held >= limits.max_jobs:
         raise StoreFull(
-            f"This service holds its limit of {store.max_jobs} jobs; retry when some have expired.",
+            f"This service holds its limit of {limits.max_jobs} jobs; retry when some have "
+            "expired.",
             retry_after=60,
         )
-    if owner and store.max_jobs_per_owner is not None and owners >= store.max_jobs_per_owner:
+    if owner and limits.max_jobs_per_owner is not None and owners >= limits.max_jobs_per_owner:
         raise RateLimited(
-            f"This API key holds its limit of {store.max_jobs_per_owner} jobs "
+            f"This API key holds its limit of {limits.max_jobs_per_owner} jobs "
             "(`IMAGEGEN_MAX_JOBS_PER_KEY`); retry when some have expired.",
             retry_after=60,
         )
+
+
+def over_bytes(limits: StoreLimits, total: int, owners: int, owner: str) -> tuple[bool, bool]:
+    """Whether stored results are over the total bound, and over ``owner``'s."""
+    per_owner = limits.max_result_bytes_per_owner
+    return (
+        limits.max_result_bytes is not None and total > limits.max_result_bytes,
+        bool(owner) and per_owner is not None and owners > per_owner,
+    )
 
 
 def kept_preview(step: int, steps: int) -> bool:
@@ -279,6 +297,11 @@ class Jobs:
                 field="image",
             )
         result = await self.store.result(job_id, image) if job.status == "succeeded" else None
+        if result is None and job.status == "succeeded":
+            raise JobGone(
+                f"Job {job.id}'s result was dropped to make room for newer ones (the service "
+                "keeps a bounded number of bytes of results, per key and in total)."
+            )
         if result is None:
             why = f" ({job.error})" if job.error else ""
             raise JobConflict(

@@ -11,9 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imagegen.serving.encoding import Encoded
-from imagegen.serving.jobs.jobs import TERMINAL, Job, StoredEvent, check_room
+from imagegen.serving.jobs.jobs import (
+    TERMINAL,
+    Job,
+    StoredEvent,
+    StoreLimits,
+    check_room,
+    over_bytes,
+)
 
 KEEPALIVE_S = 15.0
+
+
+def size(entry: _Entry) -> int:
+    return sum(map(len, entry.result.images)) if entry.result is not None else 0
 
 
 @dataclass
@@ -31,9 +42,8 @@ class _Entry:
 class MemoryJobStore:
     event_ids = re.compile(r"[0-9]{1,9}", re.ASCII)  # positions in the job's event log
 
-    def __init__(self, *, max_jobs: int, ttl: float, max_jobs_per_owner: int | None = None) -> None:
-        self.max_jobs = max_jobs
-        self.max_jobs_per_owner = max_jobs_per_owner
+    def __init__(self, limits: StoreLimits, *, ttl: float) -> None:
+        self.limits = limits
         self.ttl = ttl
         self._entries: dict[str, _Entry] = {}
 
@@ -52,7 +62,7 @@ class MemoryJobStore:
 
     async def create(self, job: Job) -> None:
         live = self._prune()
-        check_room(self, live.total(), live[job.owner], job.owner)
+        check_room(self.limits, live.total(), live[job.owner], job.owner)
         self._entries[job.id] = _Entry(job.model_copy())
 
     async def get(self, job_id: str) -> Job | None:
@@ -66,7 +76,24 @@ class MemoryJobStore:
         entry.touch()
 
     async def save_result(self, job_id: str, result: Encoded) -> None:
-        self._entries[job_id].result = result
+        entry = self._entries[job_id]
+        entry.result = result
+        self._make_room(entry.job.owner, keep=job_id)
+
+    def _make_room(self, owner: str, keep: str) -> None:
+        """Drop the oldest finished results until the bytes bounds hold again."""
+        stored = [e for e in self._entries.values() if e.result is not None]
+        total = sum(size(e) for e in stored)
+        owners = sum(size(e) for e in stored if e.job.owner == owner)
+        for entry in sorted(stored, key=lambda e: e.job.finished_at or 0.0):
+            over_total, over_owner = over_bytes(self.limits, total, owners, owner)
+            if not (over_total or over_owner):
+                return
+            if entry.job.id == keep or not (over_total or entry.job.owner == owner):
+                continue
+            total -= size(entry)
+            owners -= size(entry) if entry.job.owner == owner else 0
+            entry.result = None
 
     async def result(self, job_id: str, image: int | None = None) -> Encoded | None:
         entry = self._entries.get(job_id)

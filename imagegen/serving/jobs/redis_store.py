@@ -25,7 +25,14 @@ import redis.asyncio
 
 from imagegen.errors import StoreUnavailable
 from imagegen.serving.encoding import Encoded
-from imagegen.serving.jobs.jobs import LEASE_S, TERMINAL, Job, StoredEvent, check_room
+from imagegen.serving.jobs.jobs import (
+    LEASE_S,
+    TERMINAL,
+    Job,
+    StoredEvent,
+    StoreLimits,
+    check_room,
+)
 
 PREFIX = "imagegen:"
 KEEPALIVE_MS = 15_000
@@ -44,6 +51,47 @@ COUNT_JOBS = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+"""
+
+
+# A result stored: account for its bytes, forget the expired, then drop the oldest results
+# (any owner's while over the total, the owner's while over its bound) but this one. KEYS:
+# results by time stored (sorted set), their [bytes, images, owner] (hash). ARGV: now, ttl,
+# id, bytes, images, total bound, owner's bound (-1: none), key prefix. The dropped ids.
+DROP_RESULTS = """
+local now, ttl, id, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[8]
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - ttl)) do
+  redis.call('HDEL', KEYS[2], old)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+local record = redis.call('GET', prefix .. 'job:' .. id)
+local owner = record and cjson.decode(record).owner or ''
+redis.call('ZADD', KEYS[1], now, id)
+redis.call('HSET', KEYS[2], id, cjson.encode({tonumber(ARGV[4]), tonumber(ARGV[5]), owner}))
+local stored, sizes, total, owners = redis.call('ZRANGE', KEYS[1], 0, -1), {}, 0, 0
+for _, each in ipairs(stored) do
+  local raw = redis.call('HGET', KEYS[2], each)
+  sizes[each] = raw and cjson.decode(raw) or {0, 0, ''}
+  total = total + sizes[each][1]
+  if sizes[each][3] == owner then owners = owners + sizes[each][1] end
+end
+local max_total, max_owner, dropped = tonumber(ARGV[6]), tonumber(ARGV[7]), {}
+for _, each in ipairs(stored) do
+  local over_total = max_total >= 0 and total > max_total
+  local over_owner = owner ~= '' and max_owner >= 0 and owners > max_owner
+  if not (over_total or over_owner) then break end
+  local size = sizes[each]
+  if each ~= id and (over_total or size[3] == owner) then
+    redis.call('DEL', prefix .. 'result:' .. each)
+    for k = 0, size[2] - 1 do redis.call('DEL', prefix .. 'result:' .. each .. ':' .. k) end
+    redis.call('ZREM', KEYS[1], each)
+    redis.call('HDEL', KEYS[2], each)
+    total = total - size[1]
+    if size[3] == owner then owners = owners - size[1] end
+    table.insert(dropped, each)
+  end
+end
+return dropped
 """
 
 
@@ -79,21 +127,18 @@ class RedisJobStore:
         client: redis.asyncio.Redis,
         *,
         waits: redis.asyncio.Redis | None = None,
-        max_jobs: int,
+        limits: StoreLimits,
         ttl: float,
-        max_jobs_per_owner: int | None = None,
     ) -> None:
         self.client = client
         self.waits = waits or client  # for the blocking reads
-        self.max_jobs = max_jobs
-        self.max_jobs_per_owner = max_jobs_per_owner
+        self.limits = limits
         self.ttl = ttl
         self._count = client.register_script(COUNT_JOBS)
+        self._drop_results = client.register_script(DROP_RESULTS)
 
     @classmethod
-    def connect(
-        cls, url: str, *, max_jobs: int, ttl: float, max_jobs_per_owner: int | None = None
-    ) -> RedisJobStore:
+    def connect(cls, url: str, limits: StoreLimits, *, ttl: float) -> RedisJobStore:
         """A store on ``url``, which must answer now: start-up fails with a clear message
         otherwise (the URL's credentials are never shown)."""
         try:
@@ -112,9 +157,7 @@ class RedisJobStore:
         waits = redis.asyncio.Redis.from_url(
             url, socket_connect_timeout=COMMAND_TIMEOUT_S, socket_timeout=2 * KEEPALIVE_MS / 1000
         )
-        return cls(
-            client, waits=waits, max_jobs=max_jobs, ttl=ttl, max_jobs_per_owner=max_jobs_per_owner
-        )
+        return cls(client, waits=waits, limits=limits, ttl=ttl)
 
     def _expiry(self, job: Job) -> float:
         if job.finished_at is None:
@@ -125,7 +168,7 @@ class RedisJobStore:
     async def create(self, job: Job) -> None:
         keys = [PREFIX + "jobs", owned(job.owner)]
         held, owners = await self._count(keys=keys, args=[time.time()])
-        check_room(self, held, owners, job.owner)
+        check_room(self.limits, held, owners, job.owner)
         async with self.client.pipeline(transaction=True) as pipe:
             for key in keys:
                 pipe.zadd(key, {job.id: self._expiry(job)})
@@ -159,6 +202,19 @@ class RedisJobStore:
             for k, image in enumerate(result.images):
                 pipe.set(f"{key}:{k}", image, ex=keep)
             await pipe.execute()
+        bounds = [self.limits.max_result_bytes, self.limits.max_result_bytes_per_owner]
+        await self._drop_results(
+            keys=[PREFIX + "results", PREFIX + "result-sizes"],
+            args=[
+                time.time(),
+                self.ttl,
+                job_id,
+                sum(map(len, result.images)),
+                len(result.images),
+                *(-1 if bound is None else bound for bound in bounds),
+                PREFIX,
+            ],
+        )
 
     @reachable
     async def result(self, job_id: str, image: int | None = None) -> Encoded | None:
