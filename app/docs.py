@@ -60,11 +60,11 @@ ERROR_STATUSES: dict[int, str] = {
     "is full or unreachable, or the model is still loading: retry after `Retry-After`.",
     504: "The request took longer than `IMAGEGEN_TIMEOUT`; its generation was cancelled.",
 }
-# Every route but BentoML's probes passes auth, the limits and the timeout; a request with a
+# Every route but the probes passes auth, the limits and the timeout; a request with a
 # body its checks too; then each path its own.
 EVERY_ROUTE = (401, 429, 500, 504)
 WITH_BODY = (400, 403, 408, 413, 415)
-BENTOML_ROUTES = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+PROBES = frozenset({"/healthz", "/livez", "/readyz"})
 BY_PATH: dict[str, tuple[int, ...]] = {
     "/generate/": (503,),
     "/v1/images/": (503,),
@@ -131,7 +131,7 @@ window.ui = SwaggerUIBundle({
 """
 DOCS_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
+    "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )
 
@@ -163,8 +163,10 @@ def error_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
 
 def error_statuses(path: str, method: str) -> tuple[int, ...] | None:
     """The error statuses an operation can answer; None for BentoML's own routes."""
-    if path in BENTOML_ROUTES:
+    if path in PROBES:
         return None
+    if path == "/metrics":
+        return (401,)  # without the metrics key
     statuses = {*EVERY_ROUTE, *(WITH_BODY if method != "get" else ())}
     for prefix, more in BY_PATH.items():
         if path.startswith(prefix):
@@ -189,7 +191,7 @@ def documented(document: dict[str, Any], *, auth: bool) -> dict[str, Any]:
         for method, operation in operations.items():
             answered = error_statuses(path, method)
             if answered is None:
-                continue  # BentoML's probes and metrics, documented as BentoML has them
+                continue  # the probes, documented as BentoML has them
             statuses = tuple(status for status in answered if auth or status != 401)
             # Swagger shows summaries as plain text, so without markdown's backticks; the
             # first sentence ends at a full stop followed by a space (not `links.events`).

@@ -284,7 +284,7 @@ def test_a_lora_s_source_path_is_in_the_operator_s_log_only(guarded: Server) -> 
     with httpx.Client(base_url=guarded.url, headers=AUTH) as client:
         models = client.get("/models").json()
         loras = client.get("/sdapi/v1/loras").json()
-    assert [lora["name"] for lora in models[0]["loras"]] == [SD_TINY_STYLE.name]
+    assert SD_TINY_STYLE.name in [lora["name"] for lora in models[0]["loras"]]
     assert "recipe sd-tiny-style" not in str(models) + str(loras)
     assert "from recipe sd-tiny-style" in guarded.log.read_text()
 
@@ -334,11 +334,13 @@ def test_metrics_stay_bounded_name_no_job_and_take_the_metrics_key(
         after = client.get("/metrics", headers=METRICS_AUTH).text
     assert finished_job not in after and "/unknown/" not in after
     assert 'route="unmatched"' in after and 'route="/jobs/{job_id}/events"' in after
-    counted = [line for line in after.splitlines() if line.startswith("imagegen_http_requests")]
-    assert [line for line in counted if 'route="unmatched",status="404"' in line] == [
-        f'imagegen_http_requests_total{{method="GET",route="unmatched",status="404"}} {k}'
-        for k in ["300.0"]
-    ]
+    unmatched = 'imagegen_http_requests_total{method="GET",route="unmatched",status="404"} '
+
+    def unmatched_count(metrics: str) -> float:
+        found = [line for line in metrics.splitlines() if line.startswith(unmatched)]
+        return float(found[0].removeprefix(unmatched)) if found else 0.0
+
+    assert unmatched_count(after) - unmatched_count(before) == 300  # one series for them all
     assert len(after) < len(before) + 20_000  # the 300 paths added one series, not 300
 
 
