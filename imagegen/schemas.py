@@ -180,6 +180,7 @@ class ImageRequest(BaseModel):
     model: str | None = Field(
         None,
         min_length=1,
+        max_length=200,
         description="Model as `name` or `name:version`. Leave blank for the served model; "
         "`GET /models` lists them.",
     )

@@ -77,6 +77,7 @@ class OpenAIImageRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     model: str | None = Field(
         None,
+        max_length=200,
         description="A loaded model's name; blank: the default. OpenAI's names (`dall-e-3`, "
         "`gpt-image-1`, ...) reach the default model or the one `IMAGEGEN_OPENAI_MODELS` maps.",
     )
