@@ -175,3 +175,21 @@ def test_past_the_bytes_bounds_the_oldest_results_go_first(make_store: Any) -> N
             await jobs.result("b", "b1")
 
     asyncio.run(scenario())
+
+
+def test_jobs_submitted_at_once_never_pass_a_bound(make_store: Any) -> None:
+    """Counted and added in one step: replicas (here, coroutines) admitting at once."""
+
+    async def scenario() -> list[bool]:
+        store = make_store(10, max_jobs_per_owner=3)
+
+        async def admitted(k: int) -> bool:
+            try:
+                await store.create(job(f"j{k}", owner="a"))
+            except RateLimited:
+                return False
+            return True
+
+        return list(await asyncio.gather(*(admitted(k) for k in range(10))))
+
+    assert sum(asyncio.run(scenario())) == 3

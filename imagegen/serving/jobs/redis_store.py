@@ -45,12 +45,21 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-# The unexpired jobs, in total and of one owner (sorted sets scored by expiry), counted in
-# one round trip once the expired are dropped: [total, owner's].
-COUNT_JOBS = """
+# A new job, added to the unexpired jobs in total and of its owner (sorted sets scored by
+# expiry) only if both have room, in one step, so replicas admitting at once never pass a
+# bound. ARGV: now, id, expiry, the total bound, the owner's (-1: none). [total, owner's,
+# 1 if added] as they were.
+ADMIT_JOB = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+local held, owners = redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])
+local max_owner = tonumber(ARGV[5])
+if held >= tonumber(ARGV[4]) or (max_owner >= 0 and owners >= max_owner) then
+  return {held, owners, 0}
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return {held, owners, 1}
 """
 
 
@@ -134,7 +143,7 @@ class RedisJobStore:
         self.waits = waits or client  # for the blocking reads
         self.limits = limits
         self.ttl = ttl
-        self._count = client.register_script(COUNT_JOBS)
+        self._admit = client.register_script(ADMIT_JOB)
         self._drop_results = client.register_script(DROP_RESULTS)
 
     @classmethod
@@ -166,13 +175,14 @@ class RedisJobStore:
 
     @reachable
     async def create(self, job: Job) -> None:
-        keys = [PREFIX + "jobs", owned(job.owner)]
-        held, owners = await self._count(keys=keys, args=[time.time()])
-        check_room(self.limits, held, owners, job.owner)
-        async with self.client.pipeline(transaction=True) as pipe:
-            for key in keys:
-                pipe.zadd(key, {job.id: self._expiry(job)})
-            await pipe.execute()
+        per_owner = self.limits.max_jobs_per_owner if job.owner else None
+        bounds = [self.limits.max_jobs, -1 if per_owner is None else per_owner]
+        held, owners, added = await self._admit(
+            keys=[PREFIX + "jobs", owned(job.owner)],
+            args=[time.time(), job.id, self._expiry(job), *bounds],
+        )
+        if not added:
+            check_room(self.limits, held, owners, job.owner)  # says which bound
         await self._write(job)
 
     async def _write(self, job: Job) -> None:
