@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import anyio.to_thread
 import bentoml
 from fastapi import FastAPI, Request
 from PIL.Image import Image
@@ -19,7 +20,7 @@ from app.stack import middleware_stack
 from imagegen.engine.catalog import declared, with_models
 from imagegen.engine.progress import Tracker
 from imagegen.errors import answers_errors, answers_validation_errors
-from imagegen.hop import CONNECTED
+from imagegen.hop import CONNECTED, UpscaleItem
 from imagegen.schemas import (
     ImageRequest,
     ImagesRequest,
@@ -28,14 +29,22 @@ from imagegen.schemas import (
     JobRequest,
     JobView,
     ModelInfo,
+    UpscaleRequest,
 )
 from imagegen.serving.compat.a1111 import A1111, a1111_router
 from imagegen.serving.compat.openai import openai_router
-from imagegen.serving.encoding import encode, image_response, images_response, off_the_loop
+from imagegen.serving.encoding import (
+    encode,
+    image_response,
+    images_response,
+    off_the_loop,
+    upscaled_response,
+)
 from imagegen.serving.gateway import Gateway, job_store, owner
 from imagegen.serving.jobs.events import event_stream
 from imagegen.serving.metrics import exposition
 from imagegen.settings import get_settings
+from imagegen.upscalers import UpscalerInfo
 from middleware.auth import ApiKeys
 
 settings = get_settings()
@@ -83,12 +92,18 @@ class Generator:
     def __init__(self) -> None:
         # Imported here: only this service's process needs torch and diffusers.
         from imagegen.engine.generation import load_runners
+        from imagegen.engine.upscaling import Upscalers
 
         # One tracker for all models: one event stream, cancels by id.
         self.tracker = Tracker()
+        self.upscaling = Upscalers(declared(self, "upscaler"), settings.device)
         # BentoML serves /readyz only once __init__ has returned: loaded and warmed up.
         self.runners = load_runners(
-            declared(self, "model"), settings, self.tracker, declared(self, "lora")
+            declared(self, "model"),
+            settings,
+            self.tracker,
+            declared(self, "lora"),
+            self.upscaling,
         )
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
@@ -110,6 +125,16 @@ class Generator:
     async def models(self) -> list[ModelInfo]:
         """The loaded models, the default first."""
         return [runner.model.info for runner in self.runners.values()]
+
+    @bentoml.api
+    async def upscalers(self) -> list[UpscalerInfo]:
+        """The upscalers: built-in, then the stored networks."""
+        return self.upscaling.infos
+
+    @bentoml.api
+    async def upscale(self, item: UpscaleItem) -> Image:
+        """One image upscaled alone; `cancel` with its id stops it between tiles."""
+        return await anyio.to_thread.run_sync(self.upscaling.upscale, item, self.tracker)
 
 
 @bentoml.asgi_app(routes)
@@ -166,6 +191,23 @@ class ImageGeneration:
             lambda: images_response(encode(generated, request.output_format, request.quality))
         )
         return answer  # type: ignore[return-value]
+
+    @bentoml.api(route="/upscale", input_spec=UpscaleRequest)
+    @answers_errors
+    async def upscale(self, **fields: Any) -> Image:
+        """Enlarge an image with an upscaler (`GET /upscalers`): a resize or a
+        super-resolution network from the model store; nothing is redrawn. Returns its
+        bytes; the upscaler in `X-Upscaler`."""
+        request = UpscaleRequest.model_construct(**fields)
+        upscaled = await self.gateway.upscale(request, current_request())
+        answer = await off_the_loop(lambda: upscaled_response(upscaled, request))
+        return answer  # type: ignore[return-value]
+
+    @routes.get("/upscalers", tags=["Service APIs"])
+    async def upscalers(self) -> list[UpscalerInfo]:
+        """The upscalers `hires.upscaler` and `/upscale` may name: the built-in (by
+        AUTOMATIC1111's names) and the networks in the model store."""
+        return await self.gateway.upscalers()
 
     @routes.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:

@@ -24,8 +24,10 @@ loaded once per process.
 
 `POST /generate/image` answers the image bytes (give `image`, base64, to start from it, and
 `mask` to repaint only its white part), with the seed used in `X-Seed` and the model in
-`X-Model`; `POST /generate/images` answers several images as base64 in JSON. `GET /models`
-lists the loaded models, their defaults and accepted schedulers. Request bodies are JSON
+`X-Model`; `POST /generate/images` answers several images as base64 in JSON; `hires` on
+either draws again at a larger size (hires fix). `POST /upscale` enlarges an image with an
+upscaler. `GET /models` lists the loaded models, their defaults, accepted schedulers and
+upscalers; `GET /upscalers` describes the upscalers. Request bodies are JSON
 (`Content-Type: application/json`). Every error is a JSON object: an `error` sentence naming
 the field, the rule and the value, the `request_id`, and for schema violations `detail`, one
 entry per broken rule."""
@@ -67,6 +69,7 @@ WITH_BODY = (400, 403, 408, 413, 415)
 PROBES = frozenset({"/healthz", "/livez", "/readyz"})
 BY_PATH: dict[str, tuple[int, ...]] = {
     "/generate/": (503,),
+    "/upscale": (503,),
     "/v1/images/": (503,),
     "/sdapi/v1/": (400, 422, 503),
     "/jobs": (400, 404, 409, 410, 503),

@@ -139,7 +139,7 @@ def progress_cost(repeats: int) -> dict[str, float]:
     plain, watched, ratios = [], [], []
     for _ in range(repeats):
         plain.append(call(None))
-        watched.append(call(StepWatch(runner.tracker, [item])))
+        watched.append(call(StepWatch(runner.tracker, [item], parameters.denoising_steps)))
         ratios.append(watched[-1] / plain[-1])
     latents = torch.randn(4, 32, 32)
     previews = []

@@ -41,6 +41,17 @@ class Generation(BaseModel):
     batch_size: int  # images made by that call
 
 
+class UpscaleItem(BaseModel):
+    """An image for an upscaler of the generator service; ``id`` cancels it."""
+
+    id: str
+    image: str  # PNG, base64
+    width: int
+    height: int
+    upscaler: str
+    crop: bool = False  # fill width x height, cutting the overflow, rather than stretch
+
+
 class Failure(BaseModel):
     """An image that was refused or whose pipeline call failed: the error its request gets."""
 

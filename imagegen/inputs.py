@@ -32,11 +32,13 @@ import PIL.Image
 from PIL import ImageOps
 
 from imagegen.errors import InvalidField
+from imagegen.upscalers import MAX_OUTPUT_SIDE
 
 SIGNATURES = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
 DATA_URL = re.compile(r"^data:image/[a-z.+-]+;base64,", re.IGNORECASE)
 SIDE = (64, 2048)  # the bounds of `width` and `height`
 MULTIPLE = 8
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)  # what an image's and a mask's alpha is flattened on
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def read_image(
 def inverted_mask(text: str, field: str, limits: InputLimits) -> str:
     """A mask with black and white swapped (AUTOMATIC1111's `inpainting_mask_invert`), read
     through the checks above first; base64 PNG, for the native `mask`."""
-    drawn, _ = read_image(text, field, limits, background=(0, 0, 0))
+    drawn, _ = read_image(text, field, limits, background=BLACK)
     return pack(ImageOps.invert(drawn.convert("L")))
 
 
@@ -159,6 +161,31 @@ def output_size(size: tuple[int, int], width: int | None, height: int | None) ->
     if height is not None:
         return rounded_down(image_width * height / image_height), height
     return rounded_down(image_width), rounded_down(image_height)
+
+
+def upscaled_size(
+    size: tuple[int, int], scale: float | None, width: int | None, height: int | None
+) -> tuple[int, int]:
+    """The size `/upscale` makes of an image of ``size``: ``scale`` times it (2 when blank),
+    or the asked sides, a blank one following the other's scale; each side at most
+    ``MAX_OUTPUT_SIDE``."""
+    image_width, image_height = size
+    if width is not None and height is not None:
+        out = width, height
+    elif width is not None:
+        out = width, max(round(image_height * width / image_width), 1)
+    elif height is not None:
+        out = max(round(image_width * height / image_height), 1), height
+    else:
+        factor = scale or 2.0
+        out = round(image_width * factor), round(image_height * factor)
+    if max(out) > MAX_OUTPUT_SIDE:
+        raise InvalidField(
+            f"The upscaled image must be at most {MAX_OUTPUT_SIDE} pixels a side, but would be "
+            f"{out[0]}x{out[1]} from {image_width}x{image_height}.",
+            field="width" if width is not None or height is not None else "scale",
+        )
+    return out
 
 
 def rounded_down(side: float) -> int:
@@ -205,12 +232,12 @@ def read_edit(
     image: str, mask: str | None, width: int | None, height: int | None, limits: InputLimits
 ) -> Edit:
     """A request's image and mask, checked, normalised and brought to the output size."""
-    picture, image_sha256 = read_image(image, "image", limits, background=(255, 255, 255))
+    picture, image_sha256 = read_image(image, "image", limits, background=WHITE)
     size = output_size(picture.size, width, height)
     check_size(size)
     packed_mask = mask_sha256 = None
     if mask is not None:
-        drawn, mask_sha256 = read_image(mask, "mask", limits, background=(0, 0, 0))
+        drawn, mask_sha256 = read_image(mask, "mask", limits, background=BLACK)
         if drawn.size != picture.size:
             raise InvalidField(
                 f"`mask` must be the size of `image` ({picture.width}x{picture.height}), but "

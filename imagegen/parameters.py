@@ -6,11 +6,13 @@ from __future__ import annotations
 import secrets
 
 from imagegen.errors import InvalidField
-from imagegen.inputs import Edit
+from imagegen.inputs import SIDE, Edit, output_size, rounded_down
 from imagegen.schemas import (
     MAX_SEED,
     SCHEDULES,
     GenerationParameters,
+    HiresParameters,
+    HiresRequest,
     ImageRequest,
     Lora,
     Mode,
@@ -129,7 +131,62 @@ def resolve(
             f"but is {parameters.strength:g} x {parameters.num_inference_steps}.",
             field="strength",
         )
+    if request.hires is not None:
+        parameters.hires = hires_of(request.hires, info, parameters)
     return parameters
+
+
+def hires_of(hires: HiresRequest, info: ModelInfo, first: GenerationParameters) -> HiresParameters:
+    """Hires fix's second pass for the first pass ``first``, checked against the model."""
+    if hires.upscaler not in info.upscalers:
+        raise InvalidField(
+            f"`hires.upscaler` must be one of {', '.join(info.upscalers)} for {info.name}, "
+            f"but is {hires.upscaler!r}.",
+            field="hires.upscaler",
+        )
+    if hires.width is not None or hires.height is not None:
+        width, height = output_size((first.width, first.height), hires.width, hires.height)
+    else:
+        scale = hires.scale or 2.0
+        width, height = rounded_down(first.width * scale), rounded_down(first.height * scale)
+    low, high = SIDE
+    if not (low <= width <= high and low <= height <= high):
+        raise InvalidField(
+            f"`hires` must make each side between {low} and {high}, but makes "
+            f"{width}x{height} from {first.width}x{first.height}.",
+            field="hires",
+        )
+    scheduler = hires.scheduler or first.scheduler
+    if scheduler not in info.schedulers:
+        raise InvalidField(
+            f"`hires.scheduler` must be one of {', '.join(info.schedulers)} for {info.name}, "
+            f"but is {scheduler!r}.",
+            field="hires.scheduler",
+        )
+    if first.schedule is not None and first.schedule not in SCHEDULES.get(scheduler, ()):
+        raise InvalidField(
+            f"`hires.scheduler` must take the schedule {first.schedule}, but {scheduler} does not.",
+            field="hires.scheduler",
+        )
+    steps = hires.steps or first.num_inference_steps
+    if int(steps * hires.strength) < 1:
+        raise InvalidField(
+            f"`hires.strength` x its steps must be at least 1 (the steps the second pass "
+            f"runs), but is {hires.strength:g} x {steps}.",
+            field="hires.strength",
+        )
+    return HiresParameters(
+        width=width,
+        height=height,
+        upscaler=hires.upscaler,
+        num_inference_steps=steps,
+        strength=hires.strength,
+        prompt=hires.prompt or first.prompt,
+        negative_prompt=first.negative_prompt
+        if hires.negative_prompt is None
+        else hires.negative_prompt,
+        scheduler=scheduler,
+    )
 
 
 def mode_of(edit: Edit | None) -> Mode:

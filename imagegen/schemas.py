@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from imagegen.field_errors import restated
+from imagegen.upscalers import MAX_OUTPUT_SIDE, MAX_UPSCALE
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 # What a generation starts from: noise, an image, or an image and a mask.
@@ -94,6 +95,97 @@ class Lora(BaseModel):
     )
 
 
+class Described(BaseModel):
+    """A request body whose errors are sentences that name the field, the rule and the
+    value, whatever the client."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _sentences(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as error:
+            raise restated(error) from None
+
+
+class HiresRequest(BaseModel):
+    """Hires fix: draw at the asked size, upscale, and draw again at the larger size with
+    image-to-image on the same weights, so a model made for 512 gives a clean 1024 image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float | None = Field(
+        None,
+        ge=1,
+        le=4,
+        allow_inf_nan=False,
+        description="How many times larger the final image is than the first pass, each side "
+        "rounded down to a multiple of 8 (1: a second pass at the same size). Leave blank "
+        "for 2, or give `width`/`height`.",
+    )
+    width: int | None = Field(
+        None,
+        ge=64,
+        le=2048,
+        multiple_of=8,
+        description="The final width instead of `scale`; a blank side keeps the aspect ratio.",
+    )
+    height: int | None = Field(
+        None, ge=64, le=2048, multiple_of=8, description="The final height instead of `scale`."
+    )
+    upscaler: str = Field(
+        "Latent",
+        min_length=1,
+        max_length=200,
+        description="How the first image is enlarged, by AUTOMATIC1111's names: `Latent` "
+        "(and its variants), `Lanczos`, `Nearest`, `None`, or a stored upscaling model; "
+        "`GET /models` lists each model's `upscalers`.",
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=150,
+        description="The second pass's `num_inference_steps`, of which it runs `strength`'s "
+        "share. Leave blank for the first pass's.",
+    )
+    strength: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="How far the second pass moves from the enlarged image (`Latent` needs "
+        "about 0.5 or more to draw its blur away).",
+    )
+    prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="The second pass's; blank: the first's."
+    )
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="The second pass's; blank: the first's."
+    )
+    scheduler: SchedulerName | None = Field(
+        None, description="The second pass's sampler; blank: the first's."
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> HiresRequest:
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            raise PydanticCustomError("hires_size", "give `scale` or `width`/`height`, not both.")
+        return self
+
+
+class HiresParameters(BaseModel):
+    """The second pass as resolved."""
+
+    width: int
+    height: int
+    upscaler: str
+    num_inference_steps: int
+    strength: float
+    prompt: str
+    negative_prompt: str
+    scheduler: str
+
+
 IMAGE_REQUEST_EXAMPLE: dict[str, JsonValue] = {
     "prompt": "a lighthouse on a cliff at sunset, oil painting",
     "negative_prompt": "blurry, low quality",
@@ -107,7 +199,7 @@ IMAGE_REQUEST_EXAMPLE: dict[str, JsonValue] = {
 }
 
 
-class ImageRequest(BaseModel):
+class ImageRequest(Described):
     """Body of `POST /generate/image`: what to draw and how."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": IMAGE_REQUEST_EXAMPLE})
@@ -206,6 +298,12 @@ class ImageRequest(BaseModel):
         "Only with `image`.",
     )
 
+    hires: HiresRequest | None = Field(
+        None,
+        description="Hires fix: a second pass at a larger size (text-to-image only). Leave "
+        "blank for one pass.",
+    )
+
     loras: list[Lora] = Field(
         default_factory=list,
         max_length=MAX_LORAS,
@@ -229,14 +327,15 @@ class ImageRequest(BaseModel):
             raise ValueError(f"`{info.field_name}` must come with `image`, which is missing")
         return value
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _sentences(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
-        # Every client sees messages that name the field, the rule and the value.
-        try:
-            return handler(data)
-        except ValidationError as error:
-            raise restated(error) from None
+    @model_validator(mode="after")
+    def _hires_from_noise(self) -> ImageRequest:
+        if self.hires is not None and self.image is not None:
+            raise PydanticCustomError(
+                "hires_edit",
+                "`hires` is for text-to-image: leave it blank with `image`, which already "
+                "sets the size.",
+            )
+        return self
 
 
 class ImagesRequest(ImageRequest):
@@ -266,6 +365,71 @@ class ImagesRequest(ImageRequest):
         return self
 
 
+class UpscaleRequest(Described):
+    """Body of `POST /upscale`: an image made larger by an upscaler, nothing redrawn."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"image": "iVBORw0KGgo...", "scale": 2, "upscaler": "Lanczos"}
+        },
+    )
+
+    image: str = Field(
+        description="The image: a PNG, JPEG or WebP, base64 (a `data:image/...;base64,` prefix "
+        "is allowed), checked as an edit's `image` is."
+    )
+    scale: float | None = Field(
+        None,
+        ge=1,
+        le=MAX_UPSCALE,
+        allow_inf_nan=False,
+        description="How many times larger each side gets. Leave blank for 2, or give "
+        "`width`/`height`.",
+    )
+    width: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_OUTPUT_SIDE,
+        description="The width instead of `scale`; a blank side keeps the aspect ratio.",
+    )
+    height: int | None = Field(
+        None, ge=1, le=MAX_OUTPUT_SIDE, description="The height instead of `scale`."
+    )
+    crop: bool = Field(
+        False,
+        description="With `width` and `height` of another shape than the image: fill them "
+        "and cut the overflow evenly at both ends, instead of stretching the image.",
+    )
+    upscaler: str = Field(
+        "Lanczos",
+        min_length=1,
+        max_length=200,
+        description="`Lanczos`, `Nearest`, `None` (a Lanczos resize) or a stored upscaling "
+        "model; `GET /upscalers` lists them (the latent ones are for hires fix only).",
+    )
+    output_format: OutputFormat = Field("png", description="Image encoding of the response.")
+    quality: int = Field(
+        90, ge=1, le=100, description="Encoder quality for jpeg and webp; png is lossless."
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> UpscaleRequest:
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            raise PydanticCustomError(
+                "upscale_size", "`/upscale` takes `scale` or `width`/`height`, not both."
+            )
+        return self
+
+
+class UpscaleParameters(BaseModel):
+    """What an upscaled image was made with (its PNG's `parameters` chunk)."""
+
+    width: int
+    height: int
+    upscaler: str
+
+
 class GenerationParameters(BaseModel):
     """The parameters an image was actually made with, defaults and seed resolved."""
 
@@ -289,6 +453,7 @@ class GenerationParameters(BaseModel):
     loras: list[Lora] = Field(
         default_factory=list, description="Adapters applied, by `name:version`, and scales."
     )
+    hires: HiresParameters | None = Field(None, description="Hires fix's second pass, if any.")
 
     @property
     def denoising_steps(self) -> int:
@@ -297,6 +462,31 @@ class GenerationParameters(BaseModel):
         if self.strength is None:
             return self.num_inference_steps
         return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+    @property
+    def all_steps(self) -> int:
+        """Steps of both passes, with hires fix."""
+        second = self.second_pass()
+        return self.denoising_steps + (second.denoising_steps if second else 0)
+
+    def second_pass(self) -> GenerationParameters | None:
+        """Hires fix's second pass: image-to-image at the larger size, same seed and weights."""
+        hires = self.hires
+        if hires is None:
+            return None
+        return self.model_copy(
+            update={
+                "width": hires.width,
+                "height": hires.height,
+                "num_inference_steps": hires.num_inference_steps,
+                "strength": hires.strength,
+                "prompt": hires.prompt,
+                "negative_prompt": hires.negative_prompt,
+                "scheduler": hires.scheduler,
+                "mode": "image-to-image",
+                "hires": None,
+            }
+        )
 
 
 class WorkItem(BaseModel):
@@ -374,6 +564,11 @@ class ModelInfo(BaseModel):
     weights_bytes: int = Field(description="Memory its weights take, all components.")
     loras: list[AdapterInfo] = Field(
         default_factory=list, description="Its stored LoRA adapters, which `loras` may name."
+    )
+    upscalers: list[str] = Field(
+        default_factory=list,
+        description="What its hires fix may name as `hires.upscaler`; `GET /upscalers` "
+        "describes each.",
     )
     max_request_work: float = Field(
         description="Most work one request or job may ask for, in megapixel-steps: per image, "

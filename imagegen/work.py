@@ -8,6 +8,8 @@ pixels. An image's work is its evaluations times its megapixels, plus a fixed pa
   the scheduler's evaluations per step (Heun's second-order steps evaluate twice), doubled
   when classifier-free guidance is on (``guidance_scale > 1``: the denoiser runs on a batch of
   two);
+- **hires fix**: its second pass is an image of its own (image-to-image at the larger size),
+  plus the upscaler's work (a network's; a resize or an interpolation is free);
 - **fixed**: the VAE decode and the output encode, one evaluation's worth, and an edit's VAE
   encode of its input, half of one (``python -m bench.work``, docs/benchmarks.md, measured
   0.94 and 0.44 on SD 1.5's architecture): what a 1-step image costs beyond its step.
@@ -23,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 from imagegen.schemas import GenerationParameters
+from imagegen.upscalers import upscale_work
 
 # Defaults of IMAGEGEN_MAX_REQUEST_WORK per device. On a GPU, eight guided 1024x1024 images of 50
 # steps (847) or one guided 2048x2048 image of 150 steps (1263) fit; on two CPU cores one guided
@@ -55,8 +58,13 @@ def fixed_work(parameters: GenerationParameters) -> float:
 
 
 def image_work(parameters: GenerationParameters) -> float:
-    """Megapixel-steps of one image."""
-    return parameters.denoising_steps * step_work(parameters) + fixed_work(parameters)
+    """Megapixel-steps of one image; with hires fix, both passes and the upscaler's."""
+    own = parameters.denoising_steps * step_work(parameters) + fixed_work(parameters)
+    second = parameters.second_pass()
+    if second is None or parameters.hires is None:
+        return own
+    upscaler = upscale_work(parameters.hires.upscaler, second.width, second.height)
+    return own + upscaler + image_work(second)
 
 
 def work(batch: Sequence[GenerationParameters]) -> float:

@@ -9,10 +9,14 @@
     python -m models import SOURCE [--name NAME] [--steps N] [--guidance G] [--size S]
                                    [--dtype D] [--variant V]
     python -m models import-lora FILE --name NAME --base MODEL
+    python -m models import-upscaler FILE --name NAME
+    python -m models build esrgan-tiny-x4     # a random ESRGAN upscaler, for the tests
 
 SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory, of any
 family the service runs (SD 1.x/2.x, SDXL, SD3, FLUX.1). FILE is a LoRA's .safetensors
 (diffusers' or kohya's layout) or a directory holding one; MODEL is a stored model's name.
+An upscaler's FILE is a super-resolution network's .pth or .safetensors (ESRGAN, Real-ESRGAN,
+SwinIR, HAT, DAT, SPAN, ...: spandrel detects which); NAME is what requests call it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from diffusers import AutoPipelineForText2Image
 from .adapters import BadAdapter, ensure_adapter, import_lora
 from .recipes import ADAPTER_RECIPES, RECIPES, SD_SHAPES
 from .store import UnknownModel, ensure_built, save_pipeline
+from .upscalers import UPSCALER_RECIPES, BadUpscaler, ensure_upscaler, import_upscaler
 
 
 def default_name(source: str) -> str:
@@ -57,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     builds = commands.add_parser("build", help="build and store a model from its recipe")
-    recipes = [*RECIPES, *ADAPTER_RECIPES]
+    recipes = [*RECIPES, *ADAPTER_RECIPES, *UPSCALER_RECIPES]
     builds.add_argument(
         "recipe", choices=recipes, help=f"one of {', '.join(recipes)}; sd-shapes is the default"
     )
@@ -83,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     loras.add_argument("source", type=Path, help="a .safetensors file, or a directory of one")
     loras.add_argument("--name", required=True, help="adapter name, as requests give it")
     loras.add_argument("--base", required=True, help="the stored model it adapts")
+    upscalers = commands.add_parser(
+        "import-upscaler", help="import a super-resolution network into the store"
+    )
+    upscalers.add_argument("source", type=Path, help="its weights: .pth or .safetensors")
+    upscalers.add_argument("--name", required=True, help="upscaler name, as requests give it")
     trains = commands.add_parser("train-shapes", help="train sd-shapes from its recipe on CPU")
     trains.add_argument(
         "--out", type=Path, default=SD_SHAPES.weights, help="weights file (default: %(default)s)"
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         written = run(args)
-    except (BadAdapter, UnknownModel) as error:
+    except (BadAdapter, BadUpscaler, UnknownModel) as error:
         sys.exit(f"error: {error}")
     sys.stdout.write(f"{written}\n")
 
@@ -109,8 +119,12 @@ def run(args: argparse.Namespace) -> str:
     """The command's result: the tag (or file) it wrote."""
     if args.command == "build" and args.recipe in ADAPTER_RECIPES:
         return str(ensure_adapter(ADAPTER_RECIPES[args.recipe]).tag)
+    if args.command == "build" and args.recipe in UPSCALER_RECIPES:
+        return str(ensure_upscaler(UPSCALER_RECIPES[args.recipe]).tag)
     if args.command == "build":
         return str(ensure_built(RECIPES[args.recipe]).tag)
+    if args.command == "import-upscaler":
+        return str(import_upscaler(args.source, args.name).tag)
     if args.command == "import-lora":
         return str(import_lora(args.source, args.name, args.base).tag)
     if args.command == "train-shapes":

@@ -28,6 +28,7 @@ os.environ["IMAGEGEN_METRICS_KEY"] = METRICS_KEY
 METRICS_AUTH = {"Authorization": f"Bearer {METRICS_KEY}"}
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_KEY}"}
 
+import bentoml
 import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 from starlette.testclient import TestClient
@@ -40,6 +41,7 @@ from imagegen.schemas import GenerationParameters
 from imagegen.settings import Settings
 from models.recipes import RECIPES, SD_TINY
 from models.store import ensure_built
+from models.upscalers import UPSCALER_RECIPES, ensure_upscaler
 
 SERVER_MAX_CONCURRENCY = 4
 # Parameters of one generation, for tests that need them but no pipeline.
@@ -62,6 +64,13 @@ ARTIFACTS = Path(os.environ.get("IMAGEGEN_TEST_ARTIFACTS", "test-artifacts"))
 def loaded_recipe(name: str) -> LoadedModel:
     """A recipe's model, loaded once per session the way the service loads it."""
     return load_model(ensure_built(RECIPES[name]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def upscalers_stored() -> list[bentoml.Model]:
+    """The test upscalers (random ESRGAN networks, x4 and x2) in the session's store before
+    any service starts: a generator finds the stored upscalers at start-up."""
+    return [ensure_upscaler(recipe) for recipe in UPSCALER_RECIPES.values()]
 
 
 @pytest.fixture(scope="session")

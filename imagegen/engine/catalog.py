@@ -18,14 +18,16 @@ from imagegen.hop import Failure, Generation, api_name, model_name
 from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
 from models.store import StoredPipeline
+from models.upscalers import stored_upscalers
 
 
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
-    """A class decorator: adds ``model_<k>`` declaring the k-th model and ``lora_<k>`` the
-    k-th stored LoRA adapter of any of them (``bentoml build`` packs each), and a batched
-    API per model, named by :func:`api_name`, that runs ``self.runners[name]``. Applied
-    under ``@bentoml.service``, which collects them all. Adapters are found in the store
-    here, at start-up: one imported later is served after a restart."""
+    """A class decorator: adds ``model_<k>`` declaring the k-th model, ``lora_<k>`` the
+    k-th stored LoRA adapter of any of them and ``upscaler_<k>`` the k-th stored upscaler
+    (``bentoml build`` packs each), and a batched API per model, named by :func:`api_name`,
+    that runs ``self.runners[name]``. Applied under ``@bentoml.service``, which collects
+    them all. Adapters and upscalers are found in the store here, at start-up: one imported
+    later is served after a restart."""
 
     def declare(cls: type) -> type:
         for index, tag in enumerate(tags):
@@ -34,6 +36,8 @@ def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], t
         adapters = stored_adapters([model_name(tag) for tag in tags])
         for index, adapter in enumerate(adapters):
             setattr(cls, f"lora_{index}", BentoModel(adapter.tag))
+        for index, upscaler in enumerate(stored_upscalers()):
+            setattr(cls, f"upscaler_{index}", BentoModel(upscaler.tag))
         return cls
 
     return declare
@@ -49,8 +53,8 @@ def generate_api(name: str) -> Any:
 
 
 def declared(service: Any, kind: str) -> list[bentoml.Model]:
-    """What ``with_models`` declared on ``service`` (``kind`` ``model`` or ``lora``), in
-    order, resolved from the store."""
+    """What ``with_models`` declared on ``service`` (``kind`` ``model``, ``lora`` or
+    ``upscaler``), in order, resolved from the store."""
     count = 0
     while hasattr(type(service), f"{kind}_{count}"):
         count += 1

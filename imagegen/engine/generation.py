@@ -23,14 +23,16 @@ import prometheus_client
 import torch
 
 from imagegen.engine.loading import LoadedModel, load_model
-from imagegen.engine.modes import mode_call
+from imagegen.engine.modes import Start, mode_call, second_pass_call
 from imagegen.engine.progress import Tracker
 from imagegen.engine.schedulers import build_scheduler
+from imagegen.engine.upscaling import Upscalers
 from imagegen.errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
 from imagegen.hop import Event, Failure, Generation
 from imagegen.parameters import resolve
-from imagegen.schemas import GenerationParameters, ImageRequest, WorkItem
+from imagegen.schemas import GenerationParameters, HiresParameters, ImageRequest, WorkItem
 from imagegen.settings import Settings
+from imagegen.upscalers import LATENT_UPSCALERS
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ BatchKey = tuple[
     str,
     float | None,
     tuple[tuple[str, float], ...],
+    str | None,
 ]
 
 
@@ -76,7 +79,9 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
     """What the images of one pipeline call share: diffusers takes one size, step count,
     scheduler and schedule, guidance scale (the exact scale, not only guidance on or off),
     CLIP skip, mode and strength per call, and the adapters set on the pipeline apply to all
-    its images; prompts, negative prompts, seeds, images and masks are per image."""
+    its images; prompts, negative prompts, seeds, images and masks are per image. Hires
+    fix's second pass is one call for the images of the first, so its settings are shared
+    too."""
     p = parameters
     return (
         p.model,
@@ -90,6 +95,7 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
         p.mode,
         p.strength,
         tuple((lora.name, lora.scale) for lora in p.loras),
+        p.hires.model_dump_json() if p.hires else None,
     )
 
 
@@ -140,31 +146,46 @@ class StepWatch:
     preview where asked) and interrupts the call once all its images are cancelled. The flag
     must be raised here: diffusers resets its own interrupt flag at the start of each call."""
 
-    def __init__(self, tracker: Tracker, items: list[WorkItem]) -> None:
+    def __init__(
+        self, tracker: Tracker, items: list[WorkItem], loops: int, *, after: int = 0, more: int = 0
+    ) -> None:
         self.tracker = tracker
         self.items = items
+        self.loops = loops  # the call's, until the pipeline says (PNDM adds one, Heun doubles)
+        # Hires fix counts both passes as one run of steps: `after` the first pass's, and
+        # `more` (the second's, estimated) to come.
+        self.after, self.more = after, more
+        self.part = 2 if after else 1
         self.reported = any(item.report for item in items)
 
     def begin(self) -> None:
         """Step 0: the call has started."""
         if self.reported:
-            self.tracker.publish(self._events(0, None, None))
+            self.tracker.publish(self._events(0, None))
 
     def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+        self.loops = getattr(pipe, "num_timesteps", None) or self.loops
         if self.reported:
-            steps = getattr(pipe, "num_timesteps", None)
-            self.tracker.publish(self._events(step + 1, steps, tensors.get("latents")))
-        if all(self.tracker.is_cancelled(item.id) for item in self.items):
-            raise Interrupted()
+            self.tracker.publish(self._events(step + 1, tensors.get("latents")))
+        self.check()
         return tensors
 
-    def _events(self, step: int, steps: int | None, latents: torch.Tensor | None) -> list[Event]:
+    def check(self) -> None:
+        """Stop the call once all its images are cancelled."""
+        if self.cancelled():
+            raise Interrupted()
+
+    def cancelled(self) -> bool:
+        return all(self.tracker.is_cancelled(item.id) for item in self.items)
+
+    def _events(self, step: int, latents: torch.Tensor | None) -> list[Event]:
         at = time.time()
         return [
             {
                 "id": item.id,
-                "step": step,
-                "steps": steps or item.parameters.denoising_steps,
+                "step": self.after + step,
+                "steps": self.after + self.loops + self.more,
+                "pass": self.part,
                 "images": len(self.items),
                 "at": at,
                 "preview": (
@@ -207,10 +228,13 @@ class PipelineRunner:
         model: LoadedModel,
         max_batch_size: int = 1,
         tracker: Tracker | None = None,
+        upscalers: Upscalers | None = None,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
+        self.upscalers = upscalers or Upscalers([], str(model.info.device))
+        model.info.upscalers = self.upscalers.names(model)
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._prompt_limit = prompt_limit(model)
         self._counting = threading.Lock()
@@ -275,35 +299,15 @@ class PipelineRunner:
                 )
 
     def _generate_together(self, items: list[WorkItem]) -> list[Generation | Failure]:
-        """One pipeline call for images that share a batch key; an image cancelled during
-        the call is a Cancelled failure, and the call stops once all of them are."""
+        """One pipeline call for images that share a batch key (two with hires fix); an image
+        cancelled during the call is a Cancelled failure, and the call stops once all of them
+        are."""
         group = [item.parameters for item in items]
         first = group[0]
-        plan = mode_call(self.model, items)
-        pipeline = plan.pipeline
-        scheduler = (
-            # The model's own scheduler may be outside the registry: copy it as it is.
-            type(pipeline.scheduler).from_config(pipeline.scheduler.config)
-            if first.scheduler == self.model.info.default_scheduler and first.schedule is None
-            else build_scheduler(
-                first.scheduler, first.schedule, [p.seed for p in group], pipeline.scheduler
-            )
-        )
-        # __call__ writes per-call state onto the pipeline (guidance, step counts), so each call
-        # runs on its own shallow copy: the weights are shared, the state is not.
-        run = copy.copy(pipeline)
-        run.scheduler = scheduler
         # The request's context (its id, for log lines) goes along to the runner thread.
-        call = self._runner.submit(
-            copy_context().run,
-            self._adapted_call,
-            run,
-            group,
-            plan.arguments,
-            StepWatch(self.tracker, items),
-        )
+        call = self._runner.submit(copy_context().run, self._run, items)
         try:
-            output, started, finished = call.result()
+            images, started, finished = call.result()
         except Interrupted:
             raise Cancelled("The generation was cancelled.") from None
         except torch.OutOfMemoryError as error:
@@ -328,15 +332,58 @@ class PipelineRunner:
                 finished=finished,
                 batch_size=len(group),
             )
-            for image, item in zip(plan.finish(output.images), items, strict=True)
+            for image, item in zip(images, items, strict=True)
         ]
 
-    def _adapted_call(
-        self, run: Any, group: list[GenerationParameters], *args: Any
-    ) -> tuple[Any, float, float]:
-        """:meth:`_call` with the group's adapters, set on the pipeline's own thread."""
-        self.model.adapters.activate(group[0].loras)
-        return self._call(run, group, *args)
+    def _run(self, items: list[WorkItem]) -> tuple[list[Any], float, float]:
+        """On the pipeline's thread: the group's adapters set, its call, and hires fix's
+        upscale and second call."""
+        group = [item.parameters for item in items]
+        first = group[0]
+        self.model.adapters.activate(first.loras)
+        plan = mode_call(self.model, items)
+        second = [p.second_pass() for p in group]
+        more = second[0].denoising_steps if second[0] else 0
+        watch = StepWatch(self.tracker, items, first.denoising_steps, more=more)
+        run = self._copy(plan.pipeline, group)
+        output, started, finished = self._call(run, group, plan.arguments, watch)
+        if first.hires is None:
+            return plan.finish(output.images), started, finished
+        hires = [p for p in second if p is not None]
+        start = self._upscaled(output.images, first.hires, watch)
+        plan = second_pass_call(self.model, hires, start)
+        watch = StepWatch(self.tracker, items, hires[0].denoising_steps, after=watch.loops)
+        run = self._copy(plan.pipeline, hires)
+        output, _, finished = self._call(run, hires, plan.arguments, watch)
+        return output.images, started, finished
+
+    def _copy(self, pipeline: Any, group: list[GenerationParameters]) -> Any:
+        """The pipeline for one call: __call__ writes per-call state onto the pipeline
+        (guidance, step counts), so each call runs on its own shallow copy with its own
+        scheduler: the weights are shared, the state is not."""
+        first = group[0]
+        scheduler = (
+            # The model's own scheduler may be outside the registry: copy it as it is.
+            type(pipeline.scheduler).from_config(pipeline.scheduler.config)
+            if first.scheduler == self.model.info.default_scheduler and first.schedule is None
+            else build_scheduler(
+                first.scheduler, first.schedule, [p.seed for p in group], pipeline.scheduler
+            )
+        )
+        run = copy.copy(pipeline)
+        run.scheduler = scheduler
+        return run
+
+    def _upscaled(self, made: Any, hires: HiresParameters, watch: StepWatch) -> Start:
+        """The first pass's images (or latents) at the second pass's size."""
+        if hires.upscaler in LATENT_UPSCALERS:
+            scale = self.model.pipeline.vae_scale_factor
+            size = (hires.height // scale, hires.width // scale)
+            return self.upscalers.latents(made, size, hires.upscaler)
+        size = (hires.width, hires.height)
+        upscaled = [self.upscalers.image(i, size, hires.upscaler, watch.cancelled) for i in made]
+        watch.check()
+        return upscaled
 
     @staticmethod
     def _call(
@@ -379,13 +426,15 @@ def load_runners(
     settings: Settings,
     tracker: Tracker,
     adapters: Sequence[bentoml.Model] = (),
+    upscalers: Upscalers | None = None,
 ) -> dict[str, PipelineRunner]:
     """A runner per model, by name, each loaded with its stored adapters and then warmed up
-    when ``settings`` say so; they report to one ``tracker``."""
+    when ``settings`` say so; they report to one ``tracker`` and share the ``upscalers``."""
     runners = {}
     for model in stored:
         own = [a for a in adapters if a.info.metadata["base"] == model.tag.name]
-        runner = PipelineRunner(load_model(model, settings, own), settings.max_batch_size, tracker)
+        loaded = load_model(model, settings, own)
+        runner = PipelineRunner(loaded, settings.max_batch_size, tracker, upscalers)
         if settings.warmup:
             runner.warm_up(settings.warmup_shapes)
         runners[model.tag.name] = runner

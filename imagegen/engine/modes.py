@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import PIL.Image
+import torch
 
 from imagegen.engine.loading import LoadedModel
 from imagegen.inputs import unpack
-from imagegen.schemas import WorkItem
+from imagegen.schemas import GenerationParameters, WorkItem
+from imagegen.upscalers import LATENT_UPSCALERS
 
 GREY = (127, 127, 127)
+# What an image-to-image call starts from: images, or latents (hires fix's latent upscalers).
+Start = list[PIL.Image.Image] | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -43,33 +47,53 @@ class ModeCall:
 
 def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
     """The pipeline and arguments of one call; its items share a mode and strength."""
-    first = items[0].parameters
+    group = [item.parameters for item in items]
+    first = group[0]
+    if first.mode == "text-to-image" and not model.dedicated_inpainting:
+        return call_for(model, group, [], [])
+    blank = (first.width, first.height)
+    images = [unpack(i.image) if i.image else PIL.Image.new("RGB", blank, GREY) for i in items]
+    masks = [unpack(i.mask) if i.mask else PIL.Image.new("L", blank, 255) for i in items]
+    return call_for(model, group, images, masks)
+
+
+def second_pass_call(
+    model: LoadedModel, group: list[GenerationParameters], start: Start
+) -> ModeCall:
+    """Hires fix's second pass: image-to-image from the enlarged first pass (images, or
+    latents straight into the pipeline, which takes 4-channel latents as they are)."""
+    first = group[0]
+    masks = [PIL.Image.new("L", (first.width, first.height), 255)] * len(group)
+    return call_for(model, group, start, masks)
+
+
+def call_for(
+    model: LoadedModel,
+    group: list[GenerationParameters],
+    images: Start,
+    masks: list[PIL.Image.Image],
+) -> ModeCall:
+    """The pipeline and arguments for ``group``'s mode, from ``images`` and ``masks``."""
+    first = group[0]
     pipeline = model.pipelines[first.mode]
     common: dict[str, Any] = {}
     if first.clip_skip > 1:  # diffusers counts the layers skipped: A1111's count less one
         common["clip_skip"] = first.clip_skip - 1
     if model.family.classifier_free_guidance:  # a distilled family has no negative prompt
-        common["negative_prompt"] = [item.parameters.negative_prompt for item in items]
+        common["negative_prompt"] = [p.negative_prompt for p in group]
     size = {**common, "width": first.width, "height": first.height}
+    if first.hires is not None and first.hires.upscaler in LATENT_UPSCALERS:
+        size["output_type"] = "latent"  # enlarged as latents, never decoded
     if first.mode == "text-to-image" and not model.dedicated_inpainting:
         return ModeCall(pipeline, size)
-    images = [
-        unpack(item.image)
-        if item.image
-        else PIL.Image.new("RGB", (first.width, first.height), GREY)
-        for item in items
-    ]
     strength = first.strength or 1.0
     if first.mode == "image-to-image" and not model.dedicated_inpainting:
         # SD's and SDXL's take the image's size; FLUX.1's would take its own default.
         takes_size = "width" in inspect.signature(pipeline.__call__).parameters
         arguments = {**(size if takes_size else common), "image": images, "strength": strength}
         return ModeCall(pipeline, arguments)
-    masks = [
-        unpack(item.mask) if item.mask else PIL.Image.new("L", (first.width, first.height), 255)
-        for item in items
-    ]
     arguments = {**size, "image": images, "mask_image": masks, "strength": strength}
     if first.mode == "inpainting":
+        assert isinstance(images, list)
         return ModeCall(pipeline, arguments, images, masks)
     return ModeCall(pipeline, arguments)

@@ -24,8 +24,10 @@ from imagegen.schemas import (
     ImagesResponse,
     OutputFormat,
     Timings,
+    UpscaleParameters,
+    UpscaleRequest,
 )
-from imagegen.serving.remote import Generated
+from imagegen.serving.remote import Generated, Upscaled
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -38,10 +40,11 @@ async def off_the_loop(work: Callable[[], T]) -> T:
 
 
 def encode_image(
-    image: Image, parameters: GenerationParameters, output_format: OutputFormat, quality: int
+    image: Image, parameters: BaseModel, output_format: OutputFormat, quality: int
 ) -> bytes:
-    """PNG carries the generation parameters as JSON in a `parameters` text chunk, so an image
-    can be regenerated from the file alone; JPEG and WebP are encoded at ``quality``."""
+    """PNG carries the parameters (a generation's, both passes of a hires fix; an upscale's)
+    as JSON in a `parameters` text chunk, so an image can be made again from the file alone;
+    JPEG and WebP are encoded at ``quality``."""
     buffer = io.BytesIO()
     if output_format == "png":
         text = PngInfo()
@@ -96,6 +99,24 @@ def _headers(encoded: Encoded) -> dict[str, str]:
         "X-Batch-Size": str(encoded.batch_size),
         "Server-Timing": server_timing,
     }
+
+
+def encode_upscaled(upscaled: Upscaled, request: UpscaleRequest) -> bytes:
+    """An upscaled image, a PNG's chunk saying what made it."""
+    made = UpscaleParameters(
+        width=upscaled.image.width, height=upscaled.image.height, upscaler=request.upscaler
+    )
+    return encode_image(upscaled.image, made, request.output_format, request.quality)
+
+
+def upscaled_response(upscaled: Upscaled, request: UpscaleRequest) -> Response:
+    """`/upscale`'s answer: the image's bytes, the upscaler in its headers."""
+    data = encode_upscaled(upscaled, request)
+    headers = {
+        "X-Upscaler": request.upscaler,
+        "Server-Timing": f"upscale;dur={upscaled.seconds * 1000:.1f}",
+    }
+    return Response(data, media_type=MEDIA_TYPES[request.output_format], headers=headers)
 
 
 def image_response(encoded: Encoded) -> Response:

@@ -4,13 +4,16 @@ not HTTP: the routes build the answers."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
 
-from imagegen.inputs import Edit, InputLimits, read_edit
+from imagegen.errors import InvalidField, TooMuchWork
+from imagegen.hop import UpscaleItem
+from imagegen.inputs import WHITE, Edit, InputLimits, pack, read_edit, read_image, upscaled_size
 from imagegen.parameters import choose_model, resolve, series
 from imagegen.schemas import (
     GenerationParameters,
@@ -18,6 +21,7 @@ from imagegen.schemas import (
     ImagesRequest,
     JobRequest,
     ModelInfo,
+    UpscaleRequest,
 )
 from imagegen.serving.follower import EventFollower
 from imagegen.serving.jobs.jobs import Job, Jobs, JobStore, StoreLimits
@@ -26,9 +30,11 @@ from imagegen.serving.jobs.memory_store import MemoryJobStore
 from imagegen.serving.jobs.webhooks import Webhooks
 from imagegen.serving.lifetime import while_requested
 from imagegen.serving.queue import Listener, Ticket, WorkQueue
-from imagegen.serving.remote import Generated, GeneratorClient, generator_ready
+from imagegen.serving.remote import Generated, GeneratorClient, Upscaled, generator_ready
 from imagegen.serving.work_limit import WorkRateLimit
 from imagegen.settings import Settings
+from imagegen.upscalers import UpscalerInfo, covering, upscale_work
+from imagegen.work import DECODE_WORK
 from middleware.paths import client_bucket
 
 
@@ -82,6 +88,7 @@ class Gateway:
             else None
         )
         self._infos: list[ModelInfo] | None = None
+        self._upscalers: list[UpscalerInfo] | None = None
         self._queues: dict[str, WorkQueue] = {}
 
     async def models(self) -> list[ModelInfo]:
@@ -163,6 +170,46 @@ class Gateway:
             output_format=body.output_format,
             quality=body.quality,
         )
+
+    async def upscalers(self) -> list[UpscalerInfo]:
+        """The upscalers, asked of the generator service once."""
+        if self._upscalers is None:
+            self._upscalers = await self.client.upscalers()
+        return self._upscalers
+
+    async def upscale(self, request: UpscaleRequest, http_request: Request) -> Upscaled:
+        """An image upscaled alone: read and bounded as an edit's input, its output size
+        bounded, its work charged to the client's rate like a generation's."""
+        names = [info.name for info in await self.upscalers() if info.kind != "latent"]
+        if request.upscaler not in names:
+            raise InvalidField(
+                f"`upscaler` must be one of {', '.join(names)}, but is {request.upscaler!r}.",
+                field="upscaler",
+            )
+        image, _ = await anyio.to_thread.run_sync(
+            read_image, request.image, "image", self.input_limits, WHITE
+        )
+        width, height = upscaled_size(image.size, request.scale, request.width, request.height)
+        made = covering(image.size, (width, height)) if request.crop else (width, height)
+        work = upscale_work(request.upscaler, *made) + DECODE_WORK * made[0] * made[1] / 1e6
+        budget = (await self.models())[0].max_request_work
+        if work > budget:
+            raise TooMuchWork(
+                f"This upscale asks for {work:.1f} megapixel-steps of work, over the limit of "
+                f"{budget:g} per request: ask for a smaller size or a cheaper upscaler."
+            )
+        if self.work_limit is not None:
+            await self.work_limit.charge(client_bucket(http_request.scope), work)
+        packed = await anyio.to_thread.run_sync(pack, image)
+        item = UpscaleItem(
+            id=uuid.uuid4().hex,
+            image=packed,
+            width=width,
+            height=height,
+            upscaler=request.upscaler,
+            crop=request.crop,
+        )
+        return await while_requested(self.client.upscale(item), self.settings.timeout, http_request)
 
     async def ready(self) -> bool:
         """Ready once the models are loaded, and while each model's queue on this replica is

@@ -16,7 +16,6 @@ images are cancelled.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,8 +30,6 @@ from imagegen.serving.metrics import report_queue
 from imagegen.serving.rates import RateEstimate
 from imagegen.serving.remote import Generated, GeneratorClient
 from imagegen.work import evaluation_work, image_work, steps_within, work
-
-logger = logging.getLogger(__name__)
 
 Listener = Callable[["Ticket", Event], Awaitable[None]]
 
@@ -61,7 +58,7 @@ class Ticket:
 
     def __post_init__(self) -> None:
         self.ids = [uuid.uuid4().hex for _ in self.batch]
-        self.steps = self.batch[0].denoising_steps
+        self.steps = self.batch[0].all_steps
 
     @property
     def fraction(self) -> float:
@@ -134,6 +131,8 @@ class Ticket:
         if previous is None or step == 0:
             return
         parameters = self.batch[self.ids.index(id_)]
+        if event.get("pass") == 2:  # hires fix's second pass, at its own size
+            parameters = parameters.second_pass() or parameters
         # Each step event is one loop of the pipeline: one evaluation of the denoiser (a
         # second-order scheduler loops twice per step) for every image of the call.
         call_work = evaluation_work(parameters) * event["images"]
@@ -251,16 +250,10 @@ class WorkQueue:
         except asyncio.CancelledError:
             # Shielded: the cancel must reach the generator service even though this task
             # is being cancelled.
-            await asyncio.shield(self._cancel(ticket))
+            await asyncio.shield(self.client.withdraw(ticket.ids))
             raise
         finally:
             self.discard(ticket)
-
-    async def _cancel(self, ticket: Ticket) -> None:
-        try:
-            await self.client.cancel(ticket.ids)
-        except Exception:
-            logger.exception("could not cancel %d images in the generator service", len(ticket.ids))
 
     def _learn(self, generated: Generated) -> None:
         """The rate from finished pipeline calls: a call's images share one shape."""

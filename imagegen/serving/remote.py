@@ -3,6 +3,7 @@ and turn what can go wrong on the way into answers for the client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,10 +14,12 @@ from typing import Any
 
 import anyio.to_thread
 from bentoml.exceptions import BentoMLException
+from PIL.Image import Image
 
 from imagegen.errors import GenerationFailed, Overloaded
-from imagegen.hop import Event, Failure, Generation, api_name
+from imagegen.hop import Event, Failure, Generation, UpscaleItem, api_name
 from imagegen.schemas import ModelInfo, Timings, WorkItem
+from imagegen.upscalers import UpscalerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,14 @@ class Generated:
     def batch_size(self) -> int:
         """The largest pipeline call this request's images were part of."""
         return max(g.batch_size for g in self.generations)
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    """An upscaled image, and how long the generator service took, the hop included."""
+
+    image: Image
+    seconds: float
 
 
 PROBE_TIMEOUT_S = 1
@@ -97,21 +108,47 @@ class GeneratorClient:
         return Generated(outcomes, time.perf_counter() - sent)
 
     async def models(self) -> list[ModelInfo]:
-        infos: list[ModelInfo] = await (
-            self._generator.to_async if self._remote else self._generator
-        ).models()
+        infos: list[ModelInfo] = await self._api.models()
         return infos
 
+    async def upscalers(self) -> list[UpscalerInfo]:
+        infos: list[UpscalerInfo] = await self._api.upscalers()
+        return infos
+
+    async def upscale(self, item: UpscaleItem) -> Upscaled:
+        """``item`` upscaled; cancelling the awaiting task cancels it in the generator."""
+        sent = time.perf_counter()
+        try:
+            image = await self._api.upscale(item)
+        except asyncio.CancelledError:
+            # Shielded: the cancel must reach the generator service even though this task
+            # is being cancelled.
+            await asyncio.shield(self.withdraw([item.id]))
+            raise
+        except Exception as error:
+            logger.exception("no upscale from the generator service")
+            raise GenerationFailed() from error
+        return Upscaled(image, time.perf_counter() - sent)
+
+    @property
+    def _api(self) -> Any:
+        """The generator's async APIs: its client's, or the instance's own in-process."""
+        return self._generator.to_async if self._remote else self._generator
+
     async def cancel(self, ids: list[str]) -> None:
-        if self._remote:
-            await self._generator.to_async.cancel(ids)
-        else:
-            await self._generator.cancel(ids)
+        await self._api.cancel(ids)
+
+    async def withdraw(self, ids: list[str]) -> None:
+        """Cancel ``ids`` for a caller that is itself being cancelled: a failure is logged."""
+        try:
+            await self.cancel(ids)
+        except Exception:
+            logger.exception("could not cancel %d items in the generator service", len(ids))
 
     async def events(self) -> AsyncIterator[Event]:
         """The generator service's step events, from one long-lived stream. It arrives in
         chunks that need not end on a line, so lines are reassembled here."""
-        stream = (self._generator.to_async if self._remote else self._generator).events()
+        stream = self._api.events()
         pending = ""
         async for chunk in stream:
             pending += chunk

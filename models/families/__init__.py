@@ -26,6 +26,9 @@ class Family:
     prompt_tokenizer: str = "tokenizer"
     # Whether its pipeline can read the prompt from an earlier CLIP layer (`clip_skip`).
     clip_skip: bool = True
+    # Whether its latents are an image's grid, which hires fix's latent upscalers enlarge
+    # (FLUX.1's pipeline packs them into a sequence of patches).
+    latent_upscale: bool = True
 
 
 FAMILIES = {
@@ -48,6 +51,7 @@ FAMILIES = {
             denoiser="transformer",
             prompt_tokenizer="tokenizer_2",
             clip_skip=False,
+            latent_upscale=False,
         ),
     )
 }

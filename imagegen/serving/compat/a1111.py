@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -39,6 +40,7 @@ from imagegen.schemas import (
     MAX_PROMPT_CHARS,
     ImagesRequest,
     ModelInfo,
+    UpscaleRequest,
 )
 from imagegen.serving.compat.a1111_options import (
     Held,
@@ -48,10 +50,11 @@ from imagegen.serving.compat.a1111_options import (
     model_sha256,
     title,
 )
-from imagegen.serving.encoding import encode_image, off_the_loop
+from imagegen.serving.encoding import encode_image, encode_upscaled, off_the_loop
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.queue import Ticket
-from imagegen.serving.remote import Generated
+from imagegen.serving.remote import Generated, Upscaled
+from imagegen.upscalers import LATENT_UPSCALERS, MAX_OUTPUT_SIDE, MAX_UPSCALE
 
 # A1111's sampler names -> the native scheduler names ("Euler" is also flow matching's), and
 # the aliases A1111 also accepts. DPM++ 2S a is diffusers' nearest, the second-order
@@ -103,11 +106,20 @@ FIELDS = {
     "strength": "denoising_strength",
     "model": "override_settings.sd_model_checkpoint",
     "loras": "prompt",
+    "hires": "enable_hr",
+    "hires.scale": "hr_scale",
+    "hires.width": "hr_resize_x",
+    "hires.height": "hr_resize_y",
+    "hires.upscaler": "hr_upscaler",
+    "hires.steps": "hr_second_pass_steps",
+    "hires.strength": "denoising_strength",
+    "hires.prompt": "hr_prompt",
+    "hires.negative_prompt": "hr_negative_prompt",
+    "hires.scheduler": "hr_sampler_name",
 }
 # Features this service lacks, with the values that turn them off (A1111 then ignores them).
 # `script_args` are read only by the script named, so they are ignored with none.
 OFF: dict[str, tuple[Any, ...]] = {
-    "enable_hr": (False,),
     "restore_faces": (False, None),
     "tiling": (False, None),
     "styles": ([], None),
@@ -164,6 +176,20 @@ class Txt2Img(BaseModel):
     override_settings_restore_afterwards: bool = True
     disable_extra_networks: bool = Field(False, description="Ignore `<lora:...>` tags.")
     send_images: bool = True
+    denoising_strength: float = Field(
+        0.75, description="img2img's strength, or hires fix's second pass's."
+    )
+    enable_hr: bool = Field(False, description="Hires fix: a second pass at a larger size.")
+    hr_scale: float = Field(2.0, description="Hires fix's size, times the first pass's.")
+    hr_resize_x: int = Field(0, ge=0, description="Its width instead of `hr_scale` (0: unset).")
+    hr_resize_y: int = Field(0, ge=0, description="Its height instead of `hr_scale` (0: unset).")
+    hr_upscaler: str | None = Field(
+        None, max_length=200, description="`GET /sdapi/v1/upscalers`, `latent-upscale-modes`."
+    )
+    hr_second_pass_steps: int = Field(0, ge=0, description="0: the first pass's `steps`.")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="Blank: `prompt`.")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_sampler_name: str | None = Field(None, max_length=64, description="Blank: the first's.")
 
 
 class Img2Img(Txt2Img):
@@ -171,8 +197,14 @@ class Img2Img(Txt2Img):
 
     init_images: list[str] = Field(min_length=1, max_length=1, description="One image, base64.")
     mask: str | None = Field(None, description="White is repainted, base64.")
-    denoising_strength: float = 0.75
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: black is repainted.")
+
+
+def a1111_field(name: str | None) -> str | None:
+    """The A1111 field a native one (`hires.upscaler`, or within it) came from."""
+    if name is None:
+        return None
+    return FIELDS.get(name) or FIELDS.get(name.split(".")[0], name)
 
 
 def schedule_of(name: str | None) -> str | None:
@@ -192,6 +224,14 @@ def sampling_of(body: Txt2Img, info: ModelInfo) -> tuple[str | None, str | None]
     schedule = schedule_of(body.scheduler)
     if sampler is None:
         return None, schedule
+    native, old = sampler_of(sampler, info, "sampler_name")
+    return native, old or schedule
+
+
+def sampler_of(sampler: str, info: ModelInfo, field: str) -> tuple[str, str | None]:
+    """The native scheduler for A1111's sampler name, and the schedule an old name (before
+    A1111 1.9: "DPM++ 2M Karras") carries."""
+    schedule = None
     named = sampler
     for suffix, old in OLD_SUFFIXES.items():
         if named.lower().endswith(suffix) and named.lower() not in SAMPLER_OF:
@@ -203,8 +243,8 @@ def sampling_of(body: Txt2Img, info: ModelInfo) -> tuple[str | None, str | None]
     if native is None or native not in info.schedulers:
         names = ", ".join(samplers_of(info))
         raise Unsupported(
-            f"`sampler_name` must be one of {names} for {info.name}, but is {sampler!r}.",
-            field="sampler_name",
+            f"`{field}` must be one of {names} for {info.name}, but is {sampler!r}.",
+            field=field,
         )
     return native, schedule
 
@@ -218,9 +258,10 @@ def samplers_of(info: ModelInfo) -> list[str]:
     ]
 
 
-def check_off(body: Txt2Img) -> None:
+def check_off(body: BaseModel, off_values: dict[str, tuple[Any, ...]] = OFF) -> None:
+    """Features this service lacks must be sent off, or not at all."""
     sent = {**body.model_dump(), **(body.model_extra or {})}
-    for name, off in OFF.items():
+    for name, off in off_values.items():
         if name in sent and sent[name] not in off:
             raise Unsupported(
                 f"`{name}` is not supported here: it must be {off[0]!r} (off), but is "
@@ -253,7 +294,30 @@ def native_fields(body: Txt2Img, info: ModelInfo, settings: Held) -> dict[str, A
     if isinstance(body, Img2Img):
         fields.update(image=body.init_images[0], strength=body.denoising_strength)
         fields["mask"] = body.mask
+    if body.enable_hr:
+        fields["hires"] = hires_fields(body, info)
     return fields
+
+
+def hires_fields(body: Txt2Img, info: ModelInfo) -> dict[str, Any]:
+    """The native `hires` for A1111's `hr_*` fields."""
+    sampler = body.hr_sampler_name
+    same = sampler is None or sampler.lower() in ("", "use same sampler")
+    size: dict[str, Any] = {
+        "width": body.hr_resize_x or None,
+        "height": body.hr_resize_y or None,
+    }
+    if not (body.hr_resize_x or body.hr_resize_y):
+        size = {"scale": body.hr_scale}
+    return {
+        **size,
+        "upscaler": body.hr_upscaler or "Latent",
+        "steps": body.hr_second_pass_steps or None,
+        "strength": body.denoising_strength,
+        "prompt": body.hr_prompt or None,
+        "negative_prompt": body.hr_negative_prompt or None,
+        "scheduler": None if same else sampler_of(str(sampler), info, "hr_sampler_name")[0],
+    }
 
 
 def lora_tags(prompt: str) -> list[dict[str, Any]]:
@@ -284,6 +348,12 @@ def infotext(p: Any, info: ModelInfo, sampler: str, strength: float | None) -> s
     ]
     if strength is not None:
         line.append(f"Denoising strength: {strength:g}")
+    if p.hires is not None:
+        line += [
+            f"Hires resize: {p.hires.width}x{p.hires.height}",
+            f"Hires steps: {p.hires.num_inference_steps}",
+            f"Hires upscaler: {p.hires.upscaler}",
+        ]
     if p.loras:
         line.append(
             "Lora weights: " + ", ".join(f"{lora.name}: {lora.scale:g}" for lora in p.loras)
@@ -299,7 +369,7 @@ def answer(
     """A1111's answer; an interrupted request has no images, as A1111's then has none."""
     generations = generated.generations if generated else []
     sampler = body.sampler_name or body.sampler_index or "Automatic"
-    strength = body.denoising_strength if isinstance(body, Img2Img) else None
+    strength = body.denoising_strength if isinstance(body, Img2Img) or body.enable_hr else None
     texts = [infotext(g.parameters, info, sampler, strength) for g in generations]
     seeds = [g.parameters.seed for g in generations]
     first = generations[0].parameters if generations else None
@@ -384,11 +454,10 @@ class A1111:
                 native = native.model_copy(update={"mask": inverted})
             ticket = await self.gateway.admit(native, request)
         except ValidationError as error:
-            name = str(error.errors()[0]["loc"][0])
-            raise Unsupported(error.errors()[0]["msg"], field=FIELDS.get(name, name)) from None
+            name = ".".join(str(part) for part in error.errors()[0]["loc"])
+            raise Unsupported(error.errors()[0]["msg"], field=a1111_field(name)) from None
         except InvalidField as error:
-            field = FIELDS.get(error.field or "", error.field)
-            raise Unsupported(error.message, field=field) from None
+            raise Unsupported(error.message, field=a1111_field(error.field)) from None
         run = Running(ticket, "img2img" if isinstance(body, Img2Img) else "txt2img")
         self.running.setdefault(key, []).append(run)
         generated: Generated | None
@@ -401,6 +470,34 @@ class A1111:
         finally:
             self.running[key].remove(run)
         return await off_the_loop(lambda: JSONResponse(answer(body, generated, info, settings)))
+
+    async def upscalers(self) -> list[dict[str, Any]]:
+        """A1111's upscaler list: the pixel ones and the stored networks."""
+        return [
+            {
+                "name": info.name,
+                "model_name": info.name if info.kind == "model" else None,
+                "model_path": None,
+                "model_url": None,
+                "scale": info.scale or 1,
+            }
+            for info in await self.gateway.upscalers()
+            if info.kind != "latent"
+        ]
+
+    async def extras(self, body: ExtrasSingle, images: list[str], request: Request) -> list[str]:
+        """Each image upscaled as extras asks, one after another, base64 PNG."""
+        made = []
+        for image in images:
+            native = upscale_request(body, image)
+            try:
+                upscaled = await self.gateway.upscale(native, request)
+            except InvalidField as error:
+                field = {"image": "image", "scale": "upscaling_resize", "upscaler": "upscaler_1"}
+                named = field.get(error.field or "", "upscaling_resize_w")
+                raise Unsupported(error.message, field=named) from None
+            made.append(await off_the_loop(partial(png_base64, upscaled, native)))
+        return made
 
     def interrupt(self, key: str) -> None:
         """Stop the key's A1111 generations (`skip` too: a request's images are one call)."""
@@ -485,11 +582,64 @@ SCHEDULER_LIST = [
     {"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
     for name, (label, _) in SCHEDULE_TYPES.items()
 ]
-# What hires fix would upscale with: none until it is served (pixel and latent lists alike),
-# so only A1111's `None`.
-UPSCALERS = [
-    {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1}
-]
+# Extras' features beyond upscaling, with the values that turn them off.
+EXTRAS_OFF: dict[str, tuple[Any, ...]] = {
+    "gfpgan_visibility": (0, None),
+    "codeformer_visibility": (0, None),
+    "extras_upscaler_2_visibility": (0, None),
+}
+
+
+class ExtrasSingle(BaseModel):
+    """Body of `POST /sdapi/v1/extra-single-image`: A1111's upscaling fields (more are
+    ignored, as A1111 does)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: str = Field(description="The image, base64.")
+    resize_mode: int = Field(
+        0, ge=0, le=1, description="0: by `upscaling_resize`; 1: to `upscaling_resize_w/h`."
+    )
+    upscaling_resize: float = Field(2, ge=1, le=MAX_UPSCALE, allow_inf_nan=False)
+    upscaling_resize_w: int = Field(512, ge=1, le=MAX_OUTPUT_SIDE)
+    upscaling_resize_h: int = Field(512, ge=1, le=MAX_OUTPUT_SIDE)
+    upscaling_crop: bool = Field(True, description="With resize mode 1: fill, cut the overflow.")
+    upscaler_1: str = Field("None", max_length=200, description="`GET /sdapi/v1/upscalers`.")
+
+
+class ExtrasBatchImage(BaseModel):
+    data: str = Field(description="The image, base64.")
+    name: str = Field("", max_length=256)
+
+
+class ExtrasBatch(ExtrasSingle):
+    """Body of `POST /sdapi/v1/extra-batch-images`: the fields of `extra-single-image` for
+    each image of `imageList`."""
+
+    image: str = ""
+    imageList: list[ExtrasBatchImage] = Field(
+        min_length=1, max_length=MAX_IMAGES, description=f"At most {MAX_IMAGES} images."
+    )
+
+
+def png_base64(upscaled: Upscaled, request: UpscaleRequest) -> str:
+    return base64.b64encode(encode_upscaled(upscaled, request)).decode()
+
+
+def upscale_request(body: ExtrasSingle, image: str) -> UpscaleRequest:
+    """The native `/upscale` request for A1111's extras fields."""
+    check_off(body, EXTRAS_OFF)
+    size: dict[str, Any] = {"scale": body.upscaling_resize}
+    if body.resize_mode == 1:
+        size = {
+            "width": body.upscaling_resize_w,
+            "height": body.upscaling_resize_h,
+            "crop": body.upscaling_crop,
+        }
+    try:
+        return UpscaleRequest(image=image, upscaler=body.upscaler_1, **size)
+    except ValidationError as error:
+        raise Unsupported(error.errors()[0]["msg"], field="upscaler_1") from None
 
 
 async def observed(ticket: Ticket, event: Any) -> None:
@@ -573,13 +723,28 @@ def a1111_router(layer: Callable[[], A1111]) -> APIRouter:
 
     @router.get("/upscalers")
     async def upscalers() -> list[dict[str, Any]]:
-        """Only `None`: this service does not upscale yet."""
-        return UPSCALERS
+        """Hires fix's and extras' upscalers: `None`, `Lanczos`, `Nearest` and the stored
+        upscaling networks."""
+        return await layer().upscalers()
 
     @router.get("/latent-upscale-modes")
     async def latent_upscale_modes() -> list[dict[str, Any]]:
-        """None yet (hires fix is not served)."""
-        return []
+        """Hires fix's latent upscalers (`hr_upscaler`)."""
+        return [{"name": name} for name in LATENT_UPSCALERS]
+
+    @router.post("/extra-single-image")
+    @answers_errors
+    async def extra_single_image(body: ExtrasSingle, request: Request) -> dict[str, Any]:
+        """Upscale one image: `image` (base64 PNG), `html_info`."""
+        (image,) = await layer().extras(body, [body.image], request)
+        return {"html_info": "", "image": image}
+
+    @router.post("/extra-batch-images")
+    @answers_errors
+    async def extra_batch_images(body: ExtrasBatch, request: Request) -> dict[str, Any]:
+        """Upscale each image of `imageList`: `images` (base64 PNGs), `html_info`."""
+        images = await layer().extras(body, [item.data for item in body.imageList], request)
+        return {"html_info": "", "images": images}
 
     @router.get("/sd-vae")
     async def sd_vae() -> list[dict[str, Any]]:

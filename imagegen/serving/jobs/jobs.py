@@ -105,7 +105,7 @@ class Job(BaseModel):
             status=self.status,
             progress=Progress(
                 step=self.step,
-                steps=self.steps or self.parameters.denoising_steps,
+                steps=self.steps or self.parameters.all_steps,
                 fraction=round(self.fraction, 4),
             ),
             eta_s=None if self.eta_s is None else round(self.eta_s, 2),
