@@ -655,8 +655,14 @@ class JobAccepted(BaseModel):
 
 
 class Progress(BaseModel):
-    step: int = Field(description="Denoising steps done, averaged over the job's images.")
-    steps: int = Field(description="Denoising steps per image.")
+    step: int = Field(
+        description="Denoising steps done, averaged over the job's images (with hires fix, "
+        "both passes' in a row)."
+    )
+    steps: int = Field(description="Denoising steps per image, both passes' with hires fix.")
+    current_pass: int = Field(
+        1, description="1, or 2 during hires fix's second pass (at the larger size)."
+    )
     fraction: float = Field(description="Share of all the job's steps done, 0 to 1.")
 
 

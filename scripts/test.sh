@@ -26,6 +26,7 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
+python -m pip install -q --no-deps -r requirements-upscalers.txt
 
 export BENTOML_DO_NOT_TRACK=true
 # Fail, rather than skip, the browser test if Chromium is missing.

@@ -34,6 +34,22 @@ def sd(frontend: Frontend) -> httpx.Client:
     return httpx.Client(base_url=frontend.url, headers=headers, timeout=120)
 
 
+def generate_body(frontend: Frontend, **settings: object) -> dict[str, object]:
+    """`generateAutoImage`'s txt2img body with the extension's defaults, ``settings`` changed."""
+    return {
+        "url": frontend.url, "auth": typed_credentials(frontend),
+        "prompt": "a red circle", "negative_prompt": "lowres",
+        "sampler_name": "DDIM", "scheduler": "normal", "steps": 4, "cfg_scale": 7,
+        "width": 64, "height": 64, "restore_faces": False, "enable_hr": False,
+        "hr_upscaler": "Latent", "hr_scale": 2.0, "denoising_strength": 0.7,
+        "hr_second_pass_steps": 0,
+        "override_settings": {"CLIP_stop_at_last_layers": 2},
+        "override_settings_restore_afterwards": True, "clip_skip": 2,
+        "save_images": True, "send_images": True, "do_not_save_grid": False,
+        "do_not_save_samples": False, **settings,
+    }  # fmt: skip
+
+
 def test_connect_list_set_model_generate_and_interrupt(frontend: Frontend) -> None:
     with sd(frontend) as client:
         # /ping (the Connect button).
@@ -67,18 +83,7 @@ def test_connect_list_set_model_generate_and_interrupt(frontend: Frontend) -> No
         assert state["progress"] == 0.0 and state["state"]["job_count"] == 0  # first poll
         # /generate: the extension's whole body, its `url` and `auth` included, the seed
         # omitted (-1), no VAE chosen (`sd_vae` undefined, so dropped by JSON.stringify).
-        body = {
-            "url": frontend.url, "auth": typed_credentials(frontend),
-            "prompt": "a red circle", "negative_prompt": "lowres",
-            "sampler_name": "DDIM", "scheduler": "normal", "steps": 4, "cfg_scale": 7,
-            "width": 64, "height": 64, "restore_faces": False, "enable_hr": False,
-            "hr_upscaler": "Latent", "hr_scale": 2.0, "denoising_strength": 0.7,
-            "hr_second_pass_steps": 0,
-            "override_settings": {"CLIP_stop_at_last_layers": 2},
-            "override_settings_restore_afterwards": True, "clip_skip": 2,
-            "save_images": True, "send_images": True, "do_not_save_grid": False,
-            "do_not_save_samples": False,
-        }  # fmt: skip
+        body = generate_body(frontend)
         made = client.post(
             "/sdapi/v1/txt2img", json=body, headers={"Content-Type": "application/json"}
         )
@@ -88,3 +93,21 @@ def test_connect_list_set_model_generate_and_interrupt(frontend: Frontend) -> No
         # The interrupt it sends when the user aborts: a POST with no body at all.
         interrupt = client.post("/sdapi/v1/interrupt")
         assert interrupt.is_success, interrupt.text
+
+
+def test_hires_fix_with_the_extension_s_own_values(frontend: Frontend) -> None:
+    """The user ticks "Upscale" (`enable_hr`) and picks an upscaler from the list the
+    extension built (`None` first, then the latent modes, then the rest); the rest are the
+    extension's defaults: 2x, denoising 0.7, second-pass steps 0 (the first pass's)."""
+    with sd(frontend) as client:
+        upscalers = [x["name"] for x in client.get("/sdapi/v1/upscalers").json()]
+        latent = [x["name"] for x in client.get("/sdapi/v1/latent-upscale-modes").json()]
+        listed = [upscalers[0], *latent, *upscalers[1:]]
+        for upscaler in ("Latent", listed[-1]):  # its default, and the last: a network
+            body = generate_body(frontend, enable_hr=True, hr_upscaler=upscaler)
+            made = client.post(
+                "/sdapi/v1/txt2img", json=body, headers={"Content-Type": "application/json"}
+            )
+            assert made.is_success, made.text
+            assert png(made.json()["images"][0]).size == (128, 128)
+            assert f"Hires upscaler: {upscaler}" in made.json()["info"]

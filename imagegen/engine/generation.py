@@ -155,7 +155,7 @@ class StepWatch:
         # Hires fix counts both passes as one run of steps: `after` the first pass's, and
         # `more` (the second's, estimated) to come.
         self.after, self.more = after, more
-        self.part = 2 if after else 1
+        self.current_pass = 2 if after else 1
         self.reported = any(item.report for item in items)
 
     def begin(self) -> None:
@@ -185,7 +185,7 @@ class StepWatch:
                 "id": item.id,
                 "step": self.after + step,
                 "steps": self.after + self.loops + self.more,
-                "pass": self.part,
+                "current_pass": self.current_pass,
                 "images": len(self.items),
                 "at": at,
                 "preview": (

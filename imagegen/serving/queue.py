@@ -51,6 +51,7 @@ class Ticket:
     # Denoising iterations per image: the scheduler's, which may differ from
     # `num_inference_steps` (PNDM adds one); known from the first step event.
     steps: int = 0
+    current_pass: int = 1  # 2: hires fix's second pass
     previews: bool = True  # made while reported (a job's only when it asks)
     preview: str | None = None  # the latest, of the first image
     interrupted: bool = False
@@ -131,7 +132,8 @@ class Ticket:
         if previous is None or step == 0:
             return
         parameters = self.batch[self.ids.index(id_)]
-        if event.get("pass") == 2:  # hires fix's second pass, at its own size
+        self.current_pass = event.get("current_pass", 1)
+        if self.current_pass == 2:  # hires fix's second pass, at its own size
             parameters = parameters.second_pass() or parameters
         # Each step event is one loop of the pipeline: one evaluation of the denoiser (a
         # second-order scheduler loops twice per step) for every image of the call.

@@ -81,6 +81,7 @@ class Job(BaseModel):
     status: JobStatus = "queued"
     step: int = 0
     steps: int = 0  # the scheduler's denoising iterations per image, once known
+    current_pass: int = 1
     fraction: float = 0.0
     queue_position: int | None = 0
     eta_s: float | None = None
@@ -106,6 +107,7 @@ class Job(BaseModel):
             progress=Progress(
                 step=self.step,
                 steps=self.steps or self.parameters.all_steps,
+                current_pass=self.current_pass,
                 fraction=round(self.fraction, 4),
             ),
             eta_s=None if self.eta_s is None else round(self.eta_s, 2),
@@ -394,11 +396,12 @@ class Jobs:
             elif ticket.step == job.step:
                 return  # another image of a step already reported
             job.step, job.steps, job.fraction = ticket.step, ticket.steps, ticket.fraction
-            job.eta_s = ticket.eta_s
+            job.current_pass, job.eta_s = ticket.current_pass, ticket.eta_s
             await self.store.save(job)
             data: dict[str, Any] = {
                 "step": job.step,
                 "steps": job.steps,
+                "current_pass": job.current_pass,
                 "fraction": round(job.fraction, 4),
                 "eta_s": job.view().eta_s,
             }
