@@ -41,7 +41,7 @@ from imagegen.schemas import GenerationParameters
 from imagegen.settings import Settings
 from models.recipes import RECIPES, SD_TINY
 from models.store import ensure_built
-from models.upscalers import UPSCALER_RECIPES, ensure_upscaler
+from models.upscalers import ESRGAN_TINY_X2, ESRGAN_TINY_X4, ensure_upscaler
 
 SERVER_MAX_CONCURRENCY = 4
 # Parameters of one generation, for tests that need them but no pipeline.
@@ -66,11 +66,14 @@ def loaded_recipe(name: str) -> LoadedModel:
     return load_model(ensure_built(RECIPES[name]))
 
 
+TEST_UPSCALERS = (ESRGAN_TINY_X4, ESRGAN_TINY_X2)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def upscalers_stored() -> list[bentoml.Model]:
     """The test upscalers (random ESRGAN networks, x4 and x2) in the session's store before
     any service starts: a generator finds the stored upscalers at start-up."""
-    return [ensure_upscaler(recipe) for recipe in UPSCALER_RECIPES.values()]
+    return [ensure_upscaler(recipe) for recipe in TEST_UPSCALERS]
 
 
 @pytest.fixture(scope="session")

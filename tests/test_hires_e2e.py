@@ -19,14 +19,13 @@ from PIL import Image
 from harness.servers import Server
 from imagegen.upscalers import LATENT_UPSCALERS, PIXEL_UPSCALERS
 from models.shapes import caption, measure
-from models.upscalers import UPSCALER_RECIPES
-from tests.conftest import AUTH
+from tests.conftest import AUTH, TEST_UPSCALERS
 from tests.test_inputs import png
 from tests.test_jobs_e2e import cancelled_images, job_when, wait_until_cancelled
 
 pytestmark = pytest.mark.e2e
 
-NETWORKS = list(UPSCALER_RECIPES)  # esrgan-tiny-x4, esrgan-tiny-x2 (stored by conftest)
+NETWORKS = [recipe.name for recipe in TEST_UPSCALERS]  # stored by conftest
 BOMB = base64.b64encode(png(14000, 14000, 8, 6, None)).decode()  # 196 megapixels claimed
 
 

@@ -27,7 +27,8 @@ from imagegen.upscalers import LATENT_UPSCALERS, MODEL_UPSCALE_WORK, PIXEL_UPSCA
 from imagegen.work import image_work
 from models.__main__ import main
 from models.upscalers import (
-    UPSCALER_RECIPES,
+    ESRGAN_TINY_X2,
+    ESRGAN_TINY_X4,
     BadUpscaler,
     ensure_upscaler,
     import_upscaler,
@@ -35,8 +36,7 @@ from models.upscalers import (
 )
 from tests.conftest import loaded_recipe
 
-X4 = UPSCALER_RECIPES["esrgan-tiny-x4"]
-X2 = UPSCALER_RECIPES["esrgan-tiny-x2"]
+X4, X2 = ESRGAN_TINY_X4, ESRGAN_TINY_X2
 
 
 @pytest.fixture(scope="module")
