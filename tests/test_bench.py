@@ -17,6 +17,7 @@ from bench import (
     loras,
     middleware_overhead,
     serving,
+    upscalers,
     work,
 )
 
@@ -120,3 +121,14 @@ def test_work_benchmark_compares_time_with_the_charge(tmp_path: Path) -> None:
     heun, euler = result["rows"]["heun, guided"], result["rows"]["euler, guided"]
     assert heun["work"] > euler["work"]  # charged for its second evaluation per step
     assert result["spread"] >= 1 and result["parts_in_evaluations"]["evaluation"] == 1
+
+
+def test_upscalers_benchmark_times_hires_fix_and_each_upscaler(tmp_path: Path) -> None:
+    out = tmp_path / "upscalers.json"
+    upscalers.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["generations"]) == {
+        "plain", "hires, Latent", "hires, Lanczos", "hires, esrgan-tiny-x4"
+    }  # fmt: skip
+    assert set(result["upscalers"]) == {"Lanczos", "esrgan-tiny-x4"}
+    assert result["network_work_per_megapixel"] > 0

@@ -155,6 +155,41 @@ def test_schedule_and_clip_skip_reach_the_image(playground: tuple[Page, list[str
     assert (drawn["scheduler"], drawn["schedule"], drawn["clip_skip"]) == ("dpm++", "karras", 2)
 
 
+def test_hires_fix_draws_twice_the_size_and_says_which_pass(
+    playground: tuple[Page, list[str]], artifacts: Path
+) -> None:
+    page, _ = playground
+    enter_key(page)
+    page.fill("#prompt", PROMPT)
+    fix_seed(page, SEED)
+    page.click("#hires-fix summary")
+    page.check("#hires")
+    assert page.input_value("#hires\\.upscaler") == "Latent"  # the model's first latent one
+    watch_progress(page)
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=WAIT_MS)
+    page.screenshot(path=str(artifacts / "playground-hires.png"), full_page=True)
+    said = page.evaluate("window.said")
+    assert any("(hires fix, second pass)" in line for line in said), said
+    image = shown_image(page, "#results img")
+    assert image.size == (128, 128)
+    assert "128×128 (hires fix from 64×64)" in page.inner_text("#results figcaption")
+    reading = measure(image)
+    assert (reading.colour, reading.shape, reading.background) == ("red", "circle", "blue")
+    # Its parameters back from the gallery: the second pass's settings too.
+    page.uncheck("#hires")
+    page.locator("#gallery img").first.click()
+    assert page.is_checked("#hires")
+    assert page.input_value("#hires\\.scale") == "2"
+    assert page.input_value("#hires\\.strength") == "0.7"
+    # A second pass of no steps is refused beside its field.
+    page.fill("#hires\\.strength", "0.01")
+    page.click("#generate")
+    error = page.locator("#error-hires\\.strength")
+    error.wait_for(timeout=WAIT_MS)
+    assert error.inner_text().startswith("`hires.strength` x its steps must be at least 1")
+
+
 def ask_for_a_long_generation(page: Page) -> None:
     """Fill the form for 150 steps at 128x128: seconds of work, long enough to stop."""
     enter_key(page)

@@ -9,6 +9,7 @@ const FIELDS = [
   "prompt", "negative_prompt", "model", "scheduler", "schedule", "clip_skip", "width", "height",
   "num_inference_steps", "guidance_scale", "seed", "num_images", "strength",
 ];
+const HIRES = ["scale", "upscaler", "steps", "strength"]; // `hires.<name>` in the form
 const NUMBERS = new Set([
   "clip_skip", "width", "height", "num_inference_steps", "guidance_scale", "seed", "num_images",
   "strength",
@@ -96,6 +97,7 @@ function showError(error, outcome = "Not generated") {
       $("edit").open = true;
     }
     if (error.field === "loras") $("adapters").open = true;
+    if (error.field.startsWith("hires")) $("hires-fix").open = true;
     setStatus(`${outcome}: see the field marked.`);
   } else {
     setStatus(error.message);
@@ -135,6 +137,14 @@ async function requestBody() {
     scale: Number($(`lora-scale-${use.value}`).value),
   }));
   if (loras.length) body.loras = loras;
+  if ($("hires").checked) {
+    body.hires = {};
+    for (const name of HIRES) {
+      const element = $(`hires.${name}`);
+      if (element.value.trim() === "") continue;
+      body.hires[name] = name === "upscaler" ? element.value : Number(element.value);
+    }
+  }
   return body;
 }
 
@@ -156,6 +166,14 @@ function fill(parameters) {
   for (const use of $("loras").querySelectorAll("input[type=checkbox]")) {
     use.checked = used.has(use.value);
     if (use.checked) $(`lora-scale-${use.value}`).value = used.get(use.value);
+  }
+  const hires = parameters.hires;
+  $("hires").checked = Boolean(hires);
+  if (hires) {
+    $("hires.scale").value = +(hires.width / parameters.width).toFixed(2);
+    $("hires.upscaler").value = hires.upscaler;
+    $("hires.steps").value = hires.num_inference_steps;
+    $("hires.strength").value = hires.strength;
   }
   $("random_seed").checked = false;
   $("seed").disabled = false;
@@ -202,6 +220,13 @@ function applyModel() {
   $("clip_skip").disabled = info.family === "flux"; // its prompt is not read by CLIP alone
   $("loras").replaceChildren(...(info.loras ?? []).map(loraRow));
   $("adapters").hidden = !info.loras?.length;
+  // The model's upscalers for hires fix; its latent ones first when it has them.
+  const upscaler = $("hires.upscaler");
+  const chosen = upscaler.value;
+  const names = info.upscalers ?? [];
+  upscaler.replaceChildren(...names.map((name) => new Option(name, name)));
+  upscaler.value = names.includes(chosen) ? chosen : names.includes("Latent") ? "Latent" : names[0];
+  $("hires-fix").hidden = !names.length;
 }
 
 function loraRow(adapter) {
@@ -252,7 +277,8 @@ function showProgress(data) {
   progress.value = data.fraction;
   progress.dataset.events = String(Number(progress.dataset.events || 0) + 1);
   const eta = data.eta_s == null ? "" : `, about ${data.eta_s.toFixed(1)} s left`;
-  setStatus(`Step ${data.step} of ${data.steps}${eta}.`);
+  const pass = data.current_pass === 2 ? " (hires fix, second pass)" : "";
+  setStatus(`Step ${data.step} of ${data.steps}${pass}${eta}.`);
   if (data.preview) {
     $("preview").src = `data:image/png;base64,${data.preview}`;
     $("preview").hidden = false;
@@ -352,7 +378,8 @@ function figure(item, onClick) {
   image.title = "Reuse these parameters";
   image.addEventListener("click", onClick);
   const caption = document.createElement("figcaption");
-  const size = `${p.width}×${p.height}`;
+  const first = `${p.width}×${p.height}`;
+  const size = p.hires ? `${p.hires.width}×${p.hires.height} (hires fix from ${first})` : first;
   caption.textContent = `${p.prompt} · seed ${p.seed} · ${size} · ${p.num_inference_steps} steps`;
   const download = document.createElement("a");
   download.href = url;
