@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import anyio.to_thread
 import bentoml
 from fastapi import FastAPI, Request
 from PIL.Image import Image
@@ -134,7 +134,7 @@ class Generator:
     @bentoml.api
     async def upscale(self, item: UpscaleItem) -> Image:
         """One image upscaled alone; `cancel` with its id stops it between tiles."""
-        return await anyio.to_thread.run_sync(self.upscaling.upscale, item, self.tracker)
+        return await asyncio.wrap_future(self.upscaling.submit(item, self.tracker))
 
 
 @bentoml.asgi_app(routes)

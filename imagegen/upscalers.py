@@ -28,8 +28,9 @@ LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
 # A1111's name -> Pillow's resampling filter.
 PIXEL_UPSCALERS: dict[str, str] = {"None": "LANCZOS", "Lanczos": "LANCZOS", "Nearest": "NEAREST"}
 # Work per megapixel of output, in the unit of imagegen.work, beyond the image's own decode:
-# a network's passes, measured by `python -m bench.upscalers` (docs/benchmarks.md).
-MODEL_UPSCALE_WORK = 2.0
+# a network's passes. Real-ESRGAN x4plus's architecture measured 0.55 at SD 1.5's scale
+# (`python -m bench.upscalers --model sd15-random`, docs/benchmarks.md); rounded up to 1.
+MODEL_UPSCALE_WORK = 1.0
 MAX_UPSCALE = 8  # most times a side may grow
 MAX_OUTPUT_SIDE = 4096
 

@@ -173,7 +173,7 @@ def test_hires_fix_draws_twice_the_size_and_says_which_pass(
     assert any("(hires fix, second pass)" in line for line in said), said
     image = shown_image(page, "#results img")
     assert image.size == (128, 128)
-    assert "128×128 (hires fix from 64×64)" in page.inner_text("#results figcaption")
+    assert "128\u00d7128 (hires fix from 64\u00d764)" in page.inner_text("#results figcaption")
     reading = measure(image)
     assert (reading.colour, reading.shape, reading.background) == ("red", "circle", "blue")
     # Its parameters back from the gallery: the second pass's settings too.

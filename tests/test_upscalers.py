@@ -116,7 +116,7 @@ def test_an_upscale_stops_between_tiles_once_cancelled(upscalers: Upscalers) -> 
         upscaler=X4.name,
     )  # fmt: skip
     with pytest.raises(UpscaleCancelled):
-        upscalers.upscale(item, tracker)
+        upscalers.submit(item, tracker).result()
 
 
 @pytest.mark.parametrize("upscaler", [*PIXEL_UPSCALERS, *LATENT_UPSCALERS, X4.name, X2.name])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 
 import bentoml
@@ -55,6 +55,8 @@ class Upscalers:
             half = device.startswith("cuda") and network.supports_half
             network.to(torch.device(device), dtype=torch.float16 if half else torch.float32)
             network.eval()
+            with torch.inference_mode():  # lazy initialisation paid here, not by a client
+                network(torch.zeros((1, 3, 16, 16), device=device, dtype=network.dtype))
             self.networks[model.tag.name] = network
             self.infos.append(
                 UpscalerInfo(
@@ -78,25 +80,22 @@ class Upscalers:
         latent = model.family.latent_upscale and not model.dedicated_inpainting
         return [i.name for i in self.infos if i.kind != "latent" or latent]
 
-    def upscale(self, item: UpscaleItem, tracker: Tracker) -> PIL.Image.Image:
-        """An upscale alone (`/upscale`), on this object's own thread: it stops between
-        tiles once ``item`` is cancelled."""
+    def submit(self, item: UpscaleItem, tracker: Tracker) -> Future[PIL.Image.Image]:
+        """An upscale alone (`/upscale`), queued for this object's own thread: it stops
+        between tiles once ``item`` is cancelled."""
 
         def run() -> PIL.Image.Image:
             image = unpack(item.image)
             size = (item.width, item.height)
-            if item.crop:
-                image = cropped(
-                    self.image(image, covering(image.size, size), item.upscaler, cancelled), size
-                )
-            else:
-                image = self.image(image, size, item.upscaler, cancelled)
-            return image
+            if not item.crop:
+                return self.image(image, size, item.upscaler, cancelled)
+            covered = self.image(image, covering(image.size, size), item.upscaler, cancelled)
+            return cropped(covered, size)
 
         def cancelled() -> bool:
             return tracker.is_cancelled(item.id)
 
-        return self._thread.submit(copy_context().run, run).result()
+        return self._thread.submit(copy_context().run, run)
 
     def latents(self, latents: torch.Tensor, size: tuple[int, int], name: str) -> torch.Tensor:
         """Latents (B, C, h, w) interpolated to ``size`` (h, w) latent cells."""
