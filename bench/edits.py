@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 from PIL import Image
 
-from bench.reporting import machine, report
+from bench.reporting import generation_options, machine, report
 from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import load_model
 from imagegen.hop import Failure
@@ -150,10 +150,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.edits", description=__doc__)
-    parser.add_argument("--model", default=SD_SHAPES.name)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    generation_options(parser, SD_SHAPES.name, 64, 20, 5)
     parser.add_argument("--json", type=Path, default=Path("bench/results/edits.json"))
     parser.add_argument("--quick", action="store_true", help="2 repeats of 4 steps")
     args = parser.parse_args(argv)

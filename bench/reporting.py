@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,6 +12,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def generation_options(
+    parser: argparse.ArgumentParser, model: str, size: int, steps: int, repeats: int
+) -> None:
+    """The options of the benchmarks that time generations, with their defaults: ``--model``
+    (a recipe, built on first use, or a stored model), ``--size``, ``--steps``,
+    ``--repeats``."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--repeats", type=int, default=repeats)
 
 
 def machine() -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import PIL.Image
 
-from bench.reporting import machine, report
+from bench.reporting import generation_options, machine, report
 from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import load_model
 from imagegen.engine.upscaling import Upscalers
@@ -139,10 +139,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.upscalers", description=__doc__)
-    parser.add_argument("--model", default=SD_SHAPES.name)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    generation_options(parser, SD_SHAPES.name, 64, 20, 5)
     parser.add_argument("--network", default=ESRGAN_X4_RANDOM.name, choices=UPSCALER_RECIPES)
     parser.add_argument("--json", type=Path, default=Path("bench/results/upscalers.json"))
     parser.add_argument("--quick", action="store_true", help="1 repeat of 4 steps, tiny network")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from bench.edits import inputs
-from bench.reporting import machine, report
+from bench.reporting import generation_options, machine, report
 from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import load_model
 from imagegen.hop import Failure
@@ -174,10 +174,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="sd15-random")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    generation_options(parser, "sd15-random", 256, 8, 3)
     parser.add_argument("--json", type=Path, default=Path("bench/results/work.json"))
     parser.add_argument("--quick", action="store_true", help="sd-tiny, 64x64, 2 steps")
     args = parser.parse_args(argv)

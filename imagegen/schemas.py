@@ -95,6 +95,11 @@ class Lora(BaseModel):
     )
 
 
+def side(description: str) -> Any:
+    """An image side a request may leave blank: a multiple of 8 the pipelines take."""
+    return Field(None, ge=64, le=2048, multiple_of=8, description=description)
+
+
 class Described(BaseModel):
     """A request body whose errors are sentences that name the field, the rule and the
     value, whatever the client."""
@@ -123,16 +128,8 @@ class HiresRequest(BaseModel):
         "rounded down to a multiple of 8 (1: a second pass at the same size). Leave blank "
         "for 2, or give `width`/`height`.",
     )
-    width: int | None = Field(
-        None,
-        ge=64,
-        le=2048,
-        multiple_of=8,
-        description="The final width instead of `scale`; a blank side keeps the aspect ratio.",
-    )
-    height: int | None = Field(
-        None, ge=64, le=2048, multiple_of=8, description="The final height instead of `scale`."
-    )
+    width: int | None = side("The final width instead of `scale`; a blank side keeps the ratio.")
+    height: int | None = side("The final height instead of `scale`.")
     upscaler: str = Field(
         "Latent",
         min_length=1,
@@ -210,19 +207,11 @@ class ImageRequest(Described):
     negative_prompt: str = Field(
         "", max_length=MAX_PROMPT_CHARS, description="What the image should not show."
     )
-    width: int | None = Field(
-        None,
-        ge=64,
-        le=2048,
-        multiple_of=8,
-        description="Width in pixels, a multiple of 8. Leave blank for the model's native size.",
+    width: int | None = side(
+        "Width in pixels, a multiple of 8. Leave blank for the model's native size."
     )
-    height: int | None = Field(
-        None,
-        ge=64,
-        le=2048,
-        multiple_of=8,
-        description="Height in pixels, a multiple of 8. Leave blank for the model's native size.",
+    height: int | None = side(
+        "Height in pixels, a multiple of 8. Leave blank for the model's native size."
     )
     num_inference_steps: int | None = Field(
         None,

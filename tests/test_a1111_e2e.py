@@ -118,7 +118,8 @@ def post(server: Server, path: str, body: dict[str, Any], key: str = API_KEY) ->
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"enable_hr": True}, "enable_hr"),
+        ({"enable_hr": True, "hr_upscaler": "SwinIR_4x"}, "hr_upscaler"),
+        ({"enable_hr": True, "hr_scale": 5}, "hr_scale"),
         ({"restore_faces": True}, "restore_faces"),
         ({"styles": ["cinematic"]}, "styles"),
         ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts"),

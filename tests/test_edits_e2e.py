@@ -161,7 +161,7 @@ def test_a_job_edits_and_counts_the_steps_it_runs(server: Server) -> None:
         accepted = client.post("/jobs", json=body)
         assert accepted.status_code == 202, accepted.text
         job = job_when(server, accepted.json()["id"], lambda job: job["status"] == "succeeded")
-        assert job["progress"] == {"step": 4, "steps": 4, "fraction": 1.0}
+        assert job["progress"] == {"step": 4, "steps": 4, "current_pass": 1, "fraction": 1.0}
         assert job["parameters"]["mode"] == "inpainting"
         result = client.get(f"/jobs/{job['id']}/result")
     expected = pixels(generated(server, **body))

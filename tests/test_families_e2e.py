@@ -27,6 +27,7 @@ from harness.servers import REPO, Server, bentoml_serve
 from imagegen.inputs import pack
 from models.adapters import ensure_adapter
 from models.recipes import SD_TINY_STYLE, SD_TINY_TINT
+from models.upscalers import stored_upscalers
 from tests.conftest import API_KEY, AUTH, OTHER_KEY, requests_outside
 from tests.test_edits import INSIDE, MASK, PICTURE
 from tests.test_jobs_e2e import client_command, job_when, stepped
@@ -148,7 +149,7 @@ def test_a_job_on_another_model_streams_its_progress(models_server: Server) -> N
     accepted = post(models_server, "/jobs", model="sd3-tiny", num_inference_steps=6)
     assert accepted.status_code == 202, accepted.text
     job = job_when(models_server, accepted.json()["id"], lambda j: j["status"] == "succeeded")
-    assert job["progress"] == {"step": 6, "steps": 6, "fraction": 1.0}
+    assert job["progress"] == {"step": 6, "steps": 6, "current_pass": 1, "fraction": 1.0}
     assert job["parameters"]["model"].startswith("sd3-tiny:")
     assert job["parameters"]["scheduler"] == "flow_match_euler"
 
@@ -179,7 +180,7 @@ def test_no_adapter_leaks_into_concurrent_requests_without_one(models_server: Se
     assert together == alone * 3
 
 
-def test_bentoml_build_packs_every_listed_model_and_their_adapters() -> None:
+def test_bentoml_build_packs_every_listed_model_their_adapters_and_the_upscalers() -> None:
     ensure_adapter(SD_TINY_STYLE), ensure_adapter(SD_TINY_TINT)
     env = {**os.environ, "IMAGEGEN_MODELS": "sdxl-tiny,sd-tiny"}
     built = subprocess.run(
@@ -192,7 +193,9 @@ def test_bentoml_build_packs_every_listed_model_and_their_adapters() -> None:
     )
     services = {s["name"]: s["models"] for s in json.loads(shown.stdout)["services"]}
     packed = sorted(model["tag"].split(":")[0] for model in services["imagegen-generator"])
-    assert packed == ["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny"]
+    upscalers = [model.tag.name for model in stored_upscalers()]  # the session's, conftest's
+    assert {"esrgan-tiny-x4", "esrgan-tiny-x2"} <= set(upscalers)
+    assert packed == sorted(["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny", *upscalers])
     # And every module the service imports, subpackages included.
     name, version = tag.split(":")
     source = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version / "src"
