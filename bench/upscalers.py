@@ -86,7 +86,8 @@ def upscaling(upscalers: Upscalers, size: int, repeats: int, names: list[str]) -
 
 def run(model: str, size: int, steps: int, repeats: int, network: str) -> dict[str, Any]:
     networks = list(dict.fromkeys([ESRGAN_TINY_X4.name, network]))
-    upscalers = Upscalers([ensure_upscaler(UPSCALER_RECIPES[n]) for n in networks], "cpu")
+    stored = [ensure_upscaler(UPSCALER_RECIPES[name]) for name in networks]
+    upscalers = Upscalers(stored, "auto")  # the device the model goes to (IMAGEGEN_DEVICE)
     runner = PipelineRunner(load_model(find_model(model)), upscalers=upscalers)
     rows = generations(runner, size, steps, repeats, ["Latent", "Lanczos", network])
     plain = rows["plain"]

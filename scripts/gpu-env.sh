@@ -5,7 +5,8 @@
 # NumPy, SciPy, Pillow, tokenizers, safetensors, peft): list it with `pip install --dry-run
 # --report r.json --ignore-installed --only-binary=:all: --python-version 3.12 --platform
 # manylinux2014_x86_64 --target /tmp/x -r requirements.txt`, then download those wheels
-# (about 37 MB).
+# (about 37 MB), and spandrel's wheel (requirements-upscalers.txt; installed here without
+# dependencies like every carried wheel).
 WHEELS=${WHEELS:-.whl}
 if [ ! -d /tmp/site/diffusers ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
