@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -230,11 +231,13 @@ class PipelineRunner:
         tracker: Tracker | None = None,
         upscalers: Upscalers | None = None,
     ) -> None:
-        self.model = model
+        self.upscalers = upscalers or Upscalers([], str(model.info.device))
+        # This runner's view of the model: what its hires fix may name (the loaded model,
+        # shared by other runners in tests and benchmarks, is left as it is).
+        names = self.upscalers.names(model)
+        self.model = replace(model, info=model.info.model_copy(update={"upscalers": names}))
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
-        self.upscalers = upscalers or Upscalers([], str(model.info.device))
-        model.info.upscalers = self.upscalers.names(model)
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self._prompt_limit = prompt_limit(model)
         self._counting = threading.Lock()
