@@ -57,14 +57,18 @@ def fixed_work(parameters: GenerationParameters) -> float:
     return per_megapixel * p.width * p.height / 1e6
 
 
-def image_work(parameters: GenerationParameters) -> float:
-    """Megapixel-steps of one image; with hires fix, both passes and the upscaler's."""
-    own = parameters.denoising_steps * step_work(parameters) + fixed_work(parameters)
+def hires_work(parameters: GenerationParameters) -> float:
+    """Hires fix's part of an image: its second pass and the upscaler's (0 without)."""
     second = parameters.second_pass()
     if second is None or parameters.hires is None:
-        return own
-    upscaler = upscale_work(parameters.hires.upscaler, second.width, second.height)
-    return own + upscaler + image_work(second)
+        return 0.0
+    return upscale_work(parameters.hires.upscaler, second.width, second.height) + image_work(second)
+
+
+def image_work(parameters: GenerationParameters) -> float:
+    """Megapixel-steps of one image, hires fix's second pass included."""
+    p = parameters
+    return p.denoising_steps * step_work(p) + fixed_work(p) + hires_work(p)
 
 
 def work(batch: Sequence[GenerationParameters]) -> float:
@@ -73,7 +77,7 @@ def work(batch: Sequence[GenerationParameters]) -> float:
 
 def steps_within(batch: Sequence[GenerationParameters], budget: float) -> int:
     """The most ``num_inference_steps`` a batch like this one fits in ``budget``."""
-    fixed = sum(fixed_work(p) for p in batch)
+    fixed = sum(fixed_work(p) + hires_work(p) for p in batch)
     per_step = sum(p.denoising_steps * step_work(p) for p in batch) / batch[0].num_inference_steps
     return max(math.floor((budget - fixed) / per_step), 0)
 

@@ -24,7 +24,7 @@ from imagegen.inputs import pack
 from imagegen.parameters import resolve
 from imagegen.schemas import GenerationParameters, ImageRequest, WorkItem
 from imagegen.upscalers import LATENT_UPSCALERS, MODEL_UPSCALE_WORK, PIXEL_UPSCALERS
-from imagegen.work import image_work
+from imagegen.work import image_work, steps_within
 from models.__main__ import main
 from models.upscalers import (
     ESRGAN_TINY_X2,
@@ -179,6 +179,8 @@ def test_work_counts_both_passes_and_the_network(hires_runner: PipelineRunner) -
     network = hires(hires_runner, X4.name, steps=10, strength=0.5)
     extra = MODEL_UPSCALE_WORK * 128 * 128 / 1e6
     assert image_work(network) == pytest.approx(image_work(latent) + extra)
+    # The over-budget sentence's "steps that fit" counts the second pass as fixed.
+    assert steps_within([latent], image_work(latent) + 1e-9) == latent.num_inference_steps
 
 
 def test_second_passes_of_one_shape_run_as_one_call(hires_runner: PipelineRunner) -> None:
