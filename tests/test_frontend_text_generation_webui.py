@@ -30,6 +30,27 @@ PARAMS: dict[str, Any] = {
 }  # fmt: skip
 
 
+def sd_pictures_payload(params: dict[str, Any]) -> dict[str, Any]:
+    """`get_SD_pictures`' txt2img body from the extension's `params`."""
+    description = "(a red circle:1)"
+    return {
+        "prompt": params["prompt_prefix"] + description,
+        "seed": params["seed"],
+        "sampler_name": params["sampler_name"],
+        "enable_hr": params["enable_hr"],
+        "hr_scale": params["hr_scale"],
+        "hr_upscaler": params["hr_upscaler"],
+        "denoising_strength": params["denoising_strength"],
+        "steps": params["steps"],
+        "cfg_scale": params["cfg_scale"],
+        "width": params["width"],
+        "height": params["height"],
+        "restore_faces": params["restore_faces"],
+        "override_settings_restore_afterwards": True,
+        "negative_prompt": params["negative_prompt"],
+    }
+
+
 def test_connect_choose_checkpoint_manage_vram_and_draw(frontend: Frontend) -> None:
     address = frontend.url_with_credentials()
     # SD_api_address_update
@@ -50,26 +71,30 @@ def test_connect_choose_checkpoint_manage_vram_and_draw(frontend: Frontend) -> N
     requests.post(url=f"{address}/sdapi/v1/unload-checkpoint", json="").raise_for_status()
     requests.post(url=f"{address}/sdapi/v1/reload-checkpoint", json="").raise_for_status()
     # get_SD_pictures
-    description = "(a red circle:1)"
-    payload = {
-        "prompt": PARAMS["prompt_prefix"] + description,
-        "seed": PARAMS["seed"],
-        "sampler_name": PARAMS["sampler_name"],
-        "enable_hr": PARAMS["enable_hr"],
-        "hr_scale": PARAMS["hr_scale"],
-        "hr_upscaler": PARAMS["hr_upscaler"],
-        "denoising_strength": PARAMS["denoising_strength"],
-        "steps": PARAMS["steps"],
-        "cfg_scale": PARAMS["cfg_scale"],
-        "width": PARAMS["width"],
-        "height": PARAMS["height"],
-        "restore_faces": PARAMS["restore_faces"],
-        "override_settings_restore_afterwards": True,
-        "negative_prompt": PARAMS["negative_prompt"],
-    }
+    payload = sd_pictures_payload(PARAMS)
     response = requests.post(url=f"{address}/sdapi/v1/txt2img", json=payload)
     assert response.status_code == 200, response.text
     r = response.json()
     assert [png(img_str.split(",", 1)[0]).size for img_str in r["images"]] == [(512, 512)]
     # give_VRAM_priority('LLM'): the server is asked to vacate VRAM again.
     requests.post(url=f"{address}/sdapi/v1/unload-checkpoint", json="").raise_for_status()
+
+
+def test_hires_fix_with_its_string_scale_and_a_typed_upscaler(frontend: Frontend) -> None:
+    """Its "Hires. fix" checkbox on, the slider untouched (so `hr_scale` is still the string
+    '1.0': a second pass at the same size) and the upscaler a free text box: its default
+    'ESRGAN_4x' is not served here, and the answer names the field; a served name draws."""
+    address = frontend.url_with_credentials()
+    params = {**PARAMS, "enable_hr": True, "width": 128, "height": 128, "steps": 8}
+    refused = requests.post(url=f"{address}/sdapi/v1/txt2img", json=sd_pictures_payload(params))
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["hr_upscaler"]
+    served = {**params, "hr_upscaler": "Lanczos", "hr_scale": "1.5"}
+    response = requests.post(url=f"{address}/sdapi/v1/txt2img", json=sd_pictures_payload(served))
+    assert response.status_code == 200, response.text
+    assert [png(image).size for image in response.json()["images"]] == [(192, 192)]
+    same = requests.post(url=f"{address}/sdapi/v1/txt2img", json=sd_pictures_payload(
+        {**params, "hr_upscaler": "Lanczos"}
+    ))  # fmt: skip
+    assert same.status_code == 200, same.text
+    assert [png(image).size for image in same.json()["images"]] == [(128, 128)]
