@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -17,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import LoadedModel
 from imagegen.engine.progress import Tracker
-from imagegen.engine.upscaling import Upscalers, tiled
+from imagegen.engine.upscaling import UpscaleCancelled, Upscalers, tiled
 from imagegen.errors import InvalidField
-from imagegen.hop import Failure, Generation
+from imagegen.hop import Failure, Generation, UpscaleItem
 from imagegen.inputs import pack
 from imagegen.parameters import resolve
 from imagegen.schemas import GenerationParameters, ImageRequest, WorkItem
@@ -106,17 +107,34 @@ def test_a_stored_upscaler_makes_the_asked_size_in_tiles_as_it_would_whole(
 
 
 def test_an_upscale_stops_between_tiles_once_cancelled(upscalers: Upscalers) -> None:
-    from imagegen.engine.upscaling import UpscaleCancelled
-    from imagegen.hop import UpscaleItem
-
+    """Alone, it answers its input unchanged (its caller has gone; nothing is raised to be
+    logged as an error); in hires fix, the call is interrupted like a cancelled step."""
     tracker = Tracker()
     tracker.cancel(["gone"])
     item = UpscaleItem(
         id="gone", image=pack(PIL.Image.new("RGB", (64, 64))), width=256, height=256,
         upscaler=X4.name,
     )  # fmt: skip
+    assert upscalers.submit(item, tracker).result().size == (64, 64)
     with pytest.raises(UpscaleCancelled):
-        upscalers.submit(item, tracker).result()
+        upscalers.image(PIL.Image.new("RGB", (64, 64)), (256, 256), X4.name, lambda: True)
+
+
+def test_a_cancel_during_hires_fix_s_network_upscale_is_a_cancel_not_a_failure(
+    tiny_model: LoadedModel, upscalers: Upscalers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker = Tracker()
+    runner = PipelineRunner(tiny_model, tracker=tracker, upscalers=upscalers)
+    upscale = upscalers.image
+
+    def cancelled_on_the_way(*args: Any, **kwargs: Any) -> PIL.Image.Image:
+        tracker.cancel(["a"])  # between the first pass and the network's first tile
+        return upscale(*args, **kwargs)
+
+    monkeypatch.setattr(upscalers, "image", cancelled_on_the_way)
+    parameters = hires(runner, X4.name, scale=2)
+    (outcome,) = runner.generate_batch([WorkItem(id="a", parameters=parameters)])
+    assert isinstance(outcome, Failure) and outcome.error == "Cancelled"
 
 
 @pytest.mark.parametrize("upscaler", [*PIXEL_UPSCALERS, *LATENT_UPSCALERS, X4.name, X2.name])

@@ -27,7 +27,7 @@ from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.engine.modes import Start, mode_call, second_pass_call
 from imagegen.engine.progress import Tracker
 from imagegen.engine.schedulers import build_scheduler
-from imagegen.engine.upscaling import Upscalers
+from imagegen.engine.upscaling import UpscaleCancelled, Upscalers
 from imagegen.errors import Cancelled, GenerationFailed, InvalidField, OutOfMemory
 from imagegen.hop import Event, Failure, Generation
 from imagegen.parameters import resolve
@@ -384,9 +384,10 @@ class PipelineRunner:
             size = (hires.height // scale, hires.width // scale)
             return self.upscalers.latents(made, size, hires.upscaler)
         size = (hires.width, hires.height)
-        upscaled = [self.upscalers.image(i, size, hires.upscaler, watch.cancelled) for i in made]
-        watch.check()
-        return upscaled
+        try:
+            return [self.upscalers.image(i, size, hires.upscaler, watch.cancelled) for i in made]
+        except UpscaleCancelled:
+            raise Interrupted() from None
 
     @staticmethod
     def _call(

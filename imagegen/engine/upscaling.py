@@ -82,15 +82,20 @@ class Upscalers:
 
     def submit(self, item: UpscaleItem, tracker: Tracker) -> Future[PIL.Image.Image]:
         """An upscale alone (`/upscale`), queued for this object's own thread: it stops
-        between tiles once ``item`` is cancelled."""
+        between tiles once ``item`` is cancelled, answering its input unchanged."""
 
         def run() -> PIL.Image.Image:
             image = unpack(item.image)
             size = (item.width, item.height)
-            if not item.crop:
-                return self.image(image, size, item.upscaler, cancelled)
-            covered = self.image(image, covering(image.size, size), item.upscaler, cancelled)
-            return cropped(covered, size)
+            try:
+                if not item.crop:
+                    return self.image(image, size, item.upscaler, cancelled)
+                covered = self.image(image, covering(image.size, size), item.upscaler, cancelled)
+                return cropped(covered, size)
+            except UpscaleCancelled:
+                # A cancel comes only once its caller has gone: nobody reads this answer,
+                # and a raise would be logged as the generator's error.
+                return image
 
         def cancelled() -> bool:
             return tracker.is_cancelled(item.id)
