@@ -250,3 +250,17 @@ def test_a_cancel_during_the_second_pass_stops_it_within_a_step(
     assert isinstance(outcome, Failure) and outcome.error == "Cancelled"
     last = max(int(e["step"]) for e in events)  # type: ignore[call-overload]
     assert 5 <= last <= 7, last  # stopped within a step of the cancel (of 44)
+
+
+def test_the_images_install_the_spandrel_development_does() -> None:
+    """Both bentofiles install spandrel through scripts/bento-setup.sh (their setup script
+    runs before the bento's source is in the image, so it holds its own pin)."""
+    repo = Path(__file__).parent.parent
+    (pinned,) = [
+        line
+        for line in (repo / "requirements-upscalers.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert f'"{pinned}"' in (repo / "scripts/bento-setup.sh").read_text()
+    for bentofile in ("bentofile.yaml", "bentofile.cpu.yaml"):
+        assert 'setup_script: "scripts/bento-setup.sh"' in (repo / bentofile).read_text()
