@@ -34,6 +34,7 @@ from imagegen.schemas import (
 from imagegen.serving.compat.a1111 import A1111, a1111_router
 from imagegen.serving.compat.openai import openai_router
 from imagegen.serving.encoding import (
+    answer_off_the_loop,
     encode,
     image_response,
     images_response,
@@ -73,8 +74,9 @@ BACKSTOP = {"timeout": settings.timeout + 30, "max_concurrency": 2 * settings.ma
 @bentoml.service(
     name="imagegen-generator",
     traffic={"timeout": BACKSTOP["timeout"]},
-    # One thread per model's batched API (imagegen.engine.catalog).
-    threads=len(settings.model_tags),
+    # Two threads per model, one for its batched API and one for its direct twin
+    # (imagegen.engine.catalog): one model's calls never take another's thread.
+    threads=2 * len(settings.model_tags),
     logging={"access": {"enabled": False}},
     # BentoML's client to a dependency replaces its connection pool every 100 requests or
     # 300 s by default, cutting the requests in flight on the old one (500s under load). This
@@ -173,9 +175,11 @@ class ImageGeneration:
         (inpainting). Returns its bytes, with the seed used in `X-Seed` and the model in
         `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
-        generated = await self.gateway.generate(request, current_request())
-        answer = await off_the_loop(
-            lambda: image_response(encode(generated, request.output_format, request.quality))
+        http_request = current_request()
+        generated = await self.gateway.generate(request, http_request)
+        answer = await answer_off_the_loop(
+            http_request.scope,
+            lambda: image_response(encode(generated, request.output_format, request.quality)),
         )
         return answer  # type: ignore[return-value]
 
@@ -186,9 +190,11 @@ class ImageGeneration:
         `seed + k`, so `/generate/image` with that seed regenerates it: byte-identical with
         batching off, within 1/255 per pixel with it on."""
         request = ImagesRequest.model_construct(**fields)
-        generated = await self.gateway.generate(request, current_request())
-        answer = await off_the_loop(
-            lambda: images_response(encode(generated, request.output_format, request.quality))
+        http_request = current_request()
+        generated = await self.gateway.generate(request, http_request)
+        answer = await answer_off_the_loop(
+            http_request.scope,
+            lambda: images_response(encode(generated, request.output_format, request.quality)),
         )
         return answer  # type: ignore[return-value]
 

@@ -8,9 +8,15 @@
    drifts by tens of milliseconds over minutes on a shared two-core machine, so the two sides
    measured minutes apart do not tell a few milliseconds of overhead; paired, they do. Reported:
    each round's p50s and the median of its paired differences, and their spread over rounds;
-3. memory: resident memory of the service's processes after warm-up and after 200 requests.
+3. where the difference goes: the median of each stage over those requests, from the
+   ``Server-Timing`` each answer carries (spans measured in the process that ran them) and the
+   client's own clock, beside the bare call's set-up, pipeline and decode;
+4. a lone client, batching on against off: two services started together (IMAGEGEN_MAX_BATCH_SIZE
+   8 and 1), asked in turn from their first request on, each request's latency paired by its
+   number (adaptive batching must not hold a lone request at any point after start);
+5. memory: resident memory of the service's processes after warm-up and after 200 requests.
 
-    python -m bench.serving [--quick] [--rounds N] [--pairs N] [--json PATH]
+    python -m bench.serving [--quick] [--rounds N] [--pairs N] [--lone N] [--json PATH]
 
 Prints a table and writes JSON (default bench/results/serving.json). Requests are sequential
 and on loopback; concurrency and batching are bench/batching.py's.
@@ -23,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,22 @@ from models.recipes import SD_TINY
 from models.store import ensure_built
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 1}
+LONE_WINDOW = 10
+# The stages of a request, in the order it meets them, and how each is had from one answer's
+# measures: the client's latency and its Server-Timing entries, in ms.
+STAGES: dict[str, Callable[[dict[str, float]], float]] = {
+    "HTTP outside the timing middleware (client, server, BentoML's tracing, "
+    "the outer three middlewares)": lambda m: m["client"] - m["total"],
+    "middlewares inside, validation, handler": lambda m: (
+        m["total"] - m["admission"] - m["queue"] - m["inference"] - m["encode"]
+    ),
+    "admission (model, parameters, work, queue)": lambda m: m["admission"],
+    "hop both ways (serialisation, HTTP, BentoML's batching dispatcher)": lambda m: m["hop"],
+    "set-up in the generator (prompt check, scheduler, thread)": lambda m: m["setup"],
+    "pipeline: denoising": lambda m: m["inference"] - m["decode"],
+    "pipeline: decode": lambda m: m["decode"],
+    "encode (PNG, response)": lambda m: m["encode"],
+}
 
 
 def p50_seconds(server: Server, requests: int) -> float:
@@ -51,23 +74,33 @@ def p50_seconds(server: Server, requests: int) -> float:
     return statistics.median(latencies)
 
 
-def interleaved(server: Server, rounds: int, pairs: int) -> list[dict[str, float]]:
+def server_timing(response: httpx.Response) -> dict[str, float]:
+    """``Server-Timing``'s entries, in ms, by name."""
+    entries = (entry.split(";dur=") for entry in response.headers["server-timing"].split(", "))
+    return {name: float(duration) for name, duration in entries}
+
+
+def interleaved(
+    server: Server, rounds: int, pairs: int
+) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Per round: the service's and the bare call's p50 and the median paired difference, in
-    ms, from requests and bare calls made in turn."""
+    ms, from requests and bare calls made in turn; and the median of each stage, the bare
+    call's own included, over all of them."""
     runner = PipelineRunner(load_model(ensure_built(SD_TINY)))
     parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
     runner.generate(parameters)  # warm-up, as the service does
-    measured = []
+    measured, answers, bare_calls = [], [], []
     with httpx.Client(base_url=server.url, timeout=300) as client:
         client.post("/generate/image", json=BODY).raise_for_status()  # the connection, warm
         for _ in range(rounds):
             service, bare = [], []
             for _ in range(pairs):
                 started = time.perf_counter()
-                client.post("/generate/image", json=BODY).raise_for_status()
+                response = client.post("/generate/image", json=BODY).raise_for_status()
                 service.append(time.perf_counter() - started)
+                answers.append({**server_timing(response), "client": service[-1] * 1000})
                 started = time.perf_counter()
-                runner.generate(parameters)
+                bare_calls.append(runner.generate(parameters))
                 bare.append(time.perf_counter() - started)
             measured.append(
                 {
@@ -79,7 +112,37 @@ def interleaved(server: Server, rounds: int, pairs: int) -> list[dict[str, float
                     ),
                 }
             )
-    return measured
+    stages = {name: median_ms(stage(m) for m in answers) for name, stage in STAGES.items()}
+    stages |= {
+        "bare call: set-up": median_ms((g.started - g.received) * 1000 for g in bare_calls),
+        "bare call: denoising": median_ms((g.denoised - g.started) * 1000 for g in bare_calls),
+        "bare call: decode": median_ms((g.finished - g.denoised) * 1000 for g in bare_calls),
+    }
+    return measured, stages
+
+
+def median_ms(values: Iterable[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def lone_client(requests: int, workdir: Path) -> list[dict[str, float]]:
+    """A lone client's requests from the first on, to a service with batching on and one
+    with it off, started together and asked in turn: each request's latency, in ms."""
+    on = bentoml_serve(workdir / "on.log", api_keys="", model="sd-tiny", max_batch_size="8")
+    off = bentoml_serve(workdir / "off.log", api_keys="", model="sd-tiny", max_batch_size="1")
+    latencies = []
+    with on as batching_on, off as batching_off:
+        clients = [httpx.Client(base_url=s.url, timeout=300) for s in (batching_on, batching_off)]
+        for number in range(1, requests + 1):
+            pair = {"request": float(number)}
+            for name, client in zip(("on_ms", "off_ms"), clients, strict=True):
+                started = time.perf_counter()
+                client.post("/generate/image", json=BODY).raise_for_status()
+                pair[name] = round((time.perf_counter() - started) * 1000, 1)
+            latencies.append(pair)
+        for client in clients:
+            client.close()
+    return latencies
 
 
 def rss_mib(server: Server) -> float:
@@ -89,7 +152,7 @@ def rss_mib(server: Server) -> float:
     return sum(p.memory_info().rss for p in processes) / 2**20
 
 
-def measure(quick: bool, rounds: int, pairs: int, workdir: Path) -> dict[str, Any]:
+def measure(quick: bool, rounds: int, pairs: int, lone: int, workdir: Path) -> dict[str, Any]:
     baseline_requests = 3 if quick else 10
     memory_requests = 20 if quick else 200
     result: dict[str, Any] = {"quick": quick, "parameters": BODY, "pairs": pairs}
@@ -97,10 +160,25 @@ def measure(quick: bool, rounds: int, pairs: int, workdir: Path) -> dict[str, An
     # The service, auth off, defaults otherwise.
     with bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny") as service:
         result["service_rss_after_warmup_mib"] = round(rss_mib(service), 1)
-        result["rounds"] = interleaved(service, rounds, pairs)
+        result["rounds"], result["stages_ms"] = interleaved(service, rounds, pairs)
         p50_seconds(service, memory_requests - rounds * pairs)
         result["service_rss_after_requests_mib"] = round(rss_mib(service), 1)
         result["memory_requests"] = memory_requests
+
+    result["lone_client"] = lone_pairs = lone_client(lone, workdir)
+    # Single requests vary by a third on cpu-2 either way; a hold (a lone request kept for a
+    # call's time or more) still moves the mean of the ten requests around it by a tenth.
+    result["lone_client_windows"] = [
+        {
+            "requests": f"{first + 1}-{first + len(window)}",
+            "on_mean_ms": round(statistics.mean(p["on_ms"] for p in window), 1),
+            "off_mean_ms": round(statistics.mean(p["off_ms"] for p in window), 1),
+        }
+        for first in range(0, len(lone_pairs), LONE_WINDOW)
+        for window in [lone_pairs[first : first + LONE_WINDOW]]
+    ]
+    slowest = max(lone_pairs, key=lambda p: p["on_ms"] - p["off_ms"])
+    result["lone_client_slowest"] = slowest
 
     model_path = str(ensure_built(SD_TINY).path)
     baseline = running(
@@ -132,12 +210,25 @@ def table(result: dict[str, Any]) -> str:
         f"{r['paired_difference_ms']} |\n"
         for k, r in enumerate(result["rounds"])
     )
+    stages = "".join(f"| {name} | {ms} |\n" for name, ms in result["stages_ms"].items())
+    windows = "".join(
+        f"| {w['requests']} | {w['on_mean_ms']} | {w['off_mean_ms']} | "
+        f"{w['on_mean_ms'] / w['off_mean_ms']:.3f}x |\n"
+        for w in result["lone_client_windows"]
+    )
+    slowest = result["lone_client_slowest"]
     return (
         f"| interleaved, {result['pairs']} pairs a round | service p50 ms | bare p50 ms | "
         "service - bare, median of pairs, ms |\n|---|---|---|---|\n"
         f"{rounds}\n"
         f"service - bare: {overhead['median']} ms (median of rounds; "
         f"{overhead['min']} to {overhead['max']})\n\n"
+        "| stage of a request (median) | ms |\n|---|---|\n"
+        f"{stages}\n"
+        "| a lone client from start, requests | batching on: mean ms | off: mean ms | on / off |\n"
+        f"|---|---|---|---|\n{windows}\n"
+        f"most on over off: request {slowest['request']:.0f}, {slowest['on_ms']} against "
+        f"{slowest['off_ms']} ms\n\n"
         "| measure | value |\n|---|---|\n"
         f"| baseline p50 (load in handler) | {result['baseline_p50_ms']} ms |\n"
         f"| service p50 over HTTP (median of rounds) | {result['service_p50_ms']} ms |\n"
@@ -153,11 +244,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="few requests, to check it runs")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved pairs")
     parser.add_argument("--pairs", type=int, default=24, help="request/bare-call pairs a round")
+    parser.add_argument("--lone", type=int, default=30, help="a lone client's requests")
     parser.add_argument("--json", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args(argv)
-    rounds, pairs = (1, 3) if args.quick else (args.rounds, args.pairs)
+    rounds, pairs, lone = (1, 3, 3) if args.quick else (args.rounds, args.pairs, args.lone)
     with tempfile.TemporaryDirectory(prefix="imagegen-bench-") as workdir:
-        result = measure(args.quick, rounds, pairs, Path(workdir))
+        result = measure(args.quick, rounds, pairs, lone, Path(workdir))
     return report(result, args.json, table)
 
 

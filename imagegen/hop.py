@@ -24,9 +24,12 @@ def model_name(tag: str) -> str:
     return tag.split(":")[0]
 
 
-def api_name(tag: str) -> str:
-    """The generator service's batched API for the model ``tag`` (``name[:version]``)."""
-    return "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
+def api_name(tag: str, direct: bool = False) -> str:
+    """The generator service's batched API for the model ``tag`` (``name[:version]``), or
+    its ``direct`` twin: the same work outside BentoML's batching queue, for a request with
+    no other to share a call with."""
+    name = "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
+    return name + "_direct" if direct else name
 
 
 class Generation(BaseModel):
@@ -36,7 +39,11 @@ class Generation(BaseModel):
 
     image: Image
     parameters: GenerationParameters  # what this image was made with, its own seed included
-    started: float  # perf_counter, in the pipeline's process, when its pipeline call began
+    # perf_counter in the generator's process: its batch arrived in the generator's API, its
+    # pipeline call began, the call's last denoising step ended (the decode follows), it ended
+    received: float
+    started: float
+    denoised: float
     finished: float
     batch_size: int  # images made by that call
 

@@ -504,6 +504,22 @@ class Timings(BaseModel):
         description="From the start of the first pipeline call that made one of these images "
         "to the end of the last; a call may be shared with other requests' images."
     )
+    # Parts of the two above; 0 in results stored before they were measured.
+    hop_ms: float = Field(
+        0.0,
+        description="Part of `queue_ms`: passing between the service's processes both ways, "
+        "and waiting in the generator's batching queue.",
+    )
+    setup_ms: float = Field(
+        0.0,
+        description="Part of `queue_ms`: in the generator, from the request's arrival to its "
+        "pipeline call (checks, the call's scheduler, earlier calls of the same batch).",
+    )
+    decode_ms: float = Field(
+        0.0,
+        description="Part of `inference_ms`: after the last denoising step, the VAE decode "
+        "to pixels.",
+    )
 
 
 class ImagesResponse(BaseModel):

@@ -45,14 +45,22 @@ def test_encoding_is_byte_stable(image: Image.Image, output_format: str) -> None
 
 def test_response_names_seed_model_type_batch_and_timings(image: Image.Image) -> None:
     generation = Generation(
-        image=image, parameters=PARAMETERS, started=10.0, finished=11.5, batch_size=4
+        image=image,
+        parameters=PARAMETERS,
+        received=9.9,
+        started=10.0,
+        denoised=11.4,
+        finished=11.5,
+        batch_size=4,
     )
     response = image_response(encode(Generated([generation], seconds=1.75), "webp", 80))
     assert response.headers["content-type"] == MEDIA_TYPES["webp"]
     assert response.headers["x-seed"] == "42"
     assert response.headers["x-model"] == "sd-tiny:v1"
     assert response.headers["x-batch-size"] == "4"
-    assert response.headers["server-timing"] == "queue;dur=250.0, inference;dur=1500.0"
+    assert response.headers["server-timing"] == (
+        "queue;dur=250.0, inference;dur=1500.0, hop;dur=150.0, setup;dur=100.0, decode;dur=100.0"
+    )
 
 
 def test_one_image_of_several_keeps_its_own_bytes_and_seed(image: Image.Image) -> None:
@@ -60,7 +68,9 @@ def test_one_image_of_several_keeps_its_own_bytes_and_seed(image: Image.Image) -
         Generation(
             image=image.rotate(90 * k),
             parameters=PARAMETERS.model_copy(update={"seed": 42 + k}),
+            received=10.0,
             started=10.0,
+            denoised=11.0,
             finished=11.0,
             batch_size=2,
         )
@@ -73,12 +83,28 @@ def test_one_image_of_several_keeps_its_own_bytes_and_seed(image: Image.Image) -
 
 
 def test_several_images_time_from_the_first_call_to_the_last(image: Image.Image) -> None:
-    calls = [(10.0, 11.0), (11.0, 12.5)]
+    """Two calls of one batch that arrived at 9.75: the second waited for the first (part of
+    its set-up), the decode is the last call's."""
+    calls = [(10.0, 10.75, 11.0), (11.0, 12.25, 12.5)]
     generated = Generated(
         [
-            Generation(image=image, parameters=PARAMETERS, started=s, finished=f, batch_size=1)
-            for s, f in calls
+            Generation(
+                image=image,
+                parameters=PARAMETERS,
+                received=9.75,
+                started=s,
+                denoised=d,
+                finished=f,
+                batch_size=1,
+            )
+            for s, d, f in calls
         ],
         seconds=3.0,
     )
-    assert generated.timings.model_dump() == {"queue_ms": 500.0, "inference_ms": 2500.0}
+    assert generated.timings.model_dump() == {
+        "queue_ms": 500.0,
+        "inference_ms": 2500.0,
+        "hop_ms": 250.0,
+        "setup_ms": 250.0,
+        "decode_ms": 250.0,
+    }

@@ -7,9 +7,11 @@ from http import HTTPStatus
 from typing import Any
 
 import pytest
+from _bentoml_sdk.io_models import IODescriptor
 from bentoml.exceptions import BentoMLException
 from PIL import Image
 
+from imagegen.engine.catalog import generate_api
 from imagegen.errors import GenerationFailed, OutOfMemory, Overloaded, ServiceError
 from imagegen.hop import Failure, Generation
 from imagegen.schemas import WorkItem
@@ -39,7 +41,13 @@ class Answering:
 def generation(started: float, finished: float) -> Generation:
     image = Image.new("RGB", (64, 64))
     return Generation(
-        image=image, parameters=PARAMETERS, started=started, finished=finished, batch_size=2
+        image=image,
+        parameters=PARAMETERS,
+        received=started,
+        started=started,
+        denoised=finished,
+        finished=finished,
+        batch_size=2,
     )
 
 
@@ -96,3 +104,11 @@ def test_failures_cross_processes_as_data() -> None:
     failure = Failure.of(OutOfMemory("out of memory"))
     rebuilt = Failure.model_validate(failure.model_dump())
     assert isinstance(rebuilt.exception(), OutOfMemory)
+
+
+def test_the_generators_answers_declare_their_media_type() -> None:
+    """Without one, BentoML derives it from the answer's JSON schema, generated anew for
+    every response (3 ms on cpu-2)."""
+    for direct in (False, True):
+        spec = IODescriptor.from_output(generate_api("sd-tiny:v1", direct))
+        assert spec.mime_type() == "application/vnd.bentoml+pickle"

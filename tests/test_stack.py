@@ -29,7 +29,11 @@ def test_a_generation_with_a_key_carries_id_and_timings(client: TestClient) -> N
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "stack-1"
     timings = [entry.split(";")[0] for entry in response.headers["server-timing"].split(", ")]
-    assert timings == ["queue", "inference", "total"]
+    # The generation's spans, then those the public process recorded, then the whole.
+    assert timings == [
+        *("queue", "inference", "hop", "setup", "decode"),
+        *("admission", "encode", "total"),
+    ]
     assert float(response.headers["x-process-time"]) > 0
 
 

@@ -158,6 +158,7 @@ class StepWatch:
         self.after, self.more = after, more
         self.current_pass = 2 if after else 1
         self.reported = any(item.report for item in items)
+        self.stepped: float | None = None  # perf_counter at the end of the latest step
 
     def begin(self) -> None:
         """Step 0: the call has started."""
@@ -166,6 +167,7 @@ class StepWatch:
 
     def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
         self.loops = getattr(pipe, "num_timesteps", None) or self.loops
+        self.stepped = time.perf_counter()
         if self.reported:
             self.tracker.publish(self._events(step + 1, tensors.get("latents")))
         self.check()
@@ -253,6 +255,7 @@ class PipelineRunner:
         """One outcome per item, in order. Items that share a :func:`batch_key` run as one
         pipeline call (up to ``max_batch_size``); a failed call fails only its own items. An
         item cancelled before its call starts never runs."""
+        received = time.perf_counter()
         outcomes: dict[int, Generation | Failure] = {}
         for index, item in enumerate(batch):
             try:
@@ -273,7 +276,7 @@ class PipelineRunner:
                 continue
             group = [batch[index] for index in indices]
             try:
-                made: Sequence[Generation | Failure] = self._generate_together(group)
+                made: Sequence[Generation | Failure] = self._generate_together(group, received)
             except (OutOfMemory, GenerationFailed, Cancelled) as error:
                 made = [Failure.of(error)] * len(group)
             outcomes.update(zip(indices, made, strict=True))
@@ -301,16 +304,18 @@ class PipelineRunner:
                     field=field,
                 )
 
-    def _generate_together(self, items: list[WorkItem]) -> list[Generation | Failure]:
-        """One pipeline call for images that share a batch key (two with hires fix); an image
-        cancelled during the call is a Cancelled failure, and the call stops once all of them
-        are."""
+    def _generate_together(
+        self, items: list[WorkItem], received: float
+    ) -> list[Generation | Failure]:
+        """One pipeline call for images that share a batch key (two with hires fix), asked
+        for at ``received``; an image cancelled during the call is a Cancelled failure, and
+        the call stops once all of them are."""
         group = [item.parameters for item in items]
         first = group[0]
         # The request's context (its id, for log lines) goes along to the runner thread.
         call = self._runner.submit(copy_context().run, self._run, items)
         try:
-            images, started, finished = call.result()
+            images, (started, denoised, finished) = call.result()
         except Interrupted:
             raise Cancelled("The generation was cancelled.") from None
         except torch.OutOfMemoryError as error:
@@ -331,16 +336,19 @@ class PipelineRunner:
             else Generation(
                 image=image,
                 parameters=item.parameters,
+                received=received,
                 started=started,
+                denoised=denoised,
                 finished=finished,
                 batch_size=len(group),
             )
             for image, item in zip(images, items, strict=True)
         ]
 
-    def _run(self, items: list[WorkItem]) -> tuple[list[Any], float, float]:
+    def _run(self, items: list[WorkItem]) -> tuple[list[Any], tuple[float, float, float]]:
         """On the pipeline's thread: the group's adapters set, its call, and hires fix's
-        upscale and second call."""
+        upscale and second call. Timed: the first call's start, the last step's end, the
+        last call's end."""
         group = [item.parameters for item in items]
         first = group[0]
         self.model.adapters.activate(first.loras)
@@ -351,14 +359,14 @@ class PipelineRunner:
         run = self._copy(plan.pipeline, group)
         output, started, finished = self._call(run, group, plan.arguments, watch)
         if first.hires is None:
-            return plan.finish(output.images), started, finished
+            return plan.finish(output.images), (started, watch.stepped or started, finished)
         hires = [p for p in second if p is not None]
         start = self._upscaled(output.images, first.hires, watch)
         plan = second_pass_call(self.model, hires, start)
         watch = StepWatch(self.tracker, items, hires[0].denoising_steps, after=watch.loops)
         run = self._copy(plan.pipeline, hires)
         output, _, finished = self._call(run, hires, plan.arguments, watch)
-        return output.images, started, finished
+        return output.images, (started, watch.stepped or started, finished)
 
     def _copy(self, pipeline: Any, group: list[GenerationParameters]) -> Any:
         """The pipeline for one call: __call__ writes per-call state onto the pipeline

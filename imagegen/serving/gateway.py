@@ -4,6 +4,7 @@ not HTTP: the routes build the answers."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from imagegen.settings import Settings
 from imagegen.upscalers import UpscalerInfo, covering, upscale_work
 from imagegen.work import DECODE_WORK
 from middleware.paths import client_bucket
+from middleware.timing import record
 
 
 def owner(request: Request) -> str:
@@ -134,7 +136,9 @@ class Gateway:
 
     async def admit(self, request: ImageRequest | ImagesRequest, http_request: Request) -> Ticket:
         """Admission by work: the per-request budget and the wait bound (the model's queue),
-        then the work rate limit of the client; refused by one, charged by none after it."""
+        then the work rate limit of the client; refused by one, charged by none after it.
+        Timed as ``admission`` in the request's ``Server-Timing``."""
+        started = time.perf_counter()
         prepared = await self.prepare(request)
         ticket = self.queue(prepared.model).admit(prepared.batch, prepared.edit)
         if self.work_limit is not None:
@@ -143,6 +147,7 @@ class Gateway:
             except BaseException:
                 ticket.discard()
                 raise
+        record(http_request.scope, "admission", time.perf_counter() - started)
         return ticket
 
     async def wait(

@@ -33,14 +33,19 @@ class Generated:
 
     @property
     def timings(self) -> Timings:
-        # From the first pipeline call's start to the last one's end, measured in the generator
-        # service; the rest of the wait is queueing, batching and the hop between processes.
-        inference = max(g.finished for g in self.generations) - min(
-            g.started for g in self.generations
-        )
+        """Each span a difference of two clocks of one process: the generator measures from
+        its API to the end of the last call; the hop is the rest of the wait."""
+        generations = self.generations
+        last = max(generations, key=lambda g: g.finished)
+        received = min(g.received for g in generations)
+        started = min(g.started for g in generations)
+        inference = last.finished - started
         return Timings(
-            queue_ms=round(max(self.seconds - inference, 0) * 1000, 1),
-            inference_ms=round(inference * 1000, 1),
+            queue_ms=ms(self.seconds - inference),
+            inference_ms=ms(inference),
+            hop_ms=ms(self.seconds - (last.finished - received)),
+            setup_ms=ms(started - received),
+            decode_ms=ms(last.finished - last.denoised),
         )
 
     @property
@@ -55,6 +60,10 @@ class Upscaled:
 
     image: Image
     seconds: float
+
+
+def ms(seconds: float) -> float:
+    return round(max(seconds, 0) * 1000, 1)
 
 
 PROBE_TIMEOUT_S = 1
@@ -83,16 +92,19 @@ class GeneratorClient:
         self._generator = generator
         self._remote = hasattr(generator, "to_async")
 
-    async def generate(self, items: list[WorkItem]) -> Generated:
-        """``items`` (all for one model) from that model's API of the generator service,
-        which may run them together with other requests' items."""
-        api = api_name(items[0].parameters.model)
+    async def generate(self, items: list[WorkItem], direct: bool = False) -> Generated:
+        """``items`` (all for one model) from that model's batched API of the generator
+        service, which may run them together with other requests' items, or from its
+        ``direct`` twin, which does not wait for any."""
+        model = items[0].parameters.model
         sent = time.perf_counter()
         try:
             if self._remote:
-                outcomes = await getattr(self._generator.to_async, api)(items)
-            else:
-                outcomes = await anyio.to_thread.run_sync(getattr(self._generator, api), items)
+                api = getattr(self._generator.to_async, api_name(model, direct))
+                outcomes = await api(items)
+            else:  # in-process there is no batching queue: the two APIs are one
+                api = getattr(self._generator, api_name(model))
+                outcomes = await anyio.to_thread.run_sync(api, items)
         except BentoMLException as error:
             if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 # BentoML's batch queue sheds what has waited past the max latency.

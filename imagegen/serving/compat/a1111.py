@@ -50,7 +50,12 @@ from imagegen.serving.compat.a1111_options import (
     model_sha256,
     title,
 )
-from imagegen.serving.encoding import encode_image, encode_upscaled, off_the_loop
+from imagegen.serving.encoding import (
+    answer_off_the_loop,
+    encode_image,
+    encode_upscaled,
+    off_the_loop,
+)
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.queue import Ticket
 from imagegen.serving.remote import Generated, Upscaled
@@ -469,7 +474,9 @@ class A1111:
             generated = None
         finally:
             self.running[key].remove(run)
-        return await off_the_loop(lambda: JSONResponse(answer(body, generated, info, settings)))
+        return await answer_off_the_loop(
+            request.scope, lambda: JSONResponse(answer(body, generated, info, settings))
+        )
 
     async def upscalers(self) -> list[dict[str, Any]]:
         """A1111's upscaler list: the pixel ones and the stored networks."""

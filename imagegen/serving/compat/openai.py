@@ -54,7 +54,12 @@ from imagegen.schemas import (
     ScheduleName,
     SchedulerName,
 )
-from imagegen.serving.encoding import encode_image, image_response, off_the_loop
+from imagegen.serving.encoding import (
+    answer_off_the_loop,
+    encode_image,
+    image_response,
+    off_the_loop,
+)
 from imagegen.serving.gateway import Gateway, owner
 from imagegen.serving.jobs.links import EXTENSIONS
 from imagegen.serving.lifetime import while_requested
@@ -194,8 +199,8 @@ async def generate(
         raise InvalidField(error.errors()[0]["msg"], field=param_of(error)) from None
     if not isinstance(native, JobRequest):
         generated = await gateway.generate(native, request)
-        return await off_the_loop(
-            lambda: created(b64_images(generated, native), body, size_of(generated))
+        return await answer_off_the_loop(
+            request.scope, lambda: created(b64_images(generated, native), body, size_of(generated))
         )
     job = await gateway.start_job(native, request)
     try:
