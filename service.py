@@ -74,9 +74,8 @@ BACKSTOP = {"timeout": settings.timeout + 30, "max_concurrency": 2 * settings.ma
 @bentoml.service(
     name="imagegen-generator",
     traffic={"timeout": BACKSTOP["timeout"]},
-    # Two threads per model, one for its batched API and one for its direct twin
-    # (imagegen.engine.catalog): one model's calls never take another's thread.
-    threads=2 * len(settings.model_tags),
+    # One thread per model's batched API (imagegen.engine.catalog).
+    threads=len(settings.model_tags),
     logging={"access": {"enabled": False}},
     # BentoML's client to a dependency replaces its connection pool every 100 requests or
     # 300 s by default, cutting the requests in flight on the old one (500s under load). This

@@ -24,12 +24,9 @@ def model_name(tag: str) -> str:
     return tag.split(":")[0]
 
 
-def api_name(tag: str, direct: bool = False) -> str:
-    """The generator service's batched API for the model ``tag`` (``name[:version]``), or
-    its ``direct`` twin: the same work outside BentoML's batching queue, for a request with
-    no other to share a call with."""
-    name = "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
-    return name + "_direct" if direct else name
+def api_name(tag: str) -> str:
+    """The generator service's batched API for the model ``tag`` (``name[:version]``)."""
+    return "generate_" + re.sub(r"[^0-9a-zA-Z_]", "_", model_name(tag))
 
 
 class Generation(BaseModel):

@@ -145,7 +145,7 @@ def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> 
             if len(seen) == 6:
                 started.set()
 
-        async def never_ending(items: list[WorkItem], direct: bool) -> Any:
+        async def never_ending(items: list[WorkItem]) -> Any:
             generator.ids = [item.id for item in items]
             generator.running.set()
             await asyncio.sleep(3600)
@@ -232,42 +232,6 @@ class Finishing:
         return finished(items, len(items))
 
 
-class Served:
-    """The generator service as BentoML's client reaches it: which API each call took; the
-    batched one shares its calls with ``partners`` images of other requests."""
-
-    def __init__(self) -> None:
-        self.to_async = self
-        self.calls: list[str] = []
-        self.partners = 0
-
-    async def generate_sd_tiny(self, items: list[WorkItem]) -> list[Generation]:
-        self.calls.append("batched")
-        return finished(items, len(items) + self.partners)
-
-    async def generate_sd_tiny_direct(self, items: list[WorkItem]) -> list[Generation]:
-        self.calls.append("direct")
-        return finished(items, len(items))
-
-
-def test_a_lone_request_skips_the_batching_queue_unless_calls_were_shared_lately() -> None:
-    served = Served()
-
-    async def scenario() -> None:
-        q = WorkQueue(GeneratorClient(served), max_request_work=1.0, max_wait_s=10)
-        await q.admit([PARAMETERS, PARAMETERS]).run()  # alone, however many images
-        await q.admit([PARAMETERS]).run()
-        first, second = q.admit([PARAMETERS]), q.admit([PARAMETERS])
-        served.partners = 1  # each shares its call with the other
-        await asyncio.gather(first.run(), second.run())
-        served.partners = 0
-        await q.admit([PARAMETERS]).run()  # partners may be on their way: batched
-        await q.admit([PARAMETERS]).run()  # its call was its own: alone again
-
-    asyncio.run(scenario())
-    assert served.calls == ["direct", "direct", "batched", "batched", "batched", "direct"]
-
-
 def test_a_request_without_a_listener_learns_the_rate_from_its_finished_call() -> None:
     async def scenario() -> None:
         q = WorkQueue(GeneratorClient(Finishing()), max_request_work=1.0, max_wait_s=10)
@@ -310,7 +274,7 @@ def test_an_interrupted_ticket_never_starts_or_stops_running() -> None:
             await early.run()
         assert q.depth == 0 and generator.cancelled == []
 
-        async def never_ending(items: list[WorkItem], direct: bool) -> Any:
+        async def never_ending(items: list[WorkItem]) -> Any:
             generator.running.set()
             await asyncio.sleep(3600)
 

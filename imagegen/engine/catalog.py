@@ -30,17 +30,15 @@ Outcomes = Annotated[list[Generation | Failure], ContentType("application/vnd.be
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
     """A class decorator: adds ``model_<k>`` declaring the k-th model, ``lora_<k>`` the
     k-th stored LoRA adapter of any of them and ``upscaler_<k>`` the k-th stored upscaler
-    (``bentoml build`` packs each), and per model a batched API and its direct twin, named
-    by :func:`api_name`, that run ``self.runners[name]``. Applied under
+    (``bentoml build`` packs each), and a batched API per model, named by :func:`api_name`,
+    that runs ``self.runners[name]``. Applied under
     ``@bentoml.service``, which collects them all. Adapters and upscalers are found in the
     store here, at start-up: one imported later is served after a restart."""
 
     def declare(cls: type) -> type:
         for index, tag in enumerate(tags):
             setattr(cls, f"model_{index}", StoredPipeline(tag))
-            batched, direct = generate_api(tag), generate_api(tag, direct=True)
-            setattr(cls, batched.__name__, bentoml.api(**batching)(batched))
-            setattr(cls, direct.__name__, bentoml.api(direct))
+            setattr(cls, api_name(tag), bentoml.api(**batching)(generate_api(tag)))
         adapters = stored_adapters([model_name(tag) for tag in tags])
         for index, adapter in enumerate(adapters):
             setattr(cls, f"lora_{index}", BentoModel(adapter.tag))
@@ -51,12 +49,12 @@ def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], t
     return declare
 
 
-def generate_api(tag: str, direct: bool = False) -> Any:
+def generate_api(tag: str) -> Any:
     def generate(self: Any, batch: list[WorkItem]) -> Outcomes:
         """One outcome per item: its image, or the failure of its pipeline call."""
         return self.runners[model_name(tag)].generate_batch(batch)
 
-    generate.__name__ = api_name(tag, direct)
+    generate.__name__ = api_name(tag)
     return generate
 
 

@@ -158,10 +158,6 @@ class WorkQueue:
         self.max_wait_s = max_wait_s
         self.rates = RateEstimate()
         self._tickets: dict[str, Ticket] = {}  # in order of arrival
-        # Whether the latest finished call had other requests' images in it: while calls are
-        # shared, a request that finds the queue empty still goes through the batching queue,
-        # whose partners are on their way.
-        self._shared = False
 
     def admit(self, batch: list[GenerationParameters], edit: Edit | None = None) -> Ticket:
         """A ticket for ``batch``, or the error that refuses it: over the budget, or a wait
@@ -239,28 +235,20 @@ class WorkQueue:
 
     async def run(self, ticket: Ticket, listener: Listener | None) -> Generated:
         """See :meth:`Ticket.run`. Without a listener, the finished generation teaches the
-        rate; with one, its step events do.
-
-        A lone request (nothing else queued here, no call shared lately) goes to the
-        model's direct API: BentoML's batching queue would add its polling and, while it
-        learns after a start, hold the 9th to 11th lone requests for 1.5-2 calls' time
-        waiting for partners that are not coming."""
-        direct = self.depth == 1 and not self._shared
+        rate; with one, its step events do."""
         try:
             if listener is None:
-                generated = await self.client.generate(ticket.items(reported=False), direct)
+                generated = await self.client.generate(ticket.items(reported=False))
                 self._learn(generated)
-            else:
+                return generated
 
-                async def on_step(event: Event) -> None:
-                    ticket.observe(event)
-                    await listener(ticket, event)
+            async def on_step(event: Event) -> None:
+                ticket.observe(event)
+                await listener(ticket, event)
 
-                await self.follower.open()
-                with self.follower.following(ticket.ids, on_step):
-                    generated = await self.client.generate(ticket.items(reported=True), direct)
-            self._shared = generated.batch_size > len(ticket.batch)
-            return generated
+            await self.follower.open()
+            with self.follower.following(ticket.ids, on_step):
+                return await self.client.generate(ticket.items(reported=True))
         except asyncio.CancelledError:
             # Shielded: the cancel must reach the generator service even though this task
             # is being cancelled.

@@ -92,19 +92,16 @@ class GeneratorClient:
         self._generator = generator
         self._remote = hasattr(generator, "to_async")
 
-    async def generate(self, items: list[WorkItem], direct: bool = False) -> Generated:
-        """``items`` (all for one model) from that model's batched API of the generator
-        service, which may run them together with other requests' items, or from its
-        ``direct`` twin, which does not wait for any."""
-        model = items[0].parameters.model
+    async def generate(self, items: list[WorkItem]) -> Generated:
+        """``items`` (all for one model) from that model's API of the generator service,
+        which may run them together with other requests' items."""
+        api = api_name(items[0].parameters.model)
         sent = time.perf_counter()
         try:
             if self._remote:
-                api = getattr(self._generator.to_async, api_name(model, direct))
-                outcomes = await api(items)
-            else:  # in-process there is no batching queue: the two APIs are one
-                api = getattr(self._generator, api_name(model))
-                outcomes = await anyio.to_thread.run_sync(api, items)
+                outcomes = await getattr(self._generator.to_async, api)(items)
+            else:
+                outcomes = await anyio.to_thread.run_sync(getattr(self._generator, api), items)
         except BentoMLException as error:
             if error.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
                 # BentoML's batch queue sheds what has waited past the max latency.
