@@ -161,6 +161,10 @@ class ImageGeneration:
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()
 
+    @bentoml.on_startup
+    async def start(self) -> None:
+        self.gateway.start()
+
     @bentoml.on_shutdown
     async def end_jobs(self) -> None:
         await self.gateway.jobs.shut_down()

@@ -46,7 +46,7 @@ from models.recipes import SD_TINY
 from models.store import ensure_built
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 1}
-LONE_WINDOW = 10
+LONE_WINDOW = 20
 # The stages of a request, in the order it meets them, and how each is had from one answer's
 # measures: the client's latency and its Server-Timing entries, in ms.
 STAGES: dict[str, Callable[[dict[str, float]], float]] = {
@@ -169,8 +169,8 @@ def measure(quick: bool, rounds: int, pairs: int, lone: int, workdir: Path) -> d
         result["memory_requests"] = memory_requests
 
     result["lone_client"] = lone_pairs = lone_client(lone, workdir)
-    # Single requests vary by a third on cpu-2 either way; a hold (a lone request kept for a
-    # call's time or more) still moves the mean of the ten requests around it by a tenth.
+    # Single requests vary by a third on cpu-2 either way: means over twenty settle within a
+    # few percent, and a hold (one request kept for two calls' time) still moves one by 5%.
     result["lone_client_windows"] = [
         {
             "requests": f"{first + 1}-{first + len(window)}",
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="few requests, to check it runs")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved pairs")
     parser.add_argument("--pairs", type=int, default=24, help="request/bare-call pairs a round")
-    parser.add_argument("--lone", type=int, default=30, help="a lone client's requests")
+    parser.add_argument("--lone", type=int, default=60, help="a lone client's requests")
     parser.add_argument("--json", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args(argv)
     rounds, pairs, lone = (1, 3, 3) if args.quick else (args.rounds, args.pairs, args.lone)

@@ -58,7 +58,12 @@ class Settings(BaseSettings):
         "auto", description="Weights dtype: `auto` is float16 on CUDA and float32 elsewhere."
     )
     log_level: LogLevel = Field("INFO", description="Level of this service's own log lines.")
-    warmup: bool = Field(True, description="Run one short generation before reporting ready.")
+    warmup: bool = Field(
+        True,
+        description="Run short generations before reporting ready: one per size to warm the "
+        "model up and, with batching on, those that teach BentoML's batching queue its "
+        "timings (it holds lone requests while it learns).",
+    )
     warmup_sizes: str = Field(
         "",
         pattern=r"^(\d+x\d+(,\d+x\d+)*)?$",

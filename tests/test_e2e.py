@@ -144,6 +144,12 @@ def test_the_pipeline_is_loaded_once_per_process(server: Server) -> None:
     assert server.log.read_text().count("loaded pipeline sd-tiny") == 1
 
 
+def test_adaptive_batching_is_taught_before_the_server_is_ready(server: Server) -> None:
+    """Its learning would hold a lone client's 9th to 11th request (tests/
+    test_batching_warmup.py; the lone-client table of bench.serving)."""
+    assert "adaptive batching taught its timings for sd-tiny" in server.log.read_text()
+
+
 def raw_request(
     server: Server, method: str, target: str, headers: dict[str, str] | None = None
 ) -> tuple[int, str]:

@@ -4,6 +4,8 @@ not HTTP: the routes build the answers."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from imagegen.schemas import (
     ModelInfo,
     UpscaleRequest,
 )
+from imagegen.serving.batching_warmup import teach_batching
 from imagegen.serving.follower import EventFollower
 from imagegen.serving.jobs.jobs import Job, Jobs, JobStore, StoreLimits
 from imagegen.serving.jobs.links import Links
@@ -38,6 +41,10 @@ from imagegen.upscalers import UpscalerInfo, covering, upscale_work
 from imagegen.work import DECODE_WORK
 from middleware.paths import client_bucket
 from middleware.timing import record
+
+logger = logging.getLogger(__name__)
+# How often start-up asks whether the generator service has loaded its models.
+LOADING_POLL_S = 0.5
 
 
 def owner(request: Request) -> str:
@@ -92,6 +99,23 @@ class Gateway:
         self._infos: list[ModelInfo] | None = None
         self._upscalers: list[UpscalerInfo] | None = None
         self._queues: dict[str, WorkQueue] = {}
+        self._teaching: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """At the process's start, on its event loop: once the generator service has loaded,
+        teach its batching queues their timings (served, batching on, warm-up on), in the
+        background; readiness waits for it."""
+        settings = self.settings
+        if self.client.remote and settings.max_batch_size > 1 and settings.warmup:
+            self._teaching = asyncio.create_task(self._teach())
+
+    async def _teach(self) -> None:
+        try:
+            while not await generator_ready(self.generator):
+                await asyncio.sleep(LOADING_POLL_S)
+            await teach_batching(self.client, await self.models())
+        except Exception:  # served untaught rather than never ready
+            logger.exception("could not teach adaptive batching its timings")
 
     async def models(self) -> list[ModelInfo]:
         """The loaded models, the default first: asked of the generator service once, when
@@ -220,5 +244,7 @@ class Gateway:
         """Ready once the models are loaded, and while each model's queue on this replica is
         within its bound (so a load balancer sends new work elsewhere)."""
         if not await generator_ready(self.generator):
+            return False
+        if self._teaching is not None and not self._teaching.done():
             return False
         return not any(queue.full for queue in self._queues.values())

@@ -90,7 +90,8 @@ class GeneratorClient:
 
     def __init__(self, generator: Any) -> None:
         self._generator = generator
-        self._remote = hasattr(generator, "to_async")
+        # Served, BentoML's client (with its batching queues), or the instance in-process.
+        self.remote = hasattr(generator, "to_async")
 
     async def generate(self, items: list[WorkItem]) -> Generated:
         """``items`` (all for one model) from that model's API of the generator service,
@@ -98,7 +99,7 @@ class GeneratorClient:
         api = api_name(items[0].parameters.model)
         sent = time.perf_counter()
         try:
-            if self._remote:
+            if self.remote:
                 outcomes = await getattr(self._generator.to_async, api)(items)
             else:
                 outcomes = await anyio.to_thread.run_sync(getattr(self._generator, api), items)
@@ -142,7 +143,7 @@ class GeneratorClient:
     @property
     def _api(self) -> Any:
         """The generator's async APIs: its client's, or the instance's own in-process."""
-        return self._generator.to_async if self._remote else self._generator
+        return self._generator.to_async if self.remote else self._generator
 
     async def cancel(self, ids: list[str]) -> None:
         await self._api.cancel(ids)
