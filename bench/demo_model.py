@@ -58,7 +58,11 @@ def prompts(quick: bool) -> list[tuple[str, str, str]]:
 
 
 def draw_all(
-    runner: PipelineRunner, asked: Iterable[tuple[str, str, str]], guidance: float, seed: int
+    runner: PipelineRunner,
+    asked: Iterable[tuple[str, str, str]],
+    guidance: float,
+    seed: int,
+    cache: bool = False,
 ) -> list[Image.Image]:
     items = [
         WorkItem(
@@ -69,6 +73,7 @@ def draw_all(
                     num_inference_steps=STEPS,
                     guidance_scale=guidance,
                     seed=seed,
+                    cache=cache,
                 ),
                 runner.model.info,
             ),
@@ -83,13 +88,15 @@ def draw_all(
     return images
 
 
-def quality(runner: PipelineRunner, quick: bool, guidance: float) -> dict[str, Any]:
+def quality(
+    runner: PipelineRunner, quick: bool, guidance: float, cache: bool = False
+) -> dict[str, Any]:
     asked = prompts(quick)
     right = {score: 0 for score in SCORES}
     by_shape = {shape: 0 for shape in SHAPES}
     for seed in SEEDS:
         for (colour, shape, background), image in zip(
-            asked, draw_all(runner, asked, guidance, seed), strict=True
+            asked, draw_all(runner, asked, guidance, seed, cache), strict=True
         ):
             reading = measure(image)
             right["background"] += reading.background == background

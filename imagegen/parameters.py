@@ -124,7 +124,10 @@ def resolve(
         image_sha256=edit.image_sha256 if edit else None,
         mask_sha256=edit.mask_sha256 if edit else None,
         loras=adapters(request, info),
+        cache=request.cache,
     )
+    if request.cache and info.step_cache is None:
+        raise InvalidField(f"`cache` is not available for {info.name}.", field="cache")
     if parameters.denoising_steps < 1:
         raise InvalidField(
             f"`strength` x `num_inference_steps` must be at least 1 (the steps an edit runs), "

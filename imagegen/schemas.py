@@ -293,6 +293,13 @@ class ImageRequest(Described):
         "blank for one pass.",
     )
 
+    cache: bool = Field(
+        False,
+        description="Step caching: reuse between denoising steps what changed little "
+        "(`step_cache` in `/models` names each model's method), faster at the price of a "
+        "slightly different image. Off: every step computed in full.",
+    )
+
     loras: list[Lora] = Field(
         default_factory=list,
         max_length=MAX_LORAS,
@@ -443,6 +450,7 @@ class GenerationParameters(BaseModel):
         default_factory=list, description="Adapters applied, by `name:version`, and scales."
     )
     hires: HiresParameters | None = Field(None, description="Hires fix's second pass, if any.")
+    cache: bool = Field(False, description="Whether steps were cached (`step_cache`).")
 
     @property
     def denoising_steps(self) -> int:
@@ -574,6 +582,11 @@ class ModelInfo(BaseModel):
         default_factory=list,
         description="What its hires fix may name as `hires.upscaler`; `GET /upscalers` "
         "describes each.",
+    )
+    step_cache: str | None = Field(
+        None,
+        description="What `cache` turns on for it: `first-block-cache` (FLUX) or "
+        "`pyramid-attention-broadcast` (the UNets, SD3); null: no step cache.",
     )
     max_request_work: float = Field(
         description="Most work one request or job may ask for, in megapixel-steps: per image, "

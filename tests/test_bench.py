@@ -10,6 +10,7 @@ from PIL import Image
 
 from bench import (
     batching,
+    caching,
     demo_model,
     edits,
     gpu,
@@ -64,6 +65,18 @@ def test_lora_benchmark_measures_first_use_and_switches(tmp_path: Path) -> None:
     assert result["image_with_one_ms"] > 0 and result["image_without_ms"] > 0
 
 
+def test_caching_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "caching.json"
+    caching.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [m["model"] for m in result["models"]] == ["sd-shapes", "sd-tiny"]
+    for row in result["models"]:
+        assert row["method"] == "pyramid-attention-broadcast"
+        assert row["uncached_s"] > 0 and row["cached_s"] > 0 and row["mean_abs_difference"] >= 0
+    read_back = result["models"][0]["read_back"]
+    assert read_back["cached"]["images"] == read_back["uncached"]["images"] > 0
+
+
 def test_serving_benchmark_runs(tmp_path: Path) -> None:
     out = tmp_path / "serving.json"
     serving.main(["--quick", "--json", str(out)])
@@ -76,6 +89,16 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     (only_round,) = result["rounds"]
     assert only_round["service_p50_ms"] > 0 and only_round["bare_p50_ms"] > 0
     assert result["overhead_ms"]["median"] == only_round["paired_difference_ms"]
+    # Every stage of a request read from its Server-Timing, and the lone client's requests.
+    assert len(result["stages_ms"]) == len(serving.STAGES) + 3
+    assert (
+        result["stages_ms"]["pipeline: denoising"] > 0
+        and result["stages_ms"][
+            "hop both ways (serialisation, HTTP, BentoML's batching dispatcher)"
+        ]
+        > 0
+    )
+    assert [pair["request"] for pair in result["lone_client"]] == [1, 2, 3]
 
 
 @pytest.mark.e2e

@@ -127,6 +127,16 @@ def test_bad_field_is_a_400_naming_it(server: Server) -> None:
 def test_models_endpoint(server: Server) -> None:
     [info] = httpx.get(f"{server.url}/models", headers=AUTH).json()
     assert info["name"] == "sd-tiny"
+    assert info["step_cache"] == "pyramid-attention-broadcast"
+
+
+def test_step_caching_is_asked_for_and_recorded(server: Server) -> None:
+    fields = {"seed": 5, "num_inference_steps": 12}
+    cached, plain = generate(server, cache=True, **fields), generate(server, **fields)
+    assert cached.status_code == plain.status_code == 200
+    parameters = json.loads(Image.open(io.BytesIO(cached.content)).text["parameters"])
+    assert parameters["cache"] is True
+    assert cached.content != plain.content
 
 
 def test_bentoml_python_client_gets_an_image(server: Server) -> None:

@@ -23,6 +23,7 @@ import PIL.Image
 import prometheus_client
 import torch
 
+from imagegen.engine.caching import step_cache
 from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.engine.modes import Start, mode_call, second_pass_call
 from imagegen.engine.progress import Tracker
@@ -73,6 +74,7 @@ BatchKey = tuple[
     float | None,
     tuple[tuple[str, float], ...],
     str | None,
+    bool,
 ]
 
 
@@ -97,6 +99,7 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
         p.strength,
         tuple((lora.name, lora.scale) for lora in p.loras),
         p.hires.model_dump_json() if p.hires else None,
+        p.cache,
     )
 
 
@@ -409,7 +412,7 @@ class PipelineRunner:
         # Seeded on the CPU, so a seed gives the same noise whatever the device; one generator
         # per image, so an image's noise does not depend on what it is batched with.
         generators = [torch.Generator("cpu").manual_seed(p.seed) for p in group]
-        with torch.inference_mode():
+        with torch.inference_mode(), step_cache(run, first.cache):
             if watch is not None:
                 watch.begin()
             started = time.perf_counter()

@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from imagegen.engine.adapters import Adapters
+from imagegen.engine.caching import cache_method
 from imagegen.engine.schedulers import compatible_schedulers, name_of
 from imagegen.schemas import AdapterInfo, Guidance, Mode, ModelInfo
 from imagegen.settings import Settings, get_settings
@@ -150,6 +151,7 @@ def describe(
         switches=loaded.switches,
         guidance=guidance_of(loaded),
         weights_bytes=weights_bytes(pipeline),
+        step_cache=cache_method(pipeline),
         loras=[
             AdapterInfo(
                 name=adapter.tag.name,
