@@ -124,9 +124,9 @@ def resolve(
         image_sha256=edit.image_sha256 if edit else None,
         mask_sha256=edit.mask_sha256 if edit else None,
         loras=adapters(request, info),
-        cache=request.cache,
+        cache=info.cache_default if request.cache is None else request.cache,
     )
-    if request.cache and info.step_cache is None:
+    if parameters.cache and info.step_cache is None:
         raise InvalidField(f"`cache` is not available for {info.name}.", field="cache")
     if parameters.denoising_steps < 1:
         raise InvalidField(

@@ -293,11 +293,12 @@ class ImageRequest(Described):
         "blank for one pass.",
     )
 
-    cache: bool = Field(
-        False,
+    cache: bool | None = Field(
+        None,
         description="Step caching: reuse between denoising steps what changed little "
         "(`step_cache` in `/models` names each model's method), faster at the price of a "
-        "slightly different image. Off: every step computed in full.",
+        "slightly different image. Leave out for the model's `cache_default` (off unless "
+        "the operator turned it on); false: every step computed in full.",
     )
 
     loras: list[Lora] = Field(
@@ -587,6 +588,11 @@ class ModelInfo(BaseModel):
         None,
         description="What `cache` turns on for it: `first-block-cache` (FLUX) or "
         "`pyramid-attention-broadcast` (the UNets, SD3); null: no step cache.",
+    )
+    cache_default: bool = Field(
+        False,
+        description="Whether a request that leaves `cache` out caches steps "
+        "(`IMAGEGEN_CACHE_MODELS`).",
     )
     max_request_work: float = Field(
         description="Most work one request or job may ask for, in megapixel-steps: per image, "

@@ -255,6 +255,12 @@ class Settings(BaseSettings):
         "`gpt-image-*`) not listed reach the default model. Each must be a served model: a "
         "bad entry stops the service at start.",
     )
+    cache_models: str = Field(
+        "",
+        description="Models whose requests cache steps (`cache`) unless they ask not to: "
+        "names, comma-separated, or `*` for every model that has a step cache. Empty: a "
+        "request opts in with `cache: true`. Each must be a served model.",
+    )
     url_secret: str = Field(
         "",
         description="Key that signs the expiring image links of OpenAI's `response_format: "
@@ -281,6 +287,22 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"`models` must name each model once, but is {self.models!r}")
         return self
+
+    @model_validator(mode="after")
+    def _cache_models_are_served(self) -> Settings:
+        served = {model_name(tag) for tag in self.model_tags}
+        unknown = self.cached_models - served - {"*"}
+        if unknown:
+            raise ValueError(
+                f"`cache_models` must name served models ({', '.join(sorted(served))}) or "
+                f"`*`, but names {', '.join(sorted(unknown))}"
+            )
+        return self
+
+    @property
+    def cached_models(self) -> set[str]:
+        """``cache_models``' names (``*``: every model)."""
+        return {name.strip() for name in self.cache_models.split(",") if name.strip()}
 
     @model_validator(mode="after")
     def _openai_models_are_served(self) -> Settings:

@@ -5,12 +5,17 @@ speed and how much it changes images are measured by `python -m bench.caching`."
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from imagegen.engine.caching import FIRST_BLOCK_CACHE, PYRAMID_ATTENTION_BROADCAST, denoiser
 from imagegen.engine.generation import batch_key
+from imagegen.engine.loading import load_model
 from imagegen.errors import InvalidField
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest
+from imagegen.settings import Settings
+from models.recipes import RECIPES
+from models.store import ensure_built
 from tests.conftest import PARAMETERS, loaded_recipe
 from tests.test_families import FAMILIES, generate
 
@@ -53,3 +58,20 @@ def test_a_model_without_a_step_cache_refuses_it_naming_the_field() -> None:
         resolve(ImageRequest(prompt="a cat", cache=True), info)
     assert refused.value.field == "cache"
     assert resolve(ImageRequest(prompt="a cat"), info).cache is False
+
+
+def test_the_operator_may_cache_a_models_requests_by_default() -> None:
+    stored = ensure_built(RECIPES["sd-tiny"])
+    settings = Settings(model="sd-tiny", cache_models="sd-tiny")
+    info = load_model(stored, settings).info
+    assert info.cache_default is True
+    assert resolve(ImageRequest(prompt="a cat"), info).cache is True
+    assert resolve(ImageRequest(prompt="a cat", cache=False), info).cache is False
+    everything = Settings(model="sd-tiny", cache_models="*")
+    assert load_model(stored, everything).info.cache_default is True
+    assert load_model(stored, Settings(model="sd-tiny")).info.cache_default is False
+
+
+def test_caching_by_default_names_served_models_only() -> None:
+    with pytest.raises(ValidationError, match="cache_models"):
+        Settings(model="sd-tiny", cache_models="sd-tiny,sdxl")

@@ -152,6 +152,9 @@ def describe(
         guidance=guidance_of(loaded),
         weights_bytes=weights_bytes(pipeline),
         step_cache=cache_method(pipeline),
+        cache_default=bool(
+            cache_method(pipeline) and {"*", stored.tag.name} & settings.cached_models
+        ),
         loras=[
             AdapterInfo(
                 name=adapter.tag.name,
