@@ -35,7 +35,7 @@ from models.store import ensure_built
 MODELS = [
     ("sd-shapes", 64, 20),
     ("sd-tiny", 64, 20),
-    ("sd15-random", 128, 20),
+    ("sd15-random", 128, 8),
     ("sd3-tiny", 64, 20),
     ("flux-tiny", 64, 20),
 ]
