@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-from PIL import Image
-
 from imagegen.engine.loading import LoadedModel
 from imagegen.hop import Generation
 from imagegen.schemas import ModelInfo, WorkItem
@@ -15,6 +13,7 @@ from imagegen.serving.batching_warmup import LESSONS, STEPS, teach_batching
 from imagegen.serving.gateway import Gateway, job_store
 from imagegen.serving.remote import GeneratorClient
 from imagegen.settings import Settings
+from tests.test_queue import finished
 
 
 class Served:
@@ -44,18 +43,7 @@ class Served:
         await self.release.wait()
         await asyncio.sleep(0.001)  # the others of its lesson begin meanwhile
         self.running -= 1
-        return [
-            Generation(
-                image=Image.new("RGB", (64, 64)),
-                parameters=item.parameters,
-                received=0.0,
-                started=0.0,
-                denoised=0.0,
-                finished=0.0,
-                batch_size=1,
-            )
-            for item in items
-        ]
+        return finished(items, batch_size=1)
 
 
 def test_the_lessons_are_short_and_in_the_dispatchers_order(tiny_model: LoadedModel) -> None:
