@@ -587,7 +587,7 @@ class ModelInfo(BaseModel):
     step_cache: str | None = Field(
         None,
         description="What `cache` turns on for it: `first-block-cache` (FLUX) or "
-        "`pyramid-attention-broadcast` (the UNets, SD3); null: no step cache.",
+        "`pyramid-attention-broadcast` (the UNets, SD3); null: none (as when compiled).",
     )
     cache_default: bool = Field(
         False,

@@ -216,6 +216,7 @@ def test_compile_wraps_the_denoiser() -> None:
     loaded = load_model(ensure_built(SD_TINY), Settings(compile="reduce-overhead"))
     assert loaded.info.switches == ["compile:reduce-overhead"]
     assert isinstance(loaded.pipeline.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert loaded.info.step_cache is None  # per-call hooks would recompile its graph
 
 
 @pytest.mark.slow

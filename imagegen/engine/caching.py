@@ -40,12 +40,16 @@ TIMESTEPS = (100, 800)
 
 def denoiser(pipeline: Any) -> torch.nn.Module:
     """The network the steps run: a UNet or a transformer."""
-    return getattr(pipeline, "unet", None) or pipeline.transformer
+    unet = getattr(pipeline, "unet", None)
+    return unet if unet is not None else pipeline.transformer
 
 
 def cache_method(pipeline: Any) -> str | None:
-    """The step cache this pipeline's denoiser takes, or None."""
+    """The step cache this pipeline's denoiser takes, or None: none when it is compiled
+    (`IMAGEGEN_COMPILE`), since hooks added per call would make torch.compile recompile."""
     network = denoiser(pipeline)
+    if hasattr(network, "_orig_mod"):  # torch.compile's wrapper
+        return None
     if isinstance(network, CacheMixin):
         return FIRST_BLOCK_CACHE
     if any(isinstance(module, Attention) for module in network.modules()):

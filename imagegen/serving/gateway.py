@@ -106,7 +106,7 @@ class Gateway:
         teach its batching queues their timings (served, batching on, warm-up on), in the
         background; readiness waits for it."""
         settings = self.settings
-        if self.client.remote and settings.max_batch_size > 1 and settings.warmup:
+        if self.client.served and settings.max_batch_size > 1 and settings.warmup:
             self._teaching = asyncio.create_task(self._teach())
 
     async def _teach(self) -> None:

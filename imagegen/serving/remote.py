@@ -69,6 +69,13 @@ def ms(seconds: float) -> float:
 PROBE_TIMEOUT_S = 1
 
 
+def is_served(generator: Any) -> bool:
+    """Whether ``generator`` is BentoML's client to the served generator service (with its
+    batching queues), not an instance in this process, as in tests (whose ``to_async`` calls
+    it directly)."""
+    return hasattr(generator, "is_ready")
+
+
 async def generator_ready(generator: Any) -> bool:
     """Whether the generator service has loaded its model, asked with a short timeout.
 
@@ -76,8 +83,8 @@ async def generator_ready(generator: Any) -> bool:
     while the dependency is still loading; its timeout middleware then holds the probe open
     until the traffic timeout (and a shutdown waits for it). Asked here first, /readyz stays a
     prompt 503 until the model is in memory."""
-    if not hasattr(generator, "is_ready"):  # an in-process instance, as in tests, exists
-        return True  # only once its __init__ has loaded the model
+    if not is_served(generator):  # an in-process instance exists only once its __init__
+        return True  # has loaded the model
     try:
         return bool(await generator.is_ready(PROBE_TIMEOUT_S))
     except Exception:  # not accepting connections yet, or still loading
@@ -90,8 +97,8 @@ class GeneratorClient:
 
     def __init__(self, generator: Any) -> None:
         self._generator = generator
-        # Served, BentoML's client (with its batching queues), or the instance in-process.
-        self.remote = hasattr(generator, "to_async")
+        self._remote = hasattr(generator, "to_async")
+        self.served = is_served(generator)
 
     async def generate(self, items: list[WorkItem]) -> Generated:
         """``items`` (all for one model) from that model's API of the generator service,
@@ -99,7 +106,7 @@ class GeneratorClient:
         api = api_name(items[0].parameters.model)
         sent = time.perf_counter()
         try:
-            if self.remote:
+            if self._remote:
                 outcomes = await getattr(self._generator.to_async, api)(items)
             else:
                 outcomes = await anyio.to_thread.run_sync(getattr(self._generator, api), items)
@@ -143,7 +150,7 @@ class GeneratorClient:
     @property
     def _api(self) -> Any:
         """The generator's async APIs: its client's, or the instance's own in-process."""
-        return self._generator.to_async if self.remote else self._generator
+        return self._generator.to_async if self._remote else self._generator
 
     async def cancel(self, ids: list[str]) -> None:
         await self._api.cancel(ids)
