@@ -61,6 +61,9 @@ def cache_method(pipeline: Any) -> str | None:
 def step_cache(pipeline: Any, enabled: bool) -> Iterator[None]:
     """Within: ``pipeline``'s calls cache steps, if ``enabled``."""
     method = cache_method(pipeline) if enabled else None
+    if method is None:
+        yield
+        return
     network: Any = denoiser(pipeline)
     if method == FIRST_BLOCK_CACHE:
         network.enable_cache(FirstBlockCacheConfig(threshold=FIRST_BLOCK_THRESHOLD))
@@ -68,7 +71,7 @@ def step_cache(pipeline: Any, enabled: bool) -> Iterator[None]:
             yield
         finally:
             network.disable_cache()
-    elif method == PYRAMID_ATTENTION_BROADCAST:
+    else:
         with _timestep_noted(network) as timestep:
             config = PyramidAttentionBroadcastConfig(
                 spatial_attention_block_skip_range=SELF_ATTENTION_EVERY,
@@ -83,8 +86,6 @@ def step_cache(pipeline: Any, enabled: bool) -> Iterator[None]:
             finally:
                 registry = HookRegistry.check_if_exists_or_initialize(network)
                 registry.remove_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK, recurse=True)
-    else:
-        yield
 
 
 @contextmanager
