@@ -58,9 +58,9 @@ def cache_method(pipeline: Any) -> str | None:
 
 
 @contextmanager
-def step_cache(pipeline: Any, enabled: bool) -> Iterator[None]:
-    """Within: ``pipeline``'s calls cache steps, if ``enabled``."""
-    method = cache_method(pipeline) if enabled else None
+def step_cache(pipeline: Any, method: str | None) -> Iterator[None]:
+    """Within: ``pipeline``'s calls cache steps by ``method`` (its :func:`cache_method`,
+    found once at load), or not at all when None."""
     if method is None:
         yield
         return

@@ -401,8 +401,8 @@ class PipelineRunner:
         except UpscaleCancelled:
             raise Interrupted() from None
 
-    @staticmethod
     def _call(
+        self,
         run: Any,
         group: list[GenerationParameters],
         arguments: dict[str, Any],
@@ -412,7 +412,8 @@ class PipelineRunner:
         # Seeded on the CPU, so a seed gives the same noise whatever the device; one generator
         # per image, so an image's noise does not depend on what it is batched with.
         generators = [torch.Generator("cpu").manual_seed(p.seed) for p in group]
-        with torch.inference_mode(), step_cache(run, first.cache):
+        cached = self.model.info.step_cache if first.cache else None
+        with torch.inference_mode(), step_cache(run, cached):
             if watch is not None:
                 watch.begin()
             started = time.perf_counter()
