@@ -32,6 +32,7 @@ from imagegen.schemas import (
     UpscaleRequest,
 )
 from imagegen.serving.compat.a1111 import A1111, a1111_router
+from imagegen.serving.compat.controlnet import controlnet_router
 from imagegen.serving.compat.openai import openai_router
 from imagegen.serving.encoding import (
     answer_off_the_loop,
@@ -57,7 +58,7 @@ jobs_store = job_store(settings)
 # Plain GET routes beside the BentoML APIs, matched before BentoML's own. FastAPI's docs pages
 # would load scripts from a CDN, so they are off and /docs is served from local assets.
 routes = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-answers_validation_errors(routes, statuses={"/sdapi/": 422})
+answers_validation_errors(routes, statuses={"/sdapi/": 422, "/controlnet/": 422})
 
 
 def current_request() -> Request:
@@ -92,12 +93,14 @@ class Generator:
 
     def __init__(self) -> None:
         # Imported here: only this service's process needs torch and diffusers.
+        from imagegen.engine.controlling import ControlNets
         from imagegen.engine.generation import load_runners
         from imagegen.engine.upscaling import Upscalers
 
         # One tracker for all models: one event stream, cancels by id.
         self.tracker = Tracker()
         self.upscaling = Upscalers(declared(self, "upscaler"), settings.device)
+        controlnets = ControlNets(declared(self, "controlnet"), settings.device, settings.dtype)
         # BentoML serves /readyz only once __init__ has returned: loaded and warmed up.
         self.runners = load_runners(
             declared(self, "model"),
@@ -105,6 +108,7 @@ class Generator:
             self.tracker,
             declared(self, "lora"),
             self.upscaling,
+            controlnets,
         )
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
@@ -291,6 +295,7 @@ class ImageGeneration:
 routes.include_router(docs_router(ImageGeneration, auth=bool(len(api_keys))))
 routes.include_router(openai_router(lambda: bentoml.get_current_service().gateway))
 routes.include_router(a1111_router(lambda: bentoml.get_current_service().a1111))
+routes.include_router(controlnet_router(lambda: bentoml.get_current_service().gateway))
 mount_playground(routes)
 
 

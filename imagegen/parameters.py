@@ -10,6 +10,8 @@ from imagegen.inputs import SIDE, Edit, output_size, rounded_down
 from imagegen.schemas import (
     MAX_SEED,
     SCHEDULES,
+    ControlParameters,
+    ControlRequest,
     GenerationParameters,
     HiresParameters,
     HiresRequest,
@@ -88,12 +90,61 @@ def adapters(request: ImageRequest, info: ModelInfo) -> list[Lora]:
     return resolved
 
 
+def active_controls(request: ImageRequest) -> list[tuple[int, ControlRequest]]:
+    """The request's controls that guide, with their index: one at scale 0 is left out of
+    the call (it would add only its cost, and FLUX.1's and SD3's pipelines draw their noise
+    differently with a ControlNet than without)."""
+    return [(index, c) for index, c in enumerate(request.controlnets) if c.scale > 0]
+
+
+def controls(
+    request: ImageRequest, info: ModelInfo, mode: Mode, digests: list[str]
+) -> list[ControlParameters]:
+    """The request's controls by ``name:version``; each must be one of the model's, for a
+    mode they can guide. ``digests``: the active controls' images' SHA-256."""
+    stored = {key: net for net in info.controlnets for key in (net.name, net.tag)}
+    for index, control in enumerate(request.controlnets):
+        if control.name not in stored:
+            names = ", ".join(net.tag for net in info.controlnets) or "none"
+            raise InvalidField(
+                f"`controlnets[{index}].name` must be a ControlNet of {info.name} (stored: "
+                f"{names}), but is {control.name!r}.",
+                field="controlnets",
+            )
+    active = active_controls(request)
+    needed = [mode] + (["image-to-image"] if request.hires is not None else [])
+    for wanted in needed if active else []:
+        if wanted not in info.control_modes:
+            doing = "hires fix's second pass" if wanted != mode else wanted
+            raise InvalidField(
+                f"`controlnets` cannot guide {doing} for {info.name} (its ControlNets guide "
+                f"{', '.join(info.control_modes) or 'nothing'}).",
+                field="controlnets",
+            )
+    return [
+        ControlParameters(
+            name=stored[control.name].tag,
+            scale=control.scale,
+            start=control.start,
+            end=control.end,
+            module=control.module,
+            image_sha256=digest,
+        )
+        for (_, control), digest in zip(active, digests, strict=True)
+    ]
+
+
 def resolve(
-    request: ImageRequest, info: ModelInfo, count: int = 1, edit: Edit | None = None
+    request: ImageRequest,
+    info: ModelInfo,
+    count: int = 1,
+    edit: Edit | None = None,
+    control_digests: list[str] | None = None,
 ) -> GenerationParameters:
     """The parameters of a request to the model ``info`` (:func:`choose_model`). A drawn
     seed leaves room for ``count`` consecutive seeds. With an ``edit`` (the request's image,
-    read), the size is the edit's."""
+    read), the size is the edit's; ``control_digests`` are its active controls' images'
+    SHA-256 (:func:`active_controls`), read at that size."""
     check_family(request, info)
     mode = mode_of(edit)
     if mode not in info.modes:
@@ -125,6 +176,7 @@ def resolve(
         mask_sha256=edit.mask_sha256 if edit else None,
         loras=adapters(request, info),
         cache=info.cache_default if request.cache is None else request.cache,
+        controlnets=controls(request, info, mode, control_digests or []),
     )
     if parameters.cache and info.step_cache is None:
         raise InvalidField(f"`cache` is not available for {info.name}.", field="cache")

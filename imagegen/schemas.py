@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from imagegen.controls import MAX_CONTROLS, RESOLUTION, Module, ResizeMode
 from imagegen.field_errors import restated
 from imagegen.upscalers import MAX_OUTPUT_SIDE, MAX_UPSCALE
 
@@ -170,6 +171,112 @@ class HiresRequest(BaseModel):
         return self
 
 
+class ControlRequest(BaseModel):
+    """A ControlNet guiding the generation by an image: the prompt says what, the control
+    image says where (edges, a silhouette, a scribble, a depth or pose map)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        description="A stored ControlNet of the model's family, as `name` or `name:version`; "
+        "`GET /models` lists each model's `controlnets`.",
+    )
+    image: str = Field(
+        description="The control image: a PNG, JPEG or WebP, base64 (a `data:image/...;base64,` "
+        "prefix is allowed), checked as an edit's `image` is; `module` turns it into the "
+        "map the ControlNet reads, or leave `module` at `none` to send the map itself."
+    )
+    module: Module = Field(
+        "none",
+        description="Its preprocessor, by sd-webui-controlnet's names: `none` (the image is "
+        "the map), `canny` (edges), `invert` (black lines on white to white on black), "
+        "`threshold` (black and white), `scribble_xdog`, `lineart_standard`, "
+        "`blur_gaussian`. `POST /controlnet/detect` shows what one makes.",
+    )
+    threshold_a: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="The module's first setting: `canny`'s low threshold (1-255, default "
+        "100), `threshold`'s level (0-255, 127), `scribble_xdog`'s (1-64, 32), "
+        "`blur_gaussian`'s sigma (0.01-64, 9). Leave blank for the default.",
+    )
+    threshold_b: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="The module's second setting: `canny`'s high threshold (1-255, default "
+        "200). Leave blank for the default.",
+    )
+    processor_res: int | None = Field(
+        None,
+        ge=RESOLUTION[0],
+        le=RESOLUTION[1],
+        description="The size (shorter side) the module draws its map at, before the map is "
+        "fitted to the output. Leave blank for pixel perfect: the size at which the map "
+        "needs no resampling.",
+    )
+    resize_mode: ResizeMode = Field(
+        "crop",
+        description="How a control image of another shape than the output meets it: `crop` "
+        "(cover it, cut the overflow evenly), `resize` (stretch) or `fill` (fit inside, "
+        "fill the rest).",
+    )
+    scale: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
+        description="How strongly it guides: 1 as trained, 0 not at all (it is then left out "
+        "of the call, and the image is the one made without it).",
+    )
+    start: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="When it starts guiding, as a share of the denoising steps.",
+    )
+    end: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="When it stops guiding, as a share of the steps; more than `start`.",
+    )
+
+    @model_validator(mode="after")
+    def _starts_before_end(self) -> ControlRequest:
+        if self.start >= self.end:
+            raise PydanticCustomError(
+                "control_span",
+                f"`start` must be less than `end`, but is {self.start:g} with `end` {self.end:g}.",
+            )
+        return self
+
+
+class ControlParameters(BaseModel):
+    """A control as resolved: its ControlNet by `name:version`, and its image's digest."""
+
+    name: str
+    scale: float
+    start: float
+    end: float
+    module: str
+    image_sha256: str = Field(description="SHA-256 of the control image's file as sent.")
+
+
+class ControlNetInfo(BaseModel):
+    """A stored ControlNet a model's requests may name."""
+
+    name: str
+    version: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
 class HiresParameters(BaseModel):
     """The second pass as resolved."""
 
@@ -306,6 +413,14 @@ class ImageRequest(Described):
         max_length=MAX_LORAS,
         description=f"LoRA adapters to apply, at most {MAX_LORAS}, each once; their effects "
         "add up. Leave empty for the model alone.",
+    )
+
+    controlnets: list[ControlRequest] = Field(
+        default_factory=list,
+        max_length=MAX_CONTROLS,
+        description=f"ControlNets guiding the image by control images, at most {MAX_CONTROLS} "
+        "(their guidance adds up). With `image` and `mask` where the model's family allows "
+        "(`control_modes` in `/models`), and with `hires` (the second pass is guided too).",
     )
 
     @field_validator("loras")
@@ -452,6 +567,9 @@ class GenerationParameters(BaseModel):
     )
     hires: HiresParameters | None = Field(None, description="Hires fix's second pass, if any.")
     cache: bool = Field(False, description="Whether steps were cached (`step_cache`).")
+    controlnets: list[ControlParameters] = Field(
+        default_factory=list, description="The ControlNets that guided it (scale 0 left out)."
+    )
 
     @property
     def denoising_steps(self) -> int:
@@ -496,6 +614,10 @@ class WorkItem(BaseModel):
     preview: bool = Field(False, description="Add a preview image to its step events.")
     image: str | None = Field(None, description="An edit's input image at the output size, PNG.")
     mask: str | None = Field(None, description="Its binary mask at the output size, PNG.")
+    controls: list[str] = Field(
+        default_factory=list,
+        description="The control maps at the output size, PNG, one per `controlnets` entry.",
+    )
 
 
 class EncodedImage(BaseModel):
@@ -583,6 +705,15 @@ class ModelInfo(BaseModel):
         default_factory=list,
         description="What its hires fix may name as `hires.upscaler`; `GET /upscalers` "
         "describes each.",
+    )
+    controlnets: list[ControlNetInfo] = Field(
+        default_factory=list,
+        description="The stored ControlNets that fit it, which `controlnets[].name` may name.",
+    )
+    control_modes: list[Mode] = Field(
+        default_factory=list,
+        description="The modes a ControlNet can guide for it (SD3's pipelines: text-to-image "
+        "only); hires fix's second pass needs `image-to-image`.",
     )
     step_cache: str | None = Field(
         None,

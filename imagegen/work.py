@@ -10,6 +10,7 @@ pixels. An image's work is its evaluations times its megapixels, plus a fixed pa
   two);
 - **hires fix**: its second pass is an image of its own (image-to-image at the larger size),
   plus the upscaler's work (a network's; a resize or an interpolation is free);
+- **ControlNets**: each adds ``CONTROL_WORK`` of an evaluation to every step;
 - **fixed**: the VAE decode and the output encode, one evaluation's worth, and an edit's VAE
   encode of its input, half of one (``python -m bench.work``, docs/benchmarks.md, measured
   0.94 and 0.44 on SD 1.5's architecture): what a 1-step image costs beyond its step.
@@ -36,13 +37,18 @@ DEFAULT_BUDGETS = {"cuda": 2000.0, "mps": 200.0, "cpu": 16.0}
 EVALUATIONS_PER_STEP = {"heun": 2, "dpm2": 2, "dpm2_a": 2, "dpm++_sde": 2}
 DECODE_WORK = 1.0  # per megapixel of output: the VAE decode and the output encode
 EDIT_ENCODE_WORK = 0.5  # per megapixel of an edit's input: its VAE encode
+# A ControlNet's share of an evaluation: a copy of the UNet's encoder and middle block, run
+# beside it at every step it guides (measured in docs/benchmarks.md, ControlNets).
+CONTROL_WORK = 0.5
 
 
 def evaluation_work(parameters: GenerationParameters) -> float:
-    """One evaluation of the denoiser for one image (what one step event stands for)."""
+    """One evaluation of the denoiser for one image (what one step event stands for), with
+    its ControlNets."""
     p = parameters
     guided = 2 if p.guidance_scale > 1 else 1
-    return p.width * p.height * guided / 1e6
+    controls = 1 + CONTROL_WORK * len(p.controlnets)
+    return p.width * p.height * guided * controls / 1e6
 
 
 def step_work(parameters: GenerationParameters) -> float:

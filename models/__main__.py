@@ -11,12 +11,17 @@
     python -m models import-lora FILE --name NAME --base MODEL
     python -m models import-upscaler FILE --name NAME
     python -m models build esrgan-tiny-x4     # a random ESRGAN upscaler, for the tests
+    python -m models import-controlnet SOURCE --name NAME --base FAMILY [--dtype D]
+    python -m models build sd-shapes-control  # its trained ControlNet (also sd-tiny-control, ...)
+    python -m models train-control            # retrain sd-shapes-control's weights (CPU, ~12 min)
 
 SOURCE is a Hugging Face hub id (stabilityai/sd-turbo) or a local diffusers directory, of any
 family the service runs (SD 1.x/2.x, SDXL, SD3, FLUX.1). FILE is a LoRA's .safetensors
 (diffusers' or kohya's layout) or a directory holding one; MODEL is a stored model's name.
 An upscaler's FILE is a super-resolution network's .pth or .safetensors (ESRGAN, Real-ESRGAN,
 SwinIR, HAT, DAT, SPAN, ...: spandrel detects which); NAME is what requests call it.
+A ControlNet's SOURCE is a hub id or a local diffusers directory of a ControlNetModel (SD
+1.x/2.x, SDXL), SD3ControlNetModel or FluxControlNetModel; FAMILY is sd, sdxl, sd3 or flux.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ import torch
 from diffusers import AutoPipelineForText2Image
 
 from .adapters import BadAdapter, ensure_adapter, import_lora
+from .controlnets import (
+    CONTROL_RECIPES,
+    SD_SHAPES_CONTROL,
+    BadControlNet,
+    ensure_controlnet,
+    import_controlnet,
+)
 from .recipes import ADAPTER_RECIPES, RECIPES, SD_SHAPES
 from .store import UnknownModel, ensure_built, save_pipeline
 from .upscalers import UPSCALER_RECIPES, BadUpscaler, ensure_upscaler, import_upscaler
@@ -62,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     builds = commands.add_parser("build", help="build and store a model from its recipe")
-    recipes = [*RECIPES, *ADAPTER_RECIPES, *UPSCALER_RECIPES]
+    recipes = [*RECIPES, *ADAPTER_RECIPES, *UPSCALER_RECIPES, *CONTROL_RECIPES]
     builds.add_argument(
         "recipe", choices=recipes, help=f"one of {', '.join(recipes)}; sd-shapes is the default"
     )
@@ -93,6 +105,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     upscalers.add_argument("source", type=Path, help="its weights: .pth or .safetensors")
     upscalers.add_argument("--name", required=True, help="upscaler name, as requests give it")
+    controls = commands.add_parser("import-controlnet", help="import a ControlNet into the store")
+    controls.add_argument("source", help="hub id or local directory of a diffusers ControlNet")
+    controls.add_argument("--name", required=True, help="ControlNet name, as requests give it")
+    controls.add_argument(
+        "--base", required=True, help="the family of the pipelines it guides: sd, sdxl, sd3, flux"
+    )
+    controls.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default="float16",
+        help="dtype of the stored weights; the service casts at load (default: %(default)s)",
+    )
+    train_control = commands.add_parser(
+        "train-control", help="train sd-shapes-control from its recipe on CPU"
+    )
+    train_control.add_argument(
+        "--out",
+        type=Path,
+        default=SD_SHAPES_CONTROL.weights,
+        help="weights file (default: %(default)s)",
+    )
     trains = commands.add_parser("train-shapes", help="train sd-shapes from its recipe on CPU")
     trains.add_argument(
         "--out", type=Path, default=SD_SHAPES.weights, help="weights file (default: %(default)s)"
@@ -110,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         written = run(args)
-    except (BadAdapter, BadUpscaler, UnknownModel) as error:
+    except (BadAdapter, BadControlNet, BadUpscaler, UnknownModel) as error:
         sys.exit(f"error: {error}")
     sys.stdout.write(f"{written}\n")
 
@@ -121,12 +154,20 @@ def run(args: argparse.Namespace) -> str:
         return str(ensure_adapter(ADAPTER_RECIPES[args.recipe]).tag)
     if args.command == "build" and args.recipe in UPSCALER_RECIPES:
         return str(ensure_upscaler(UPSCALER_RECIPES[args.recipe]).tag)
+    if args.command == "build" and args.recipe in CONTROL_RECIPES:
+        return str(ensure_controlnet(CONTROL_RECIPES[args.recipe]).tag)
     if args.command == "build":
         return str(ensure_built(RECIPES[args.recipe]).tag)
     if args.command == "import-upscaler":
         return str(import_upscaler(args.source, args.name).tag)
     if args.command == "import-lora":
         return str(import_lora(args.source, args.name, args.base).tag)
+    if args.command == "import-controlnet":
+        return str(import_controlnet(args.source, args.name, args.base, dtype=args.dtype).tag)
+    if args.command == "train-control":
+        from .control_training import train_control  # torch training code only for this command
+
+        return str(train_control(args.out))
     if args.command == "train-shapes":
         from .training import train_shapes  # torch training code only for this command
 

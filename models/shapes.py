@@ -77,13 +77,21 @@ def random_scene(rng: np.random.Generator) -> Scene:
 
 def draw(scene: Scene) -> np.ndarray:
     """The scene as a (64, 64, 3) uint8 image."""
+    return paint(scene, COLOURS[scene.colour], COLOURS[scene.background])
+
+
+def silhouette(scene: Scene) -> np.ndarray:
+    """The scene's shape in white on black, (64, 64, 3) uint8: what its control image shows."""
+    return paint(scene, (255, 255, 255), (0, 0, 0))
+
+
+def paint(scene: Scene, fill: tuple[int, int, int], background: tuple[int, int, int]) -> np.ndarray:
     scale = SUPERSAMPLE
-    image = Image.new("RGB", (SIDE * scale, SIDE * scale), COLOURS[scene.background])
+    image = Image.new("RGB", (SIDE * scale, SIDE * scale), background)
     x, y = (c * scale for c in scene.centre)
     half = scene.size * scale / 2
     box = (x - half, y - half, x + half, y + half)
     pen = ImageDraw.Draw(image)
-    fill = COLOURS[scene.colour]
     if scene.shape == "circle":
         pen.ellipse(box, fill=fill)
     elif scene.shape == "square":

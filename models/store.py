@@ -113,6 +113,21 @@ def find_model(tag: str) -> bentoml.Model:
         ) from None
 
 
+def served_families(tags: list[str]) -> set[str]:
+    """The pipeline families of the models ``tags`` (a recipe's without building it; a
+    model not in the store has none)."""
+    families = set()
+    for tag in tags:
+        if (recipe := RECIPES.get(tag.split(":")[0])) is not None:
+            families.add(recipe.family)
+            continue
+        try:
+            families.add(family_of(str(bentoml.models.get(tag).info.metadata["pipeline"])).name)
+        except NotFound:
+            continue
+    return families
+
+
 class StoredPipeline(BentoModel):
     """The service's model declaration: a ``BentoModel`` (so ``bentoml build`` packs it) that
     stores a recipe's model (``sd-shapes``, ``sd-tiny``, ``sd15-random``) the first time

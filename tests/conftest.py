@@ -39,6 +39,7 @@ from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.schemas import GenerationParameters
 from imagegen.settings import Settings
+from models.controlnets import CONTROL_RECIPES, ensure_controlnet
 from models.recipes import RECIPES, SD_TINY
 from models.store import ensure_built
 from models.upscalers import ESRGAN_TINY_X2, ESRGAN_TINY_X4, ensure_upscaler
@@ -74,6 +75,13 @@ def upscalers_stored() -> list[bentoml.Model]:
     """The test upscalers (random ESRGAN networks, x4 and x2) in the session's store before
     any service starts: a generator finds the stored upscalers at start-up."""
     return [ensure_upscaler(recipe) for recipe in TEST_UPSCALERS]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def controlnets_stored() -> list[bentoml.Model]:
+    """The test ControlNets (sd-shapes' trained one, a tiny random one per family) in the
+    session's store before any service starts: a generator finds them at start-up."""
+    return [ensure_controlnet(recipe) for recipe in CONTROL_RECIPES.values()]
 
 
 @pytest.fixture(scope="session")

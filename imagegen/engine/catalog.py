@@ -18,7 +18,8 @@ from bentoml.validators import ContentType
 from imagegen.hop import Failure, Generation, api_name, model_name
 from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
-from models.store import StoredPipeline
+from models.controlnets import stored_controlnets
+from models.store import StoredPipeline, served_families
 from models.upscalers import stored_upscalers
 
 # What a batched API answers. Its media type is declared because, without one, BentoML derives
@@ -29,11 +30,12 @@ Outcomes = Annotated[list[Generation | Failure], ContentType("application/vnd.be
 
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
     """A class decorator: adds ``model_<k>`` declaring the k-th model, ``lora_<k>`` the
-    k-th stored LoRA adapter of any of them and ``upscaler_<k>`` the k-th stored upscaler
-    (``bentoml build`` packs each), and a batched API per model, named by :func:`api_name`,
-    that runs ``self.runners[name]``. Applied under
-    ``@bentoml.service``, which collects them all. Adapters and upscalers are found in the
-    store here, at start-up: one imported later is served after a restart."""
+    k-th stored LoRA adapter of any of them, ``upscaler_<k>`` the k-th stored upscaler and
+    ``controlnet_<k>`` the k-th stored ControlNet of their families (``bentoml build`` packs
+    each), and a batched API per model, named by :func:`api_name`, that runs
+    ``self.runners[name]``. Applied under ``@bentoml.service``, which collects them all.
+    Adapters, upscalers and ControlNets are found in the store here, at start-up: one
+    imported later is served after a restart."""
 
     def declare(cls: type) -> type:
         for index, tag in enumerate(tags):
@@ -44,6 +46,8 @@ def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], t
             setattr(cls, f"lora_{index}", BentoModel(adapter.tag))
         for index, upscaler in enumerate(stored_upscalers()):
             setattr(cls, f"upscaler_{index}", BentoModel(upscaler.tag))
+        for index, controlnet in enumerate(stored_controlnets(served_families(tags))):
+            setattr(cls, f"controlnet_{index}", BentoModel(controlnet.tag))
         return cls
 
     return declare
@@ -59,8 +63,8 @@ def generate_api(tag: str) -> Any:
 
 
 def declared(service: Any, kind: str) -> list[bentoml.Model]:
-    """What ``with_models`` declared on ``service`` (``kind`` ``model``, ``lora`` or
-    ``upscaler``), in order, resolved from the store."""
+    """What ``with_models`` declared on ``service`` (``kind`` ``model``, ``lora``,
+    ``upscaler`` or ``controlnet``), in order, resolved from the store."""
     count = 0
     while hasattr(type(service), f"{kind}_{count}"):
         count += 1

@@ -24,8 +24,9 @@ import prometheus_client
 import torch
 
 from imagegen.engine.caching import step_cache
+from imagegen.engine.controlling import ControlNets
 from imagegen.engine.loading import LoadedModel, load_model
-from imagegen.engine.modes import Start, mode_call, second_pass_call
+from imagegen.engine.modes import ModeCall, Start, mode_call, second_pass_call
 from imagegen.engine.progress import Tracker
 from imagegen.engine.schedulers import build_scheduler
 from imagegen.engine.upscaling import UpscaleCancelled, Upscalers
@@ -75,6 +76,7 @@ BatchKey = tuple[
     tuple[tuple[str, float], ...],
     str | None,
     bool,
+    tuple[tuple[str, float, float, float, str], ...],
 ]
 
 
@@ -82,9 +84,10 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
     """What the images of one pipeline call share: diffusers takes one size, step count,
     scheduler and schedule, guidance scale (the exact scale, not only guidance on or off),
     CLIP skip, mode and strength per call, and the adapters set on the pipeline apply to all
-    its images; prompts, negative prompts, seeds, images and masks are per image. Hires
-    fix's second pass is one call for the images of the first, so its settings are shared
-    too."""
+    its images, as do its ControlNets with their scales, spans and control images (diffusers'
+    Multi-ControlNet takes one map per ControlNet for the whole call); prompts, negative
+    prompts, seeds, images and masks are per image. Hires fix's second pass is one call
+    for the images of the first, so its settings are shared too."""
     p = parameters
     return (
         p.model,
@@ -100,6 +103,7 @@ def batch_key(parameters: GenerationParameters) -> BatchKey:
         tuple((lora.name, lora.scale) for lora in p.loras),
         p.hires.model_dump_json() if p.hires else None,
         p.cache,
+        tuple((c.name, c.scale, c.start, c.end, c.image_sha256) for c in p.controlnets),
     )
 
 
@@ -235,12 +239,18 @@ class PipelineRunner:
         max_batch_size: int = 1,
         tracker: Tracker | None = None,
         upscalers: Upscalers | None = None,
+        controlnets: ControlNets | None = None,
     ) -> None:
         self.upscalers = upscalers or Upscalers([], str(model.info.device))
-        # This runner's view of the model: what its hires fix may name (the loaded model,
-        # shared by other runners in tests and benchmarks, is left as it is).
-        names = self.upscalers.names(model)
-        self.model = replace(model, info=model.info.model_copy(update={"upscalers": names}))
+        self.controls = (controlnets or ControlNets([], "cpu", "float32")).for_model(model)
+        # This runner's view of the model: what its hires fix and controls may name (the
+        # loaded model, shared by other runners in tests and benchmarks, is left as it is).
+        seen = {
+            "upscalers": self.upscalers.names(model),
+            "controlnets": self.controls.infos,
+            "control_modes": self.controls.modes,
+        }
+        self.model = replace(model, info=model.info.model_copy(update=seen))
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
         self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
@@ -355,26 +365,43 @@ class PipelineRunner:
         group = [item.parameters for item in items]
         first = group[0]
         self.model.adapters.activate(first.loras)
-        plan = mode_call(self.model, items)
+        controlled = self.controls.pipelines if first.controlnets else None
+        plan = self._guided(mode_call(self.model, items, controlled), items, group)
         second = [p.second_pass() for p in group]
         more = second[0].denoising_steps if second[0] else 0
         watch = StepWatch(self.tracker, items, first.denoising_steps, more=more)
-        run = self._copy(plan.pipeline, group)
+        run = self._copy(plan, group)
         output, started, finished = self._call(run, group, plan.arguments, watch)
         if first.hires is None:
             return plan.finish(output.images), (started, watch.stepped or started, finished)
         hires = [p for p in second if p is not None]
         start = self._upscaled(output.images, first.hires, watch)
-        plan = second_pass_call(self.model, hires, start)
+        plan = self._guided(second_pass_call(self.model, hires, start, controlled), items, hires)
         watch = StepWatch(self.tracker, items, hires[0].denoising_steps, after=watch.loops)
-        run = self._copy(plan.pipeline, hires)
+        run = self._copy(plan, hires)
         output, _, finished = self._call(run, hires, plan.arguments, watch)
         return output.images, (started, watch.stepped or started, finished)
 
-    def _copy(self, pipeline: Any, group: list[GenerationParameters]) -> Any:
+    def _guided(
+        self, plan: ModeCall, items: list[WorkItem], group: list[GenerationParameters]
+    ) -> ModeCall:
+        """``plan`` with the group's ControlNets, their maps at its size among its arguments."""
+        first = group[0]
+        if not first.controlnets:
+            return plan
+        size = (first.width, first.height)
+        guiding = self.controls.arguments(first.mode, items, first.controlnets, size)
+        return replace(
+            plan,
+            arguments={**plan.arguments, **guiding},
+            controlnet=self.controls.network(first.controlnets),
+        )
+
+    def _copy(self, plan: ModeCall, group: list[GenerationParameters]) -> Any:
         """The pipeline for one call: __call__ writes per-call state onto the pipeline
         (guidance, step counts), so each call runs on its own shallow copy with its own
-        scheduler: the weights are shared, the state is not."""
+        scheduler and ControlNets: the weights are shared, the state is not."""
+        pipeline = plan.pipeline
         first = group[0]
         scheduler = (
             # The model's own scheduler, outside the registry maybe: a copy of the pipeline's,
@@ -387,6 +414,8 @@ class PipelineRunner:
         )
         run = copy.copy(pipeline)
         run.scheduler = scheduler
+        if plan.controlnet is not None:
+            run.controlnet = plan.controlnet
         return run
 
     def _upscaled(self, made: Any, hires: HiresParameters, watch: StepWatch) -> Start:
@@ -444,14 +473,16 @@ def load_runners(
     tracker: Tracker,
     adapters: Sequence[bentoml.Model] = (),
     upscalers: Upscalers | None = None,
+    controlnets: ControlNets | None = None,
 ) -> dict[str, PipelineRunner]:
     """A runner per model, by name, each loaded with its stored adapters and then warmed up
-    when ``settings`` say so; they report to one ``tracker`` and share the ``upscalers``."""
+    when ``settings`` say so; they report to one ``tracker`` and share the ``upscalers`` and
+    ``controlnets``."""
     runners = {}
     for model in stored:
         own = [a for a in adapters if a.info.metadata["base"] == model.tag.name]
         loaded = load_model(model, settings, own)
-        runner = PipelineRunner(loaded, settings.max_batch_size, tracker, upscalers)
+        runner = PipelineRunner(loaded, settings.max_batch_size, tracker, upscalers, controlnets)
         if settings.warmup:
             runner.warm_up(settings.warmup_shapes)
         runners[model.tag.name] = runner

@@ -20,12 +20,13 @@ import torch
 
 from imagegen.engine.loading import LoadedModel
 from imagegen.inputs import unpack
-from imagegen.schemas import GenerationParameters, WorkItem
+from imagegen.schemas import GenerationParameters, Mode, WorkItem
 from imagegen.upscalers import LATENT_UPSCALERS
 
 GREY = (127, 127, 127)
 # What an image-to-image call starts from: images, or latents (hires fix's latent upscalers).
 Start = list[PIL.Image.Image] | torch.Tensor
+Pipelines = dict[Mode, Any]  # a pipeline per mode: a model's own, or its ControlNet ones
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ModeCall:
     arguments: dict[str, Any]  # beyond prompts, steps, guidance and generators
     images: list[PIL.Image.Image] = field(default_factory=list)
     masks: list[PIL.Image.Image] = field(default_factory=list)
+    controlnet: Any = None  # set on the call's copy of a ControlNet pipeline
 
     def finish(self, made: list[PIL.Image.Image]) -> list[PIL.Image.Image]:
         """Inpainted images with their kept pixels restored."""
@@ -45,37 +47,45 @@ class ModeCall:
         ]
 
 
-def mode_call(model: LoadedModel, items: list[WorkItem]) -> ModeCall:
-    """The pipeline and arguments of one call; its items share a mode and strength."""
+def mode_call(
+    model: LoadedModel, items: list[WorkItem], pipelines: Pipelines | None = None
+) -> ModeCall:
+    """The pipeline and arguments of one call; its items share a mode and strength. Its
+    pipeline is ``pipelines``' for the mode (the model's own by default)."""
     group = [item.parameters for item in items]
     first = group[0]
+    pipelines = pipelines or model.pipelines
     if first.mode == "text-to-image" and not model.dedicated_inpainting:
-        return call_for(model, group, [], [])
+        return call_for(model, pipelines, group, [], [])
     blank = (first.width, first.height)
     images = [unpack(i.image) if i.image else PIL.Image.new("RGB", blank, GREY) for i in items]
     masks = [unpack(i.mask) if i.mask else PIL.Image.new("L", blank, 255) for i in items]
-    return call_for(model, group, images, masks)
+    return call_for(model, pipelines, group, images, masks)
 
 
 def second_pass_call(
-    model: LoadedModel, group: list[GenerationParameters], start: Start
+    model: LoadedModel,
+    group: list[GenerationParameters],
+    start: Start,
+    pipelines: Pipelines | None = None,
 ) -> ModeCall:
     """Hires fix's second pass: image-to-image from the enlarged first pass (images, or
     latents straight into the pipeline, which takes 4-channel latents as they are)."""
     first = group[0]
     masks = [PIL.Image.new("L", (first.width, first.height), 255)] * len(group)
-    return call_for(model, group, start, masks)
+    return call_for(model, pipelines or model.pipelines, group, start, masks)
 
 
 def call_for(
     model: LoadedModel,
+    pipelines: Pipelines,
     group: list[GenerationParameters],
     images: Start,
     masks: list[PIL.Image.Image],
 ) -> ModeCall:
     """The pipeline and arguments for ``group``'s mode, from ``images`` and ``masks``."""
     first = group[0]
-    pipeline = model.pipelines[first.mode]
+    pipeline = pipelines[first.mode]
     common: dict[str, Any] = {}
     if first.clip_skip > 1:  # diffusers counts the layers skipped: A1111's count less one
         common["clip_skip"] = first.clip_skip - 1

@@ -14,10 +14,11 @@ from typing import Any
 import anyio.to_thread
 from starlette.requests import Request
 
+from imagegen.controls import ControlInput, Controls, read_controls
 from imagegen.errors import InvalidField, TooMuchWork
 from imagegen.hop import UpscaleItem
 from imagegen.inputs import WHITE, Edit, InputLimits, pack, read_edit, read_image, upscaled_size
-from imagegen.parameters import choose_model, resolve, series
+from imagegen.parameters import active_controls, choose_model, resolve, series
 from imagegen.schemas import (
     GenerationParameters,
     ImageRequest,
@@ -78,6 +79,42 @@ class Prepared:
     model: ModelInfo
     batch: list[GenerationParameters]
     edit: Edit | None
+    controls: Controls
+
+
+def read_inputs(
+    request: ImageRequest, native: tuple[int, int], limits: InputLimits
+) -> tuple[Edit | None, Controls]:
+    """A request's input image and mask, and its active control images (those that guide)
+    drawn at the output size (the edit's; else the asked size, a blank side the model's
+    ``native`` one)."""
+    edit = None
+    if request.image is not None:
+        edit = read_edit(request.image, request.mask, request.width, request.height, limits)
+    size = (
+        (edit.width, edit.height)
+        if edit
+        else (request.width or native[0], request.height or native[1])
+    )
+    # Every control image is checked, one left out (scale 0) as much as the others.
+    read = read_controls(
+        [(f"controlnets[{i}]", control_input(c)) for i, c in enumerate(request.controlnets)],
+        size,
+        limits,
+    )
+    active = [index for index, _ in active_controls(request)]
+    return edit, Controls([read.maps[i] for i in active], [read.digests[i] for i in active])
+
+
+def control_input(control: Any) -> ControlInput:
+    return ControlInput(
+        image=control.image,
+        module=control.module,
+        threshold_a=control.threshold_a,
+        threshold_b=control.threshold_b,
+        resize_mode=control.resize_mode,
+        resolution=control.processor_res,
+    )
 
 
 class Gateway:
@@ -141,22 +178,16 @@ class Gateway:
         return self._queues[info.tag]
 
     async def prepare(self, request: ImageRequest | ImagesRequest) -> Prepared:
-        """The request's model, images and input image (read off the event loop: decoding a
-        large image takes milliseconds)."""
-        edit = None
-        if request.image is not None:
-            edit = await anyio.to_thread.run_sync(
-                read_edit,
-                request.image,
-                request.mask,
-                request.width,
-                request.height,
-                self.input_limits,
-            )
+        """The request's model, images, input image and control images (read off the event
+        loop: decoding and preprocessing a large image takes milliseconds)."""
         count = request.num_images if isinstance(request, ImagesRequest) else 1
         info = await self.model(request.model)
-        first = resolve(request, info, count=count, edit=edit)
-        return Prepared(info, series(first, count), edit)
+        native = (info.native_width, info.native_height)
+        edit, controls = await anyio.to_thread.run_sync(
+            read_inputs, request, native, self.input_limits
+        )
+        first = resolve(request, info, count, edit, controls.digests)
+        return Prepared(info, series(first, count), edit, controls)
 
     async def admit(self, request: ImageRequest | ImagesRequest, http_request: Request) -> Ticket:
         """Admission by work: the per-request budget and the wait bound (the model's queue),
@@ -164,7 +195,9 @@ class Gateway:
         Timed as ``admission`` in the request's ``Server-Timing``."""
         started = time.perf_counter()
         prepared = await self.prepare(request)
-        ticket = self.queue(prepared.model).admit(prepared.batch, prepared.edit)
+        ticket = self.queue(prepared.model).admit(
+            prepared.batch, prepared.edit, prepared.controls.maps
+        )
         if self.work_limit is not None:
             try:
                 await self.work_limit.charge(client_bucket(http_request.scope), ticket.work)

@@ -42,6 +42,7 @@ class Ticket:
     batch: list[GenerationParameters]
     edit: Edit | None
     work: float
+    controls: list[str] = field(default_factory=list)  # control maps, PNG base64
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # One per image, in order: the ids its work items carry across the hop.
     ids: list[str] = field(init=False)
@@ -86,7 +87,8 @@ class Ticket:
 
     def items(self, reported: bool) -> list[WorkItem]:
         """What crosses the hop: a ``reported`` ticket's images publish their steps (the
-        first with a preview, if ``previews``); an edit's image and mask go with each."""
+        first with a preview, if ``previews``); an edit's image and mask and the control maps
+        go with each."""
         edit = self.edit
         return [
             WorkItem(
@@ -96,6 +98,7 @@ class Ticket:
                 preview=reported and self.previews and k == 0,
                 image=edit.image if edit else None,
                 mask=edit.mask if edit else None,
+                controls=self.controls,
             )
             for k, (id_, parameters) in enumerate(zip(self.ids, self.batch, strict=True))
         ]
@@ -159,7 +162,12 @@ class WorkQueue:
         self.rates = RateEstimate()
         self._tickets: dict[str, Ticket] = {}  # in order of arrival
 
-    def admit(self, batch: list[GenerationParameters], edit: Edit | None = None) -> Ticket:
+    def admit(
+        self,
+        batch: list[GenerationParameters],
+        edit: Edit | None = None,
+        controls: list[str] | None = None,
+    ) -> Ticket:
         """A ticket for ``batch``, or the error that refuses it: over the budget, or a wait
         past the bound."""
         asked = work(batch)
@@ -173,7 +181,7 @@ class WorkQueue:
                 f"bound of {self.max_wait_s:g} s; retry in {retry_after} s.",
                 retry_after=retry_after,
             )
-        ticket = Ticket(queue=self, batch=batch, edit=edit, work=asked)
+        ticket = Ticket(queue=self, batch=batch, edit=edit, work=asked, controls=controls or [])
         self._tickets[ticket.id] = ticket
         self._report()
         return ticket

@@ -3,7 +3,8 @@ over the native one: `txt2img` and `img2img` become a native `ImagesRequest` tha
 the same gateway, queue, batching, limits and keys; the answer has A1111's `images`,
 `parameters` and `info` (a JSON string with its infotext fields).
 
-Fields are A1111's. A field that asks for a feature this service lacks (hires fix, face
+Fields are A1111's. ControlNet units come in `alwayson_scripts.controlnet` as the extension
+takes them (:mod:`.controlnet`). A field that asks for a feature this service lacks (face
 restoration, tiling, styles, scripts, variation seeds, ...) is accepted only at the value that
 turns it off, as A1111 itself would then ignore it; any other value is a 422 naming the field.
 Unknown fields are ignored, as A1111's API ignores them. LoRAs are named in the prompt as A1111
@@ -50,6 +51,7 @@ from imagegen.serving.compat.a1111_options import (
     model_sha256,
     title,
 )
+from imagegen.serving.compat.controlnet import UNITS, native_controls
 from imagegen.serving.encoding import (
     answer_off_the_loop,
     encode_image,
@@ -121,6 +123,7 @@ FIELDS = {
     "hires.prompt": "hr_prompt",
     "hires.negative_prompt": "hr_negative_prompt",
     "hires.scheduler": "hr_sampler_name",
+    "controlnets": UNITS,
 }
 # Features this service lacks, with the values that turn them off (A1111 then ignores them).
 # `script_args` are read only by the script named, so they are ignored with none.
@@ -129,7 +132,6 @@ OFF: dict[str, tuple[Any, ...]] = {
     "tiling": (False, None),
     "styles": ([], None),
     "script_name": (None, "", "None"),
-    "alwayson_scripts": ({}, None),
     "subseed_strength": (0, None),
     "seed_resize_from_h": (0, -1, None),
     "seed_resize_from_w": (0, -1, None),
@@ -195,6 +197,11 @@ class Txt2Img(BaseModel):
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="Blank: `prompt`.")
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     hr_sampler_name: str | None = Field(None, max_length=64, description="Blank: the first's.")
+    alwayson_scripts: dict[str, Any] | None = Field(
+        None,
+        description='Only `controlnet`, the ControlNet extension\'s: `{"args": [unit, ...]}`, '
+        "`GET /controlnet/module_list` and `model_list` list what a unit may name.",
+    )
 
 
 class Img2Img(Txt2Img):
@@ -209,7 +216,7 @@ def a1111_field(name: str | None) -> str | None:
     """The A1111 field a native one (`hires.upscaler`, or within it) came from."""
     if name is None:
         return None
-    return FIELDS.get(name) or FIELDS.get(name.split(".")[0], name)
+    return FIELDS.get(name) or FIELDS.get(re.split(r"[.\[]", name)[0], name)
 
 
 def schedule_of(name: str | None) -> str | None:
@@ -296,9 +303,11 @@ def native_fields(body: Txt2Img, info: ModelInfo, settings: Held) -> dict[str, A
         "model": info.tag,
         "loras": loras,
     }
+    init_image = None
     if isinstance(body, Img2Img):
-        fields.update(image=body.init_images[0], strength=body.denoising_strength)
-        fields["mask"] = body.mask
+        init_image = body.init_images[0]
+        fields.update(image=init_image, strength=body.denoising_strength, mask=body.mask)
+    fields["controlnets"] = native_controls(body.alwayson_scripts or {}, info, init_image)
     if body.enable_hr:
         fields["hires"] = hires_fields(body, info)
     return fields
@@ -363,6 +372,11 @@ def infotext(p: Any, info: ModelInfo, sampler: str, strength: float | None) -> s
         line.append(
             "Lora weights: " + ", ".join(f"{lora.name}: {lora.scale:g}" for lora in p.loras)
         )
+    line += [  # as the extension writes its units
+        f'ControlNet {k}: "Module: {c.module}, Model: {c.name}, Weight: {c.scale:g}, '
+        f'Guidance Start: {c.start:g}, Guidance End: {c.end:g}"'
+        for k, c in enumerate(p.controlnets)
+    ]
     line.append(f"Version: imagegen {__version__}")
     negative = f"\nNegative prompt: {p.negative_prompt}" if p.negative_prompt else ""
     return f"{p.prompt}{negative}\n{', '.join(line)}"
