@@ -1,8 +1,9 @@
 """Does the work unit track time? Seconds per image against the charge (``imagegen.work``) for
 requests that differ in what they cost: the scheduler's denoiser evaluations per step (Euler:
-one, Heun: two), guidance, one step (where decode and encode dominate), image-to-image and
-inpainting; and the parts the fixed charge stands for, timed alone: one denoiser evaluation,
-the VAE's decode and encode, and the PNG encode, in evaluations.
+one, Heun: two), guidance, one step (where decode and encode dominate), image-to-image,
+inpainting and a ControlNet (the model's random one, ``models.controlnets``); and the parts
+the fixed charge stands for, timed alone: one denoiser evaluation, the VAE's decode and
+encode, and the PNG encode, in evaluations.
 
 If the charge is right, seconds per unit of work is the same in every row (the spread row
 says how far it is). Through the service's own ``PipelineRunner``, one image per call, the
@@ -25,14 +26,17 @@ import torch
 
 from bench.edits import inputs
 from bench.reporting import generation_options, machine, report
+from imagegen.engine.controlling import ControlNets
 from imagegen.engine.generation import PipelineRunner
 from imagegen.engine.loading import load_model
 from imagegen.hop import Failure
-from imagegen.inputs import InputLimits, read_edit
+from imagegen.inputs import InputLimits
 from imagegen.parameters import resolve
 from imagegen.schemas import ImageRequest, WorkItem
 from imagegen.serving.encoding import encode_image
+from imagegen.serving.gateway import read_inputs
 from imagegen.work import image_work
+from models.controlnets import CONTROL_RECIPES, ensure_controlnet
 from models.recipes import SD_TINY
 from models.store import ensure_built, find_model
 
@@ -61,6 +65,11 @@ def rows(steps: int) -> dict[str, dict[str, Any]]:
             "num_inference_steps": steps,
             "edit": "mask",
         },
+        "euler, guided, 1 ControlNet": {
+            "scheduler": "euler",
+            "num_inference_steps": steps,
+            "edit": "control",
+        },
     }
 
 
@@ -79,21 +88,24 @@ def row(runner: PipelineRunner, fields: dict[str, Any], size: int, repeats: int)
     edit_kind = fields.pop("edit", None)
     given = inputs(size)
     body = {"prompt": PROMPT, "width": size, "height": size, "seed": 1, **fields}
-    if edit_kind is not None:
+    if edit_kind == "control":
+        body["controlnets"] = [
+            {"name": runner.model.info.controlnets[0].name, "image": given["image"]}
+        ]
+    elif edit_kind is not None:
         body["image"] = given["image"]
         if edit_kind == "mask":
             body["mask"] = given["mask"]
     request = ImageRequest.model_validate(body)
-    edit = None
-    if request.image is not None:
-        limits = InputLimits(size * size, 10 * 2**20)
-        edit = read_edit(request.image, request.mask, size, size, limits)
-    parameters = resolve(request, runner.model.info, edit=edit)
+    limits = InputLimits(size * size, 10 * 2**20)
+    edit, controls = read_inputs(request, (size, size), limits)
+    parameters = resolve(request, runner.model.info, 1, edit, controls.digests)
     work_item = WorkItem(
         id=uuid.uuid4().hex,
         parameters=parameters,
         image=edit.image if edit else None,
         mask=edit.mask if edit else None,
+        controls=controls.maps,
     )
 
     def call() -> None:
@@ -132,8 +144,13 @@ def parts(runner: PipelineRunner, size: int, repeats: int) -> dict[str, float]:
 
 def measure(model: str, size: int, steps: int, repeats: int) -> dict[str, Any]:
     stored = ensure_built(SD_TINY) if model == SD_TINY.name else find_model(model)
-    runner = PipelineRunner(load_model(stored))
-    measured = {name: row(runner, fields, size, repeats) for name, fields in rows(steps).items()}
+    # The model's random ControlNet, where it has a recipe (the ControlNet row needs one).
+    nets = [ensure_controlnet(r) for r in CONTROL_RECIPES.values() if r.base == stored.tag.name]
+    runner = PipelineRunner(load_model(stored), controlnets=ControlNets(nets, "cpu", "float32"))
+    asked = {
+        name: fields for name, fields in rows(steps).items() if nets or "ControlNet" not in name
+    }
+    measured = {name: row(runner, fields, size, repeats) for name, fields in asked.items()}
     rates = [entry["s_per_work"] for entry in measured.values()]
     # On the runner's own thread: torch from a second thread would start a second OpenMP
     # thread team, and on two cores both would crawl.

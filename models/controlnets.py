@@ -193,6 +193,8 @@ CONTROL_RECIPES = {
         ControlRecipe("sdxl-tiny-control", "sdxl-tiny", conditioning_channels=(8, 16, 16, 16)),
         ControlRecipe("sd3-tiny-control", "sd3-tiny"),
         ControlRecipe("flux-tiny-control", "flux-tiny"),
+        # SD 1.5's ControlNet architecture, random weights: what one costs (bench.work).
+        ControlRecipe("sd15-random-control", "sd15-random"),
     )
 }
 

@@ -68,6 +68,13 @@ def loaded_recipe(name: str) -> LoadedModel:
 
 
 TEST_UPSCALERS = (ESRGAN_TINY_X4, ESRGAN_TINY_X2)
+TEST_CONTROLNETS = (
+    "sd-shapes-control",
+    "sd-tiny-control",
+    "sdxl-tiny-control",
+    "sd3-tiny-control",
+    "flux-tiny-control",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,7 +88,7 @@ def upscalers_stored() -> list[bentoml.Model]:
 def controlnets_stored() -> list[bentoml.Model]:
     """The test ControlNets (sd-shapes' trained one, a tiny random one per family) in the
     session's store before any service starts: a generator finds them at start-up."""
-    return [ensure_controlnet(recipe) for recipe in CONTROL_RECIPES.values()]
+    return [ensure_controlnet(CONTROL_RECIPES[name]) for name in TEST_CONTROLNETS]
 
 
 @pytest.fixture(scope="session")

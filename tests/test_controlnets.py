@@ -35,7 +35,7 @@ from models.controlnets import (
     import_controlnet,
     stored_controlnets,
 )
-from tests.conftest import loaded_recipe
+from tests.conftest import TEST_CONTROLNETS, loaded_recipe
 
 UNIT = "alwayson_scripts.controlnet.args[0]"
 LIMITS = InputLimits(max_pixels=4096 * 4096, max_bytes=10**7)
@@ -51,7 +51,8 @@ def left_half(size: int = 64) -> Image.Image:
 @cache
 def runner_for(model: str) -> PipelineRunner:
     """``model`` with every stored ControlNet of the session offered: it takes those that fit."""
-    nets = ControlNets([ensure_controlnet(r) for r in CONTROL_RECIPES.values()], "cpu", "float32")
+    stored = [ensure_controlnet(CONTROL_RECIPES[name]) for name in TEST_CONTROLNETS]
+    nets = ControlNets(stored, "cpu", "float32")
     return PipelineRunner(loaded_recipe(model), 4, controlnets=nets)
 
 

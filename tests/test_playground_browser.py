@@ -9,12 +9,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page
 
+from bench.controls import iou
 from harness.servers import Server
-from models.shapes import measure, nearest_colour
+from models.shapes import Scene, measure, nearest_colour, silhouette
 from tests.conftest import API_KEY, requests_outside
 from tests.test_jobs_e2e import job_when
 
@@ -291,3 +293,28 @@ def test_every_control_is_labelled_and_the_page_fits_a_phone(
     assert page.locator("a[href='/docs']").count() == 1
     assert outside == []
     context.close()
+
+
+def test_a_control_image_is_previewed_then_guides_the_drawing(
+    playground: tuple[Page, list[str]], artifacts: Path, tmp_path: Path
+) -> None:
+    """The demo model's ControlNet: the silhouette's Canny map is shown before generating, and
+    the circle is drawn where the silhouette is (at the right)."""
+    page, _ = playground
+    scene = Scene("red", "circle", "blue", 28, (46, 32))
+    control = tmp_path / "silhouette.png"
+    Image.fromarray(silhouette(scene)).save(control)
+    enter_key(page)
+    page.wait_for_selector("#control:not([hidden])", state="attached")
+    page.locator("#control summary").click()
+    page.select_option("#control\\.module", "canny")
+    page.set_input_files("#control\\.image", str(control))
+    page.wait_for_selector("#control-preview:not([hidden])")
+    edges = np.asarray(shown_image(page, "#control-preview"))[:, :, 0]
+    assert edges[:, 30:].any() and not edges[:, :28].any()  # the outline, at the right
+    page.fill("#prompt", scene.caption)
+    fix_seed(page, 4)
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=WAIT_MS)
+    page.screenshot(path=str(artifacts / "playground-control.png"), full_page=True)
+    assert iou(shown_image(page, "#results img"), scene) > 0.5

@@ -41,7 +41,9 @@ class ApiError extends Error {
   constructor(status, body) {
     super(body.error || `HTTP ${status}`);
     this.status = status;
-    this.field = body.detail?.[0]?.loc?.[0] ?? (status === 401 ? "api_key" : null);
+    const field = body.detail?.[0]?.loc?.[0] ?? (status === 401 ? "api_key" : null);
+    // One control in the form: its errors, wherever in it, are shown beside it.
+    this.field = String(field).startsWith("controlnets") ? "controlnets" : field;
   }
 }
 
@@ -97,6 +99,7 @@ function showError(error, outcome = "Not generated") {
       $("edit").open = true;
     }
     if (error.field === "loras") $("adapters").open = true;
+    if (error.field === "controlnets") $("control").open = true;
     if (error.field.startsWith("hires")) $("hires-fix").open = true;
     setStatus(`${outcome}: see the field marked.`);
   } else {
@@ -137,6 +140,15 @@ async function requestBody() {
     scale: Number($(`lora-scale-${use.value}`).value),
   }));
   if (loras.length) body.loras = loras;
+  const [control] = $("control.image").files;
+  if (control && !$("control").hidden) {
+    body.controlnets = [{
+      name: $("controlnets").value,
+      image: await readFile(control),
+      module: $("control.module").value,
+      scale: Number($("control.scale").value),
+    }];
+  }
   if ($("hires").checked) {
     body.hires = {};
     for (const name of HIRES) {
@@ -227,6 +239,42 @@ function applyModel() {
   upscaler.replaceChildren(...names.map((name) => new Option(name, name)));
   upscaler.value = names.includes(chosen) ? chosen : names.includes("Latent") ? "Latent" : names[0];
   $("hires-fix").hidden = !names.length;
+  const nets = (info.controlnets ?? []).map((net) => net.name);
+  $("controlnets").replaceChildren(...nets.map((name) => new Option(name, name)));
+  $("control").hidden = !nets.length;
+}
+
+async function loadModules() {
+  // The preprocessors, by the names `module` takes.
+  const response = await checked(await api("GET", "/controlnet/module_list"));
+  const { module_list: modules } = await response.json();
+  $("control.module").replaceChildren(...modules.map((name) => new Option(name, name)));
+}
+
+async function previewControl() {
+  // What the ControlNet will read: the chosen image through the chosen preprocessor, drawn
+  // at the image's width (as a request draws it, pixel perfect for a square image).
+  const [file] = $("control.image").files;
+  const preview = $("control-preview");
+  $("error-controlnets").textContent = "";
+  if (!file) {
+    preview.hidden = true;
+    return;
+  }
+  const width = Number($("width").value || $("width").placeholder);
+  try {
+    const response = await checked(await api("POST", "/controlnet/detect", {
+      controlnet_module: $("control.module").value,
+      controlnet_input_images: [await readFile(file)],
+      controlnet_processor_res: width,
+    }));
+    const [map] = (await response.json()).images;
+    preview.src = `data:image/png;base64,${map}`;
+    preview.hidden = false;
+  } catch (error) {
+    $("error-controlnets").textContent = error.message;
+    preview.hidden = true;
+  }
 }
 
 function loraRow(adapter) {
@@ -262,6 +310,7 @@ async function loadModels() {
     ...state.models.map((m) => new Option(`${m.name} (${m.version})`, m.name)),
   );
   applyModel();
+  await loadModules();
   setStatus("Ready.");
 }
 
@@ -459,6 +508,8 @@ window.addEventListener("pagehide", () => {
   }
 });
 $("model").addEventListener("change", applyModel);
+$("control.image").addEventListener("change", previewControl);
+$("control.module").addEventListener("change", previewControl);
 $("random_seed").addEventListener("change", () => {
   $("seed").disabled = $("random_seed").checked;
 });

@@ -93,9 +93,14 @@ class ControlNets:
             logger.info("ControlNet %s (%s) on %s", model.tag, family, torch_device)
 
     def for_model(self, model: LoadedModel) -> ModelControls:
-        """The ControlNets that fit ``model``, and its pipelines that take them."""
-        denoiser = getattr(model.pipeline, model.family.denoiser)
-        fitting = [net for net in self.loaded if fits(net, model.family.name, denoiser)]
+        """The ControlNets that fit ``model``, and its pipelines that take them (without any
+        loaded, the model's pipeline is not looked at)."""
+        family = model.family.name
+        fitting = [
+            net
+            for net in self.loaded
+            if fits(net, family, getattr(model.pipeline, model.family.denoiser))
+        ]
         return ModelControls(model, fitting)
 
 

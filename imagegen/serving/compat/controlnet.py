@@ -223,6 +223,14 @@ class DetectRequest(BaseModel):
     )
     low_vram: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _images_by_their_old_name(cls, values: Any) -> Any:
+        # `webuiapi` (0.9.17) sends the images as `controlnet_images`.
+        if isinstance(values, dict) and "controlnet_images" in values:
+            values = {"controlnet_input_images": values["controlnet_images"], **values}
+        return values
+
 
 def detected(body: DetectRequest, limits: InputLimits) -> list[str]:
     """Each image's map, PNG base64 (off the event loop)."""
