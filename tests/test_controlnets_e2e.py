@@ -210,11 +210,12 @@ def test_webuiapi_s_controlnet_units_give_the_native_image(shapes_server: Server
 
 
 def test_detect_answers_the_map_a_unit_would_guide_by(shapes_server: Server) -> None:
-    maps = api(shapes_server).controlnet_detect(
+    detected = api(shapes_server).controlnet_detect(
         [shape_of(LEFT)], module="canny", processor_res=128, threshold_a=100, threshold_b=200
     )
-    [drawn] = maps["images"]
-    edges = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawn))))
+    assert detected.info == "Success"
+    [drawn] = detected.images
+    edges = np.asarray(drawn)
     assert edges.shape[:2] == (128, 128)
     assert edges[:, :60].any() and not edges[:, 80:].any()  # the circle's outline, at the left
 

@@ -26,6 +26,7 @@ from playwright.sync_api import Browser
 from harness.servers import REPO, Server, bentoml_serve
 from imagegen.inputs import pack
 from models.adapters import ensure_adapter
+from models.controlnets import stored_controlnets
 from models.recipes import SD_TINY_STYLE, SD_TINY_TINT
 from models.upscalers import stored_upscalers
 from tests.conftest import API_KEY, AUTH, OTHER_KEY, requests_outside
@@ -89,6 +90,21 @@ def test_each_family_serves_every_mode_over_http(models_server: Server, name: st
     assert pixels(edited).shape == (64, 64, 3)
     inpainted = pixels(image(models_server, model=name, image=pack(PICTURE), mask=pack(MASK)))
     assert np.array_equal(inpainted[~INSIDE], np.asarray(PICTURE, dtype=int)[~INSIDE])
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_family_s_tiny_controlnet_guides_it_over_http(
+    models_server: Server, name: str
+) -> None:
+    [info] = [
+        m
+        for m in httpx.get(f"{models_server.url}/models", headers=AUTH).json()
+        if m["name"] == name
+    ]
+    assert [net["name"] for net in info["controlnets"]] == [f"{name}-control"]
+    control = [{"name": f"{name}-control", "image": pack(PICTURE), "module": "canny"}]
+    guided = pixels(image(models_server, model=name, controlnets=control))
+    assert np.abs(guided - pixels(image(models_server, model=name))).mean() > 1
 
 
 def test_a_blank_model_is_the_first_listed(models_server: Server) -> None:
@@ -180,7 +196,7 @@ def test_no_adapter_leaks_into_concurrent_requests_without_one(models_server: Se
     assert together == alone * 3
 
 
-def test_bentoml_build_packs_every_listed_model_their_adapters_and_the_upscalers() -> None:
+def test_bentoml_build_packs_every_listed_model_their_adapters_upscalers_and_controlnets() -> None:
     ensure_adapter(SD_TINY_STYLE), ensure_adapter(SD_TINY_TINT)
     env = {**os.environ, "IMAGEGEN_MODELS": "sdxl-tiny,sd-tiny"}
     built = subprocess.run(
@@ -195,7 +211,11 @@ def test_bentoml_build_packs_every_listed_model_their_adapters_and_the_upscalers
     packed = sorted(model["tag"].split(":")[0] for model in services["imagegen-generator"])
     upscalers = [model.tag.name for model in stored_upscalers()]  # the session's, conftest's
     assert {"esrgan-tiny-x4", "esrgan-tiny-x2"} <= set(upscalers)
-    assert packed == sorted(["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny", *upscalers])
+    # The session's ControlNets of the two models' families (conftest's), not SD3's or FLUX's.
+    controls = [model.tag.name for model in stored_controlnets({"sd", "sdxl"})]
+    assert {"sd-tiny-control", "sdxl-tiny-control", "sd-shapes-control"} <= set(controls)
+    listed = ["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny", *upscalers, *controls]
+    assert packed == sorted(listed)
     # And every module the service imports, subpackages included.
     name, version = tag.split(":")
     source = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version / "src"
