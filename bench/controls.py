@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from bench.reporting import machine, report
@@ -94,6 +95,33 @@ def scores(images: list[Image.Image], scenes: list[Scene]) -> dict[str, float]:
     }
 
 
+def weights_mb(pipelines: list[Any]) -> float:
+    """Memory of the distinct tensors the pipelines' modules hold (a weight two pipelines
+    share counts once)."""
+    storages = {
+        tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes()
+        for pipeline in pipelines
+        for module in pipeline.components.values()
+        if isinstance(module, torch.nn.Module)
+        for tensor in [*module.parameters(), *module.buffers()]
+    }
+    return round(sum(storages.values()) / 1e6, 2)
+
+
+def memory(runner: PipelineRunner) -> dict[str, float]:
+    """The model's weights, its ControlNet's, and everything its six pipelines hold."""
+    model = list(runner.model.pipelines.values())
+    controlled = list(runner.controls.pipelines.values())
+    network = next(iter(runner.controls.networks.values()))
+    return {
+        "model_mb": weights_mb(model),
+        "controlnet_mb": round(
+            sum(p.numel() * p.element_size() for p in network.parameters()) / 1e6, 2
+        ),
+        "all_pipelines_mb": weights_mb(model + controlled),
+    }
+
+
 def measure_controls(quick: bool) -> dict[str, Any]:
     stored = ensure_controlnet(SD_SHAPES_CONTROL)
     model = load_model(ensure_built(SD_SHAPES))
@@ -108,6 +136,7 @@ def measure_controls(quick: bool) -> dict[str, Any]:
         "scenes": len(scenes),
     }
     result["controls"] = {kind: scores(draw(runner, scenes, kind, 1), scenes) for kind in CONTROLS}
+    result["memory"] = memory(runner)
     return result
 
 
@@ -124,6 +153,12 @@ def table(result: dict[str, Any]) -> str:
             f"| {kind} | {row['iou']:.2f} | {row['background_right']:.0%} "
             f"| {row['colour_right']:.0%} | {row['shape_right']:.0%} |"
         )
+    held = result["memory"]
+    lines.append(
+        f"\nweights in memory: the model {held['model_mb']} MB, its ControlNet "
+        f"{held['controlnet_mb']} MB; its three pipelines and three ControlNet pipelines "
+        f"together {held['all_pipelines_mb']} MB"
+    )
     return "\n".join(lines) + "\n"
 
 

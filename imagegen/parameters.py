@@ -4,12 +4,14 @@ blank fields, and what depends on the model is checked against it."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from imagegen.errors import InvalidField
 from imagegen.inputs import SIDE, Edit, output_size, rounded_down
 from imagegen.schemas import (
     MAX_SEED,
     SCHEDULES,
+    AdapterInfo,
     ControlParameters,
     ControlRequest,
     GenerationParameters,
@@ -76,18 +78,28 @@ def check_family(request: ImageRequest, info: ModelInfo) -> None:
 
 def adapters(request: ImageRequest, info: ModelInfo) -> list[Lora]:
     """The request's adapters by ``name:version``: each must be one of the model's."""
-    stored = {key: adapter for adapter in info.loras for key in (adapter.name, adapter.tag)}
-    resolved = []
-    for index, lora in enumerate(request.loras):
-        if lora.name not in stored:
-            names = ", ".join(adapter.tag for adapter in info.loras) or "none"
-            raise InvalidField(
-                f"`loras[{index}].name` must be an adapter of {info.name} (stored: {names}), "
-                f"but is {lora.name!r}.",
-                field="loras",
-            )
-        resolved.append(Lora(name=stored[lora.name].tag, scale=lora.scale))
-    return resolved
+    return [
+        Lora(
+            name=stored_tag(lora.name, info.loras, f"loras[{k}].name", "an adapter", info),
+            scale=lora.scale,
+        )
+        for k, lora in enumerate(request.loras)
+    ]
+
+
+def stored_tag(
+    name: str, stored: Sequence[AdapterInfo], field: str, what: str, info: ModelInfo
+) -> str:
+    """``name`` (``name`` or ``name:version``) as the tag of one of the model's ``stored``
+    adapters or ControlNets; else a 400 naming ``field`` (by its list's name)."""
+    for item in stored:
+        if name in (item.name, item.tag):
+            return item.tag
+    names = ", ".join(item.tag for item in stored) or "none"
+    raise InvalidField(
+        f"`{field}` must be {what} of {info.name} (stored: {names}), but is {name!r}.",
+        field=field.split("[")[0],
+    )
 
 
 def active_controls(request: ImageRequest) -> list[tuple[int, ControlRequest]]:
@@ -102,15 +114,10 @@ def controls(
 ) -> list[ControlParameters]:
     """The request's controls by ``name:version``; each must be one of the model's, for a
     mode they can guide. ``digests``: the active controls' images' SHA-256."""
-    stored = {key: net for net in info.controlnets for key in (net.name, net.tag)}
-    for index, control in enumerate(request.controlnets):
-        if control.name not in stored:
-            names = ", ".join(net.tag for net in info.controlnets) or "none"
-            raise InvalidField(
-                f"`controlnets[{index}].name` must be a ControlNet of {info.name} (stored: "
-                f"{names}), but is {control.name!r}.",
-                field="controlnets",
-            )
+    tags = [
+        stored_tag(c.name, info.controlnets, f"controlnets[{k}].name", "a ControlNet", info)
+        for k, c in enumerate(request.controlnets)
+    ]
     active = active_controls(request)
     needed = [mode] + (["image-to-image"] if request.hires is not None else [])
     for wanted in needed if active else []:
@@ -123,14 +130,14 @@ def controls(
             )
     return [
         ControlParameters(
-            name=stored[control.name].tag,
+            name=tags[index],
             scale=control.scale,
             start=control.start,
             end=control.end,
             module=control.module,
             image_sha256=digest,
         )
-        for (_, control), digest in zip(active, digests, strict=True)
+        for (index, control), digest in zip(active, digests, strict=True)
     ]
 
 

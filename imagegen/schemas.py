@@ -266,17 +266,6 @@ class ControlParameters(BaseModel):
     image_sha256: str = Field(description="SHA-256 of the control image's file as sent.")
 
 
-class ControlNetInfo(BaseModel):
-    """A stored ControlNet a model's requests may name."""
-
-    name: str
-    version: str
-
-    @property
-    def tag(self) -> str:
-        return f"{self.name}:{self.version}"
-
-
 class HiresParameters(BaseModel):
     """The second pass as resolved."""
 
@@ -673,6 +662,10 @@ class AdapterInfo(BaseModel):
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version}"
+
+
+class ControlNetInfo(AdapterInfo):
+    """A stored ControlNet that fits a model: its requests may name it."""
 
 
 class ModelInfo(BaseModel):

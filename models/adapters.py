@@ -18,7 +18,7 @@ from bentoml.exceptions import NotFound
 
 from .families import family_of
 from .recipes import AdapterRecipe
-from .store import find_model
+from .store import find_model, newest_of_kind
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,4 @@ def ensure_adapter(recipe: AdapterRecipe) -> bentoml.Model:
 
 def stored_adapters(bases: list[str]) -> list[bentoml.Model]:
     """The newest version of each stored adapter of the models named ``bases``."""
-    names = {
-        model.tag.name
-        for model in bentoml.models.list()
-        if model.info.labels.get("kind") == KIND and model.info.metadata.get("base") in bases
-    }
-    return [bentoml.models.get(name) for name in sorted(names)]
+    return newest_of_kind(KIND, lambda metadata: metadata.get("base") in bases)

@@ -26,7 +26,16 @@ from .build import build_pipeline
 from .controlnets import SD_SHAPES_CONTROL, ControlRecipe
 from .recipes import RECIPES, digest
 from .shapes import WORLD, Scene, random_scene, silhouette
-from .training import CAPTION_FORMS, cosine, encode, min_snr_weights, training_caption
+from .training import (
+    CAPTION_FORMS,
+    caption_tokens,
+    cosine,
+    encode,
+    noised,
+    optimised,
+    reproducible,
+    weighted_loss,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +103,10 @@ def train_controlnet(
     generator = torch.Generator().manual_seed(training.seed + 1)
     for step in range(training.steps):
         picked = rng.integers(0, len(scenes), size=training.batch)
-        texts = [training_caption(scenes[i], rng, CAPTION_FORMS) for i in picked]
-        tokens = tokenizer(
-            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
-        ).input_ids
-        mean, std = latents[picked, 0], latents[picked, 1]
-        clean = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(picked),))
-        noisy = noise_schedule.add_noise(clean, noise, timesteps)
+        tokens = caption_tokens(tokenizer, [scenes[i] for i in picked], rng, CAPTION_FORMS)
+        noisy, noise, timesteps = noised(latents[picked], scale, noise_schedule, generator)
         with torch.no_grad():
-            context = text_encoder(torch.tensor(tokens))[0]
+            context = text_encoder(tokens)[0]
         down, mid = controlnet(
             noisy, timesteps, context, controlnet_cond=controls[picked], return_dict=False
         )
@@ -115,13 +117,8 @@ def train_controlnet(
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
-        errors = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (errors * min_snr_weights(noise_schedule, timesteps, training.min_snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        loss = weighted_loss(predicted, noise, noise_schedule, timesteps, training.min_snr_gamma)
+        optimised(loss, optimizer, schedule, controlnet.parameters())
         if step % 50 == 0 or step == training.steps - 1:
             logger.info("controlnet step %d/%d: loss %.4f", step + 1, training.steps, loss.item())
     controlnet.eval()
@@ -133,16 +130,11 @@ def train_control(
     training: ControlTraining = CONTROL_TRAINING,
 ) -> Path:
     """Train the recipe's ControlNet on its base and write ``out``."""
-    started, threads = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(training.threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(training.seed)
-            pipeline = build_pipeline(RECIPES[recipe.base])
-            controlnet = recipe.untrained(pipeline.unet)
-            train_controlnet(pipeline, controlnet, training)
-    finally:
-        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    with reproducible(training.seed, training.threads):
+        pipeline = build_pipeline(RECIPES[recipe.base])
+        controlnet = recipe.untrained(pipeline.unet)
+        train_controlnet(pipeline, controlnet, training)
     weights = {k: v.detach().half().contiguous() for k, v in controlnet.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, out, metadata={"recipe": control_hash(recipe, training)})

@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bentoml
 from bentoml.exceptions import NotFound
 
-from .recipes import RECIPES, WEIGHTS, digest, file_digest
+from .recipes import RECIPES, WEIGHTS, weights_version
+from .store import newest_of_kind
 
 if TYPE_CHECKING:
     import torch
@@ -56,14 +56,20 @@ def family_of_config(config: Any, cls: str) -> str | None:
 def load_controlnet(source: str | Path, family: str, **kwargs: Any) -> Any:
     """The ControlNet at ``source`` (a hub id or a directory) as ``family``'s class."""
     import diffusers
+    import torch
 
     if family not in CLASSES:
         raise BadControlNet(f"--base must be one of {', '.join(CLASSES)}, but is {family!r}")
     cls = getattr(diffusers, CLASSES[family])
+    default_dtype = torch.get_default_dtype()
     try:
         network = cls.from_pretrained(str(source), **kwargs)
     except Exception as error:  # diffusers raises many kinds for what is no ControlNet
         raise BadControlNet(f"{source} is not a {CLASSES[family]}: {error}") from error
+    finally:
+        # A load that fails midway leaves torch's default dtype at `torch_dtype`, and every
+        # module made after in this process would be made in it.
+        torch.set_default_dtype(default_dtype)
     found = family_of_config(network.config, CLASSES[family])
     if found != family:
         raise BadControlNet(f"{source} is a ControlNet of the {found} family, not {family}")
@@ -87,12 +93,7 @@ def import_controlnet(
 
 def stored_controlnets(families: set[str]) -> list[bentoml.Model]:
     """The newest version of each stored ControlNet of ``families``."""
-    names = {
-        model.tag.name
-        for model in bentoml.models.list()
-        if model.info.labels.get("kind") == KIND and model.info.metadata.get("family") in families
-    }
-    return [bentoml.models.get(name) for name in sorted(names)]
+    return newest_of_kind(KIND, lambda metadata: metadata.get("family") in families)
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,8 @@ class ControlRecipe:
         return WEIGHTS / f"{self.name}.safetensors"
 
     def version(self) -> str:
-        if self.trained:
-            return f"v1-{file_digest(self.weights)[:12]}"
-        recipe = {
-            **asdict(self),
-            "base": RECIPES[self.base].version(),
-            "diffusers": version("diffusers"),
-            "torch": version("torch").split("+")[0],
-        }
-        return f"v1-{digest(recipe)[:12]}"
+        recipe = {**asdict(self), "base": RECIPES[self.base].version()}
+        return weights_version(self.weights if self.trained else None, recipe)
 
     @property
     def tag(self) -> str:

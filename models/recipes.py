@@ -104,21 +104,22 @@ class Recipe:
         return WEIGHTS / f"{self.name}.safetensors"
 
     def version(self) -> str:
-        """Changes exactly when the weights change: a trained recipe's with its weights file,
-        a random one's with the recipe or the libraries that draw its weights."""
-        if self.trained:
-            return f"v1-{file_digest(self.weights)[:12]}"
-        recipe = {
-            **self.architecture(),
-            "seed": self.seed,
-            "diffusers": version("diffusers"),
-            "torch": version("torch").split("+")[0],
-        }
-        return f"v1-{digest(recipe)[:12]}"
+        return weights_version(
+            self.weights if self.trained else None, {**self.architecture(), "seed": self.seed}
+        )
 
     @property
     def tag(self) -> str:
         return f"{self.name}:{self.version()}"
+
+
+def weights_version(weights: Path | None, recipe: dict[str, Any]) -> str:
+    """Changes exactly when the weights change: trained ones with their ``weights`` file,
+    random ones with the ``recipe`` or the libraries that draw them."""
+    if weights is not None:
+        return f"v1-{file_digest(weights)[:12]}"
+    libraries = {"diffusers": version("diffusers"), "torch": version("torch").split("+")[0]}
+    return f"v1-{digest({**recipe, **libraries})[:12]}"
 
 
 def digest(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import bentoml
@@ -93,6 +94,19 @@ def ensure_built(recipe: Recipe) -> bentoml.Model:
             guidance_scale=recipe.default_guidance_scale,
             size=recipe.native_size,
         )
+
+
+def newest_of_kind(
+    kind: str, keep: Callable[[dict[str, Any]], bool] = lambda metadata: True
+) -> list[bentoml.Model]:
+    """The newest version of each stored model labelled ``kind`` (adapters, upscalers,
+    ControlNets) whose metadata ``keep`` accepts, by name."""
+    names = {
+        model.tag.name
+        for model in bentoml.models.list()
+        if model.info.labels.get("kind") == kind and keep(model.info.metadata)
+    }
+    return [bentoml.models.get(name) for name in sorted(names)]
 
 
 def stored_tags() -> list[str]:

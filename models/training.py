@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,73 @@ def min_snr_weights(
     return torch.clamp(snr, max=gamma) / snr
 
 
+def caption_tokens(
+    tokenizer: Any, scenes: list[Scene], rng: np.random.Generator, forms: dict[str, float]
+) -> torch.Tensor:
+    """Each scene's caption, parts left out as ``forms`` say, as the text encoder's input."""
+    texts = [training_caption(scene, rng, forms) for scene in scenes]
+    return torch.tensor(
+        tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
+        ).input_ids
+    )
+
+
+def noised(
+    latents: torch.Tensor,
+    scale: float,
+    noise_schedule: DDPMScheduler,
+    generator: torch.Generator,
+    offset: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents drawn from their distributions (n, 2, ...: mean and std), scaled, noised at
+    random timesteps: (noisy latents, the noise, the timesteps). ``offset`` adds a random
+    mean per channel to the noise (none drawn at 0)."""
+    mean, std = latents[:, 0], latents[:, 1]
+    clean = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
+    noise = torch.randn(clean.shape, generator=generator)
+    if offset:
+        noise += offset * torch.randn((*clean.shape[:2], 1, 1), generator=generator)
+    timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(latents),))
+    return noise_schedule.add_noise(clean, noise, timesteps), noise, timesteps
+
+
+def weighted_loss(
+    predicted: torch.Tensor,
+    noise: torch.Tensor,
+    noise_schedule: DDPMScheduler,
+    timesteps: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    errors = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
+    return (errors * min_snr_weights(noise_schedule, timesteps, gamma)).mean()
+
+
+def optimised(
+    loss: torch.Tensor, optimizer: Any, schedule: Any, parameters: Iterable[torch.nn.Parameter]
+) -> None:
+    """One optimiser step on ``loss``, its gradients clipped to norm 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(parameters), 1.0)
+    optimizer.step()
+    schedule.step()
+
+
+@contextmanager
+def reproducible(seed: int, threads: int) -> Iterator[None]:
+    """Torch seeded and on ``threads`` threads (the thread count changes float sums), both
+    restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_denoiser(pipeline: StableDiffusionPipeline, training: Training) -> None:
     rng = np.random.default_rng(training.seed + 2)
     scenes = [random_scene(rng) for _ in range(training.scenes)]
@@ -179,25 +248,14 @@ def train_denoiser(pipeline: StableDiffusionPipeline, training: Training) -> Non
     generator = torch.Generator().manual_seed(training.seed + 3)
     for step in range(steps):
         picked = rng.integers(0, len(scenes), size=training.unet_batch)
-        texts = [training_caption(scenes[i], rng, training.caption_forms) for i in picked]
-        tokens = tokenizer(
-            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
-        ).input_ids
-        mean, std = latents[picked, 0], latents[picked, 1]
-        clean = (mean + std * torch.randn(mean.shape, generator=generator)) * scale
-        noise = torch.randn(clean.shape, generator=generator)
-        noise += training.noise_offset * torch.randn((*clean.shape[:2], 1, 1), generator=generator)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(picked),))
-        noisy = noise_schedule.add_noise(clean, noise, timesteps)
-        context = text_encoder(torch.tensor(tokens))[0]
+        tokens = caption_tokens(tokenizer, [scenes[i] for i in picked], rng, training.caption_forms)
+        noisy, noise, timesteps = noised(
+            latents[picked], scale, noise_schedule, generator, training.noise_offset
+        )
+        context = text_encoder(tokens)[0]
         predicted = unet(noisy, timesteps, context).sample
-        errors = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (errors * min_snr_weights(noise_schedule, timesteps, training.min_snr_gamma)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
+        loss = weighted_loss(predicted, noise, noise_schedule, timesteps, training.min_snr_gamma)
+        optimised(loss, optimizer, schedule, parameters)
         if step % 100 == 0 or step == steps - 1:
             logger.info("denoiser step %d/%d: loss %.4f", step + 1, steps, loss.item())
     unet.eval()
@@ -225,22 +283,17 @@ def train_shapes(
     out: Path, work: Path, recipe: Recipe = SD_SHAPES, training: Training = SHAPES_TRAINING
 ) -> Path:
     """Train both stages (or reuse them from ``work``) and write ``out``."""
-    started, threads = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(training.threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(training.seed)
-            pipeline = build_untrained(recipe)
-            work.mkdir(parents=True, exist_ok=True)
-            vae_path = work / f"vae-{stage_hash(recipe, training, 'vae')[:12]}.safetensors"
-            if not cached_stage(vae_path, pipeline, ("vae",)):
-                train_vae(pipeline, training)
-                save_file(state(pipeline, ("vae",)), vae_path)
-            scale = measure_scale(pipeline, training)
-            pipeline.vae.register_to_config(scaling_factor=scale)
-            train_denoiser(pipeline, training)
-    finally:
-        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    with reproducible(training.seed, training.threads):
+        pipeline = build_untrained(recipe)
+        work.mkdir(parents=True, exist_ok=True)
+        vae_path = work / f"vae-{stage_hash(recipe, training, 'vae')[:12]}.safetensors"
+        if not cached_stage(vae_path, pipeline, ("vae",)):
+            train_vae(pipeline, training)
+            save_file(state(pipeline, ("vae",)), vae_path)
+        scale = measure_scale(pipeline, training)
+        pipeline.vae.register_to_config(scaling_factor=scale)
+        train_denoiser(pipeline, training)
     weights = {key: value.half() for key, value in state(pipeline, TRAINED_PARTS).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(

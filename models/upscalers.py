@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import bentoml
 from bentoml.exceptions import NotFound
 
+from .store import newest_of_kind
+
 if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
 
@@ -146,10 +148,7 @@ def import_upscaler(source: Path, name: str, *, label: str | None = None) -> ben
 
 def stored_upscalers() -> list[bentoml.Model]:
     """The newest version of each stored upscaler."""
-    names = {
-        model.tag.name for model in bentoml.models.list() if model.info.labels.get("kind") == KIND
-    }
-    return [bentoml.models.get(name) for name in sorted(names)]
+    return newest_of_kind(KIND)
 
 
 def load_upscaler(stored: bentoml.Model) -> ImageModelDescriptor:

@@ -11,6 +11,7 @@ from PIL import Image
 from bench import (
     batching,
     caching,
+    controls,
     demo_model,
     edits,
     gpu,
@@ -143,6 +144,7 @@ def test_work_benchmark_compares_time_with_the_charge(tmp_path: Path) -> None:
     assert set(result["rows"]) >= {"euler, guided", "heun, guided", "inpainting, strength 0.75"}
     heun, euler = result["rows"]["heun, guided"], result["rows"]["euler, guided"]
     assert heun["work"] > euler["work"]  # charged for its second evaluation per step
+    assert result["rows"]["euler, guided, 1 ControlNet"]["work"] > euler["work"]
     assert result["spread"] >= 1 and result["parts_in_evaluations"]["evaluation"] == 1
 
 
@@ -155,3 +157,15 @@ def test_upscalers_benchmark_times_hires_fix_and_each_upscaler(tmp_path: Path) -
     }  # fmt: skip
     assert set(result["upscalers"]) == {"Lanczos", "esrgan-tiny-x4"}
     assert result["network_work_per_megapixel"] > 0
+
+
+def test_controls_benchmark_measures_placement_and_memory(tmp_path: Path) -> None:
+    out = tmp_path / "controls.json"
+    controls.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["controls"]) == {"silhouette", "outline", "none"}
+    assert all(0 <= row["iou"] <= 1 for row in result["controls"].values())
+    held = result["memory"]
+    assert held["all_pipelines_mb"] == pytest.approx(
+        held["model_mb"] + held["controlnet_mb"], abs=0.02
+    )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -112,6 +113,7 @@ def test_import_refuses_a_controlnet_of_another_family(tmp_path: Any) -> None:
         import_controlnet(tmp_path, "misfiled", "sdxl")
     with pytest.raises(BadControlNet, match="is not a FluxControlNetModel"):
         import_controlnet(tmp_path, "misfiled", "flux")
+    assert torch.get_default_dtype() == torch.float32  # diffusers' failed load leaves it set
 
 
 # What each model is offered, and what runs.
