@@ -53,8 +53,9 @@ ERROR_STATUSES: dict[int, str] = {
     410: "The job's result has expired (`IMAGEGEN_JOB_TTL`).",
     413: "The body is larger than `IMAGEGEN_MAX_BODY_BYTES`.",
     415: "The body is not `application/json`.",
-    422: "AUTOMATIC1111's API (which answers 422 where the native API answers 400): a field "
-    "that breaks its rule, or that asks for a feature this service does not have.",
+    422: "AUTOMATIC1111's API and its ControlNet extension's (which answer 422 where the "
+    "native API answers 400): a field that breaks its rule, or that asks for a feature this "
+    "service does not have.",
     429: "Too many requests in flight (in total or for this key), or over a rate limit: retry "
     "after `Retry-After`.",
     500: "The generation failed; the server log has the details, under the request id.",
@@ -72,6 +73,7 @@ BY_PATH: dict[str, tuple[int, ...]] = {
     "/upscale": (503,),
     "/v1/images/": (503,),
     "/sdapi/v1/": (400, 422, 503),
+    "/controlnet/": (422,),
     "/jobs": (400, 404, 409, 410, 503),
     "/v1/files/": (400, 403, 409, 410, 503),
 }
