@@ -134,12 +134,19 @@ def parts(runner: PipelineRunner, size: int, repeats: int) -> dict[str, float]:
         vae.decode(latents.to(vae.dtype)).sample, output_type="pil"
     )[0]
     parameters = resolve(ImageRequest(prompt=PROMPT, width=size, height=size), runner.model.info)
-    return {
+    timed = {
         "evaluation": seconds(lambda: unet(latents, 500, encoder_hidden_states=text), repeats),
         "vae_decode": seconds(lambda: vae.decode(latents.to(vae.dtype)), repeats),
         "vae_encode": seconds(lambda: vae.encode(pixels), repeats),
         "png_encode": seconds(lambda: encode_image(image, parameters, "png", 90), repeats),
     }
+    networks = list(runner.controls.networks.values())
+    if networks:  # what CONTROL_WORK stands for; the control image in [0, 1], as given
+        control = (pixels + 1) / 2
+        timed["controlnet_evaluation"] = seconds(
+            lambda: networks[0](latents, 500, text, controlnet_cond=control), repeats
+        )
+    return timed
 
 
 def measure(model: str, size: int, steps: int, repeats: int) -> dict[str, Any]:
