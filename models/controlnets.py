@@ -14,6 +14,7 @@ where a silhouette or outline says, and a tiny random one per family for the tes
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import bentoml
 from bentoml.exceptions import NotFound
 
+from .families import family_of
 from .recipes import RECIPES, WEIGHTS, weights_version
 from .store import newest_of_kind
 
@@ -40,6 +42,25 @@ CLASSES = {
     "sd3": "SD3ControlNetModel",
     "flux": "FluxControlNetModel",
 }
+
+
+# What a ControlNet's residuals must agree on with the denoiser they are added to (its
+# diffusers config's keys). A UNet's input channels may differ (a dedicated inpainting UNet
+# reads 9, its ControlNet 4); a transformer ControlNet may have fewer blocks than its
+# transformer.
+FIT = (
+    "block_out_channels",
+    "layers_per_block",
+    "cross_attention_dim",
+    "transformer_layers_per_block",
+    "addition_time_embed_dim",
+    "attention_head_dim",
+    "num_attention_heads",
+    "joint_attention_dim",
+    "pooled_projection_dim",
+    "patch_size",
+)
+DENOISERS = ("unet", "transformer")  # where a pipeline directory keeps its denoiser
 
 
 class BadControlNet(ValueError):
@@ -89,6 +110,53 @@ def import_controlnet(
         network.save_pretrained(stored.path)
     logger.info("stored ControlNet %s (%s) as %s", source, family, stored.tag)
     return stored
+
+
+def fits(config: dict[str, Any], family: str, model_family: str, denoiser: Any) -> bool:
+    """Whether a ControlNet of ``family`` with ``config`` fits a ``model_family`` denoiser
+    of config ``denoiser`` (a dict or diffusers' FrozenDict)."""
+    if family != model_family:
+        return False
+    keys = FIT + (("in_channels",) if family in ("sd3", "flux") else ())
+    return all(config.get(key) == denoiser.get(key) for key in keys if key in denoiser)
+
+
+def controlnet_config(stored: bentoml.Model) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((Path(stored.path) / "config.json").read_text())
+    return config
+
+
+def denoiser_config(pipeline: bentoml.Model) -> dict[str, Any] | None:
+    """A stored pipeline's denoiser's config, from its directory (no weights read)."""
+    for name in DENOISERS:
+        path = Path(pipeline.path) / name / "config.json"
+        if path.exists():
+            config: dict[str, Any] = json.loads(path.read_text())
+            return config
+    return None
+
+
+def fitting_controlnets(tags: list[str], families: set[str]) -> list[bentoml.Model]:
+    """The stored ControlNets of ``families`` that fit one of the models ``tags``; a model
+    not stored yet (a recipe built on first use) admits every one of its family."""
+    pipelines = []
+    for tag in tags:
+        try:
+            pipelines.append(bentoml.models.get(tag))
+        except NotFound:
+            return stored_controlnets(families)
+    denoisers = [
+        (family_of(str(p.info.metadata["pipeline"])).name, denoiser_config(p)) for p in pipelines
+    ]
+    return [
+        net
+        for net in stored_controlnets(families)
+        if any(
+            denoiser is not None
+            and fits(controlnet_config(net), str(net.info.metadata["family"]), family, denoiser)
+            for family, denoiser in denoisers
+        )
+    ]
 
 
 def stored_controlnets(families: set[str]) -> list[bentoml.Model]:

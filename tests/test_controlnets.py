@@ -33,6 +33,7 @@ from models.controlnets import (
     SD_SHAPES_CONTROL,
     BadControlNet,
     ensure_controlnet,
+    fitting_controlnets,
     import_controlnet,
     stored_controlnets,
 )
@@ -123,6 +124,16 @@ def test_a_controlnet_is_offered_only_to_the_models_whose_denoiser_it_fits() -> 
     assert [n.name for n in runner_for("sd-tiny").model.info.controlnets] == ["sd-tiny-control"]
     shapes = runner_for("sd-shapes").model.info.controlnets
     assert [n.name for n in shapes] == ["sd-shapes-control"]
+
+
+def test_a_controlnet_that_fits_no_served_model_is_neither_loaded_nor_declared() -> None:
+    stored = [ensure_controlnet(CONTROL_RECIPES[name]) for name in TEST_CONTROLNETS]
+    nets = ControlNets(stored, "cpu", "float32")
+    nets.for_model(loaded_recipe("sd-tiny"))
+    assert [tag.split(":")[0] for tag in nets.loaded] == ["sd-tiny-control"]
+    loaded_recipe("sdxl-tiny")  # stored: its denoiser's config is read from the store
+    declared = fitting_controlnets(["sd-tiny", "sdxl-tiny"], {"sd", "sdxl"})
+    assert sorted(n.tag.name for n in declared) == ["sd-tiny-control", "sdxl-tiny-control"]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_MODELS))

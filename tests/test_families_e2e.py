@@ -196,7 +196,7 @@ def test_no_adapter_leaks_into_concurrent_requests_without_one(models_server: Se
     assert together == alone * 3
 
 
-def test_bentoml_build_packs_every_listed_model_their_adapters_upscalers_and_controlnets() -> None:
+def test_bentoml_build_packs_the_listed_models_their_adapters_upscalers_and_controlnets() -> None:
     ensure_adapter(SD_TINY_STYLE), ensure_adapter(SD_TINY_TINT)
     env = {**os.environ, "IMAGEGEN_MODELS": "sdxl-tiny,sd-tiny"}
     built = subprocess.run(
@@ -211,9 +211,12 @@ def test_bentoml_build_packs_every_listed_model_their_adapters_upscalers_and_con
     packed = sorted(model["tag"].split(":")[0] for model in services["imagegen-generator"])
     upscalers = [model.tag.name for model in stored_upscalers()]  # the session's, conftest's
     assert {"esrgan-tiny-x4", "esrgan-tiny-x2"} <= set(upscalers)
-    # The session's ControlNets of the two models' families (conftest's), not SD3's or FLUX's.
-    controls = [model.tag.name for model in stored_controlnets({"sd", "sdxl"})]
-    assert {"sd-tiny-control", "sdxl-tiny-control", "sd-shapes-control"} <= set(controls)
+    # Of the session's ControlNets (conftest's), those that fit the two models: not
+    # sd-shapes' (another UNet of their family), nor SD3's or FLUX's.
+    assert {"sd-shapes-control", "flux-tiny-control"} <= {
+        model.tag.name for model in stored_controlnets({"sd", "flux"})
+    }
+    controls = ["sd-tiny-control", "sdxl-tiny-control"]
     listed = ["sd-tiny", "sd-tiny-style", "sd-tiny-tint", "sdxl-tiny", *upscalers, *controls]
     assert packed == sorted(listed)
     # And every module the service imports, subpackages included.

@@ -18,7 +18,7 @@ from bentoml.validators import ContentType
 from imagegen.hop import Failure, Generation, api_name, model_name
 from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
-from models.controlnets import stored_controlnets
+from models.controlnets import fitting_controlnets
 from models.store import StoredPipeline, served_families
 from models.upscalers import stored_upscalers
 
@@ -31,7 +31,7 @@ Outcomes = Annotated[list[Generation | Failure], ContentType("application/vnd.be
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
     """A class decorator: adds ``model_<k>`` declaring the k-th model, ``lora_<k>`` the
     k-th stored LoRA adapter of any of them, ``upscaler_<k>`` the k-th stored upscaler and
-    ``controlnet_<k>`` the k-th stored ControlNet of their families (``bentoml build`` packs
+    ``controlnet_<k>`` the k-th stored ControlNet that fits one of them (``bentoml build`` packs
     each), and a batched API per model, named by :func:`api_name`, that runs
     ``self.runners[name]``. Applied under ``@bentoml.service``, which collects them all.
     Adapters, upscalers and ControlNets are found in the store here, at start-up: one
@@ -46,7 +46,8 @@ def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], t
             setattr(cls, f"lora_{index}", BentoModel(adapter.tag))
         for index, upscaler in enumerate(stored_upscalers()):
             setattr(cls, f"upscaler_{index}", BentoModel(upscaler.tag))
-        for index, controlnet in enumerate(stored_controlnets(served_families(tags))):
+        controlnets = fitting_controlnets(tags, served_families(tags))
+        for index, controlnet in enumerate(controlnets):
             setattr(cls, f"controlnet_{index}", BentoModel(controlnet.tag))
         return cls
 

@@ -22,7 +22,7 @@ import PIL.Image
 from imagegen.engine.loading import LoadedModel
 from imagegen.inputs import unpack
 from imagegen.schemas import ControlNetInfo, ControlParameters, Mode, WorkItem
-from models.controlnets import load_controlnet
+from models.controlnets import controlnet_config, fits, load_controlnet
 from models.loading import choose_device, choose_dtype
 
 logger = logging.getLogger(__name__)
@@ -53,21 +53,6 @@ MULTI = {
     "sd3": "SD3MultiControlNetModel",
     "flux": "FluxMultiControlNetModel",
 }
-# What a ControlNet's residuals must agree on with the denoiser they are added to. A UNet's
-# input channels may differ (a dedicated inpainting UNet reads 9, its ControlNet 4); a
-# transformer ControlNet may have fewer blocks than its transformer.
-FIT = (
-    "block_out_channels",
-    "layers_per_block",
-    "cross_attention_dim",
-    "transformer_layers_per_block",
-    "addition_time_embed_dim",
-    "attention_head_dim",
-    "num_attention_heads",
-    "joint_attention_dim",
-    "pooled_projection_dim",
-    "patch_size",
-)
 
 
 @dataclass(frozen=True)
@@ -78,38 +63,45 @@ class ControlNet:
 
 
 class ControlNets:
-    """The stored ControlNets, loaded once on the configured device and dtype."""
+    """The stored ControlNets; each is loaded on the configured device and dtype once, when
+    the first model it fits asks for it (one that fits no served model is never loaded)."""
 
     def __init__(self, stored: Sequence[bentoml.Model], device: str, dtype: str) -> None:
-        torch_device = choose_device(device)
-        torch_dtype = choose_dtype(dtype, torch_device)
-        self.loaded: list[ControlNet] = []
-        for model in stored:
-            family = str(model.info.metadata["family"])
-            network = load_controlnet(model.path, family, torch_dtype=torch_dtype)
-            network.to(torch_device).eval()
-            info = ControlNetInfo(name=model.tag.name, version=str(model.tag.version))
-            self.loaded.append(ControlNet(info, family, network))
-            logger.info("ControlNet %s (%s) on %s", model.tag, family, torch_device)
+        self.device = choose_device(device)
+        self.dtype = choose_dtype(dtype, self.device)
+        self.stored = list(stored)
+        self._loaded: dict[str, ControlNet] = {}
 
     def for_model(self, model: LoadedModel) -> ModelControls:
         """The ControlNets that fit ``model``, and its pipelines that take them (without any
-        loaded, the model's pipeline is not looked at)."""
-        family = model.family.name
+        stored, the model's pipeline is not looked at)."""
         fitting = [
-            net
-            for net in self.loaded
-            if fits(net, family, getattr(model.pipeline, model.family.denoiser))
+            self._load(stored)
+            for stored in self.stored
+            if fits(
+                controlnet_config(stored),
+                str(stored.info.metadata["family"]),
+                model.family.name,
+                getattr(model.pipeline, model.family.denoiser).config,
+            )
         ]
         return ModelControls(model, fitting)
 
+    @property
+    def loaded(self) -> list[str]:
+        """The tags of the ControlNets loaded so far."""
+        return list(self._loaded)
 
-def fits(net: ControlNet, family: str, denoiser: Any) -> bool:
-    if net.family != family:
-        return False
-    ours, theirs = net.network.config, denoiser.config
-    keys = FIT + (("in_channels",) if family in ("sd3", "flux") else ())
-    return all(ours.get(key) == theirs.get(key) for key in keys if key in theirs)
+    def _load(self, stored: bentoml.Model) -> ControlNet:
+        tag = str(stored.tag)
+        if tag not in self._loaded:
+            family = str(stored.info.metadata["family"])
+            network = load_controlnet(stored.path, family, torch_dtype=self.dtype)
+            network.to(self.device).eval()
+            info = ControlNetInfo(name=stored.tag.name, version=str(stored.tag.version))
+            self._loaded[tag] = ControlNet(info, family, network)
+            logger.info("ControlNet %s (%s) on %s", tag, family, self.device)
+        return self._loaded[tag]
 
 
 class ModelControls:
