@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -69,6 +70,16 @@ def test_the_trained_control_draws_the_shape_where_its_silhouette_is(
     assert abs(centre_x(image) - scene.centre[0]) < 6
     reading = measure(image)
     assert (reading.colour, reading.shape, reading.background) == ("red", "circle", "blue")
+
+
+def test_concurrent_requests_each_get_their_own_control(shapes_server: Server) -> None:
+    """Batching is on: requests guided by different images never share a pipeline call's
+    maps, so each shape lands where its own silhouette is."""
+    scenes = [LEFT, RIGHT] * 3
+    with ThreadPoolExecutor(len(scenes)) as pool:
+        images = list(pool.map(lambda scene: guided(shapes_server, scene, scene.caption), scenes))
+    for scene, image in zip(scenes, images, strict=True):
+        assert abs(centre_x(image) - scene.centre[0]) < 6
 
 
 def test_colours_still_follow_the_prompt_under_the_control(shapes_server: Server) -> None:
