@@ -58,7 +58,6 @@ MULTI = {
 @dataclass(frozen=True)
 class ControlNet:
     info: ControlNetInfo
-    family: str
     network: Any
 
 
@@ -69,18 +68,22 @@ class ControlNets:
     def __init__(self, stored: Sequence[bentoml.Model], device: str, dtype: str) -> None:
         self.device = choose_device(device)
         self.dtype = choose_dtype(dtype, self.device)
-        self.stored = list(stored)
+        # Each one's family and config, read once: what fitting a model is judged on.
+        self.stored = [
+            (model, str(model.info.metadata["family"]), controlnet_config(model))
+            for model in stored
+        ]
         self._loaded: dict[str, ControlNet] = {}
 
     def for_model(self, model: LoadedModel) -> ModelControls:
         """The ControlNets that fit ``model``, and its pipelines that take them (without any
         stored, the model's pipeline is not looked at)."""
         fitting = [
-            self._load(stored)
-            for stored in self.stored
+            self._load(stored, family)
+            for stored, family, config in self.stored
             if fits(
-                controlnet_config(stored),
-                str(stored.info.metadata["family"]),
+                config,
+                family,
                 model.family.name,
                 getattr(model.pipeline, model.family.denoiser).config,
             )
@@ -92,14 +95,13 @@ class ControlNets:
         """The tags of the ControlNets loaded so far."""
         return list(self._loaded)
 
-    def _load(self, stored: bentoml.Model) -> ControlNet:
+    def _load(self, stored: bentoml.Model, family: str) -> ControlNet:
         tag = str(stored.tag)
         if tag not in self._loaded:
-            family = str(stored.info.metadata["family"])
             network = load_controlnet(stored.path, family, torch_dtype=self.dtype)
             network.to(self.device).eval()
             info = ControlNetInfo(name=stored.tag.name, version=str(stored.tag.version))
-            self._loaded[tag] = ControlNet(info, family, network)
+            self._loaded[tag] = ControlNet(info, network)
             logger.info("ControlNet %s (%s) on %s", tag, family, self.device)
         return self._loaded[tag]
 
