@@ -93,23 +93,30 @@ class Generator:
 
     def __init__(self) -> None:
         # Imported here: only this service's process needs torch and diffusers.
+        from imagegen.engine.compute import Lane
         from imagegen.engine.controlling import ControlNets
         from imagegen.engine.generation import load_runners
         from imagegen.engine.upscaling import Upscalers
 
         # One tracker for all models: one event stream, cancels by id.
         self.tracker = Tracker()
-        self.upscaling = Upscalers(declared(self, "upscaler"), settings.device)
-        controlnets = ControlNets(declared(self, "controlnet"), settings.device, settings.dtype)
-        # BentoML serves /readyz only once __init__ has returned: loaded and warmed up.
-        self.runners = load_runners(
-            declared(self, "model"),
-            settings,
-            self.tracker,
-            declared(self, "lora"),
-            self.upscaling,
-            controlnets,
-        )
+
+        def load() -> None:
+            self.upscaling = Upscalers(declared(self, "upscaler"), settings.device)
+            controlnets = ControlNets(declared(self, "controlnet"), settings.device, settings.dtype)
+            self.runners = load_runners(
+                declared(self, "model"),
+                settings,
+                self.tracker,
+                declared(self, "lora"),
+                self.upscaling,
+                controlnets,
+            )
+
+        # In a lane, as all of torch's work here: torch on this thread, which lives on, would
+        # slow every call (imagegen.engine.compute). BentoML serves /readyz only once
+        # __init__ has returned: loaded and warmed up.
+        Lane("loading").submit(load).result()
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
     @bentoml.api

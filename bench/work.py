@@ -19,6 +19,7 @@ import argparse
 import statistics
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,9 @@ def measure(model: str, size: int, steps: int, repeats: int) -> dict[str, Any]:
     }
     measured = {name: row(runner, fields, size, repeats) for name, fields in asked.items()}
     rates = [entry["s_per_work"] for entry in measured.values()]
-    # On the runner's own thread: torch from a second thread would start a second OpenMP
-    # thread team, and on two cores both would crawl.
-    timed = runner._runner.submit(parts, runner, size, repeats).result()
+    # In the runner's own lane: torch on a second thread would start a second OpenMP team,
+    # and on two cores both would crawl (imagegen.engine.compute).
+    timed = runner.lane.submit(partial(parts, runner, size, repeats)).result()
     evaluation = timed["evaluation"]
     return {
         "machine": machine(),

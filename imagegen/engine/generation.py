@@ -12,10 +12,9 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import replace
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import bentoml
@@ -24,6 +23,7 @@ import prometheus_client
 import torch
 
 from imagegen.engine.caching import step_cache
+from imagegen.engine.compute import Lane
 from imagegen.engine.controlling import ControlNets
 from imagegen.engine.loading import LoadedModel, load_model
 from imagegen.engine.modes import ModeCall, Start, mode_call, second_pass_call
@@ -225,10 +225,11 @@ def prompt_limit(model: LoadedModel) -> tuple[Any, int] | None:
 class PipelineRunner:
     """Runs one loaded pipeline.
 
-    Every pipeline call, the warm-up included, runs on one thread of its own. That serialises
-    calls per model (one call already keeps the device busy) and keeps torch's CPU kernels on
-    one OpenMP thread team: calls from a second thread start a second team that competes for
-    the same cores, about 3x slower on two cores. Each call also gets its own scheduler and
+    Every pipeline call, the warm-up included, runs in one lane of its own
+    (:mod:`imagegen.engine.compute`). That serialises calls per model (one call already keeps
+    the device busy) and keeps torch's CPU kernels on one OpenMP thread team while it works:
+    a second team on the same cores makes both 2-3x slower on two cores, even idle. Each
+    call also gets its own scheduler and
     one seeded generator per image, so nothing per-request is written onto the shared pipeline
     and every image keeps its own seed inside a batch.
     """
@@ -253,7 +254,7 @@ class PipelineRunner:
         self.model = replace(model, info=model.info.model_copy(update=seen))
         self.max_batch_size = max_batch_size
         self.tracker = tracker or Tracker()
-        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        self.lane = Lane("pipeline")
         self._prompt_limit = prompt_limit(model)
         self._counting = threading.Lock()
 
@@ -326,7 +327,7 @@ class PipelineRunner:
         group = [item.parameters for item in items]
         first = group[0]
         # The request's context (its id, for log lines) goes along to the runner thread.
-        call = self._runner.submit(copy_context().run, self._run, items)
+        call = self.lane.submit(partial(copy_context().run, self._run, items))
         try:
             images, (started, denoised, finished) = call.result()
         except Interrupted:

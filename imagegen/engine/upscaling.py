@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextvars import copy_context
+from functools import partial
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -15,6 +17,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+from imagegen.engine.compute import Lane
 from imagegen.engine.loading import LoadedModel
 from imagegen.engine.progress import Tracker
 from imagegen.hop import UpscaleItem
@@ -45,9 +48,8 @@ class Upscalers:
 
     def __init__(self, stored: Sequence[bentoml.Model], device: str) -> None:
         device = str(choose_device(device))
-        # Upscales alone run on a thread of their own, one at a time: torch's CPU kernels on
-        # a second thread team would compete with the pipelines' for the same cores.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upscaler")
+        # Upscales alone run one at a time in a lane of their own (imagegen.engine.compute).
+        self._lane = Lane("upscaler")
         self.networks = {}
         self.infos = builtin_upscalers()
         for model in stored:
@@ -55,8 +57,7 @@ class Upscalers:
             half = device.startswith("cuda") and network.supports_half
             network.to(torch.device(device), dtype=torch.float16 if half else torch.float32)
             network.eval()
-            with torch.inference_mode():  # lazy initialisation paid here, not by a client
-                network(torch.zeros((1, 3, 16, 16), device=device, dtype=network.dtype))
+            self._lane.submit(partial(warm_up, network, device)).result()
             self.networks[model.tag.name] = network
             self.infos.append(
                 UpscalerInfo(
@@ -100,7 +101,7 @@ class Upscalers:
         def cancelled() -> bool:
             return tracker.is_cancelled(item.id)
 
-        return self._thread.submit(copy_context().run, run)
+        return self._lane.submit(partial(copy_context().run, run))
 
     def latents(self, latents: torch.Tensor, size: tuple[int, int], name: str) -> torch.Tensor:
         """Latents (B, C, h, w) interpolated to ``size`` (h, w) latent cells."""
@@ -134,6 +135,12 @@ class Upscalers:
             out = tiled(network, tensor, cancelled)
         array = (out[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         return PIL.Image.fromarray(array, "RGB")
+
+
+def warm_up(network: Any, device: str) -> None:
+    """Lazy initialisation paid at start-up, not by a client."""
+    with torch.inference_mode():
+        network(torch.zeros((1, 3, 16, 16), device=device, dtype=network.dtype))
 
 
 def tiled(network: object, tensor: torch.Tensor, cancelled: Callable[[], bool]) -> torch.Tensor:

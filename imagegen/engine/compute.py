@@ -1,0 +1,63 @@
+"""Where the generator process runs torch: one call at a time per lane, on a thread that
+lasts only while the lane is in use. None of it on the main thread, which lives on.
+
+torch's CPU kernels run on OpenMP, whose runtime (GNU libgomp) gives every thread that starts
+a parallel region a team of its own, kept until that thread exits. Once the teams' threads
+outnumber the cores, every team stops spinning between regions and sleeps instead, and each of
+the thousands of small regions of a denoising step pays a futex wake-up. Measured on cpu-2
+(sd-tiny 64x64, 4 steps, python -m bench.serving's stage table): the upscaler network's
+warm-up on the main thread left a team there, and every pipeline call took 115 ms against
+45 ms in a process without it. A lane's thread exits once it has been idle for ``linger``
+seconds, taking its team with it, so an idle lane soon costs the busy ones nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+# How long an idle lane keeps its thread (and team): a new one's first call pays ~15 ms on
+# cpu-2 for the new team's threads and per-thread buffers.
+LINGER_S = 1.0
+
+
+class Lane:
+    """Runs what is submitted one at a time, in order, on a thread named ``name`` that is
+    started on demand and exits after ``linger`` idle seconds (a ThreadPoolExecutor's thread
+    stays for good, and with it its OpenMP team)."""
+
+    def __init__(self, name: str, linger: float = LINGER_S) -> None:
+        self.name = name
+        self.linger = linger
+        self._queue: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._changed = threading.Condition()
+        self._running = False
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._changed:
+            self._queue.append((future, call))
+            self._changed.notify()
+            start, self._running = not self._running, True
+        if start:
+            threading.Thread(target=self._drain, name=self.name, daemon=True).start()
+        return future
+
+    def _drain(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue, timeout=self.linger)
+                if not self._queue:
+                    self._running = False
+                    return
+                future, call = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as error:  # handed to whoever waits on the future
+                future.set_exception(error)
