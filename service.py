@@ -17,7 +17,8 @@ from app.docs import docs_router
 from app.logs import configure_logging
 from app.playground import mount_playground
 from app.stack import middleware_stack
-from imagegen.engine.catalog import declared, with_models
+from imagegen.direct_hop import DirectServer
+from imagegen.engine.catalog import declared, open_direct_hop, with_models
 from imagegen.engine.progress import Tracker
 from imagegen.errors import answers_errors, answers_validation_errors
 from imagegen.hop import CONNECTED, UpscaleItem
@@ -100,6 +101,8 @@ class Generator:
 
         # One tracker for all models: one event stream, cancels by id.
         self.tracker = Tracker()
+        # Opened on start-up where BentoML serves this service on a local socket.
+        self.direct: DirectServer | None = None
 
         def load() -> None:
             self.upscaling = Upscalers(declared(self, "upscaler"), settings.device)
@@ -117,6 +120,17 @@ class Generator:
         # slow every call (imagegen.engine.compute). BentoML serves /readyz only once
         # __init__ has returned: loaded and warmed up.
         Lane("loading").submit(load).result()
+
+    @bentoml.on_startup
+    async def open_direct_hop(self) -> None:
+        """Generation requests also taken on a local socket of this service's own, batched
+        here (imagegen.direct_hop): the public process's short way round BentoML's hop."""
+        self.direct = await open_direct_hop(self.runners, settings.max_batch_size)
+
+    @bentoml.on_shutdown
+    async def close_direct_hop(self) -> None:
+        if self.direct is not None:
+            await self.direct.close()
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
     @bentoml.api

@@ -190,10 +190,13 @@ def requests_outside(page: Page, origin: str) -> list[str]:
 @pytest.fixture(scope="session")
 def shapes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server started as on a fresh machine: no model named, so the demo model, sd-shapes:
-    what the tests of what images show use."""
+    what the tests of what images show use. BentoML puts its generator on TCP here, as where
+    Unix sockets are not to be had, so its generations take BentoML's hop and adaptive
+    batching (imagegen/direct_hop.py): the other servers' take the short way."""
     log = tmp_path_factory.mktemp("shapes-server") / "bentoml-serve.log"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("IMAGEGEN_MODEL")  # the plumbing tests' sd-tiny
+        patch.setenv("BENTOML_NO_UDS", "1")
         with bentoml_serve(log) as running:
             patch.undo()
             yield running

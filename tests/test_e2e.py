@@ -154,10 +154,26 @@ def test_the_pipeline_is_loaded_once_per_process(server: Server) -> None:
     assert server.log.read_text().count("loaded pipeline sd-tiny") == 1
 
 
-def test_adaptive_batching_is_taught_before_the_server_is_ready(server: Server) -> None:
-    """Its learning would hold a lone client's 9th to 11th request (tests/
+def test_generations_take_the_short_way_round_bentoml_s_hop(server: Server) -> None:
+    """The generator listens beside BentoML's socket and batches itself, and the public
+    process sends there (imagegen/direct_hop.py); BentoML's dispatcher, unused, is not
+    taught."""
+    assert generate(server).status_code == 200
+    log = server.log.read_text()
+    assert "generation requests taken on" in log
+    assert "generations go to the generator on" in log
+    assert "adaptive batching taught" not in log
+
+
+def test_through_bentoml_s_hop_adaptive_batching_is_taught_before_ready(
+    shapes_server: Server,
+) -> None:
+    """Where the generator is on TCP, generations go through BentoML's client and adaptive
+    batching, whose learning would hold a lone client's 9th to 11th request (tests/
     test_batching_warmup.py; the lone-client table of bench.serving)."""
-    assert "adaptive batching taught its timings for sd-tiny" in server.log.read_text()
+    log = shapes_server.log.read_text()
+    assert "adaptive batching taught its timings for sd-shapes" in log
+    assert "generation requests taken on" not in log
 
 
 def raw_request(

@@ -15,6 +15,7 @@ import bentoml
 from bentoml.models import BentoModel
 from bentoml.validators import ContentType
 
+from imagegen.direct_hop import Batcher, DirectServer, socket_path
 from imagegen.hop import Failure, Generation, api_name, model_name
 from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
@@ -61,6 +62,22 @@ def generate_api(tag: str) -> Any:
 
     generate.__name__ = api_name(tag)
     return generate
+
+
+async def open_direct_hop(runners: dict[str, Any], max_batch_size: int) -> DirectServer | None:
+    """Each model's queue of the hop's short way (:mod:`imagegen.direct_hop`), listening
+    beside BentoML's socket; None where BentoML serves this service on none."""
+    path = socket_path()
+    if path is None:
+        return None
+    server = DirectServer(
+        {
+            api_name(name): Batcher(runner.generate_batch, max_batch_size)
+            for name, runner in runners.items()
+        }
+    )
+    await server.start(path)
+    return server
 
 
 def declared(service: Any, kind: str) -> list[bentoml.Model]:

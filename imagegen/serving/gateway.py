@@ -140,10 +140,12 @@ class Gateway:
 
     def start(self) -> None:
         """At the process's start, on its event loop: once the generator service has loaded,
-        teach its batching queues their timings (served, batching on, warm-up on), in the
+        teach its batching queues their timings (served, batching on, warm-up on, and
+        generations through BentoML's hop: the short way batches without learning), in the
         background; readiness waits for it."""
         settings = self.settings
-        if self.client.served and settings.max_batch_size > 1 and settings.warmup:
+        through_bentoml = self.client.served and self.client.direct is None
+        if through_bentoml and settings.max_batch_size > 1 and settings.warmup:
             self._teaching = asyncio.create_task(self._teach())
 
     async def _teach(self) -> None:
