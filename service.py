@@ -36,7 +36,7 @@ from imagegen.serving.compat.a1111 import A1111, a1111_router
 from imagegen.serving.compat.controlnet import controlnet_router
 from imagegen.serving.compat.openai import openai_router
 from imagegen.serving.encoding import (
-    answer_off_the_loop,
+    build_answer,
     encode,
     image_response,
     images_response,
@@ -205,8 +205,9 @@ class ImageGeneration:
         request = ImageRequest.model_construct(**fields)  # validated by BentoML already
         http_request = current_request()
         generated = await self.gateway.generate(request, http_request)
-        answer = await answer_off_the_loop(
+        answer = await build_answer(
             http_request.scope,
+            generated,
             lambda: image_response(encode(generated, request.output_format, request.quality)),
         )
         return answer  # type: ignore[return-value]
@@ -220,8 +221,9 @@ class ImageGeneration:
         request = ImagesRequest.model_construct(**fields)
         http_request = current_request()
         generated = await self.gateway.generate(request, http_request)
-        answer = await answer_off_the_loop(
+        answer = await build_answer(
             http_request.scope,
+            generated,
             lambda: images_response(encode(generated, request.output_format, request.quality)),
         )
         return answer  # type: ignore[return-value]

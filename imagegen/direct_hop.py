@@ -17,6 +17,7 @@ process uses BentoML's client and adaptive batching as before.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -41,6 +42,7 @@ HEADER = struct.Struct("!Q")  # each frame: its length, then a pickle
 INLINE_BYTES = 64 * 1024
 
 Outcomes = list[Generation | Failure]
+Started = concurrent.futures.Future[Outcomes]  # a call under way on a model's thread
 
 
 def socket_path(runner_map: str | None = None) -> Path | None:
@@ -73,8 +75,8 @@ class Batcher:
     """One model's queue on the generator's side: requests waiting while its pipeline is
     busy go together into its next call, whole requests up to ``max_batch_size`` images."""
 
-    def __init__(self, run: Callable[[list[WorkItem]], Outcomes], max_batch_size: int) -> None:
-        self._run = run
+    def __init__(self, run: Callable[[list[WorkItem]], Started], max_batch_size: int) -> None:
+        self._run = run  # starts a call on the model's own thread
         self._max = max_batch_size
         self._waiting: list[tuple[list[WorkItem], asyncio.Future[Outcomes]]] = []
         self._draining: asyncio.Task[None] | None = None
@@ -100,7 +102,7 @@ class Batcher:
             taken = self._take()
             items = [item for request, _ in taken for item in request]
             try:
-                outcomes = await asyncio.to_thread(self._run, items)
+                outcomes = await asyncio.wrap_future(self._run(items))
             except Exception as error:  # the runner answers failures as outcomes: a bug
                 logger.exception("a batch of %d items failed", len(items))
                 for _, future in taken:

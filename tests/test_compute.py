@@ -54,6 +54,13 @@ def test_an_error_reaches_the_caller_and_the_lane_goes_on() -> None:
     assert lane.submit(lambda: "next").result(timeout=5) == "next"
 
 
+def test_a_call_submitted_from_the_lane_itself_runs_at_once() -> None:
+    """As the generator's batcher does: the whole batch in the lane, its pipeline calls too."""
+    lane = Lane("test-nested")
+    outer = lane.submit(lambda: lane.submit(lambda: "inner").result(timeout=1))
+    assert outer.result(timeout=5) == "inner"
+
+
 def test_calls_close_together_share_a_thread_and_an_idle_lane_lets_it_go() -> None:
     lane = Lane("test-linger", linger=0.2)
     first = lane.submit(threading.get_ident).result(timeout=5)

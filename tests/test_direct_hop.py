@@ -10,6 +10,7 @@ import json
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,12 @@ class Recorder:
         return [Failure(error="Cancelled", message=f"made {item}") for item in items]
 
 
+def on_a_thread(run: Any) -> Any:
+    """``run`` as the generator gives it to a batcher: started on a model's thread."""
+    thread = ThreadPoolExecutor(max_workers=1)
+    return lambda items: thread.submit(run, items)
+
+
 def answered(outcomes: list[Any]) -> list[str]:
     return [outcome.message.removeprefix("made ") for outcome in outcomes]
 
@@ -60,7 +67,7 @@ def answered(outcomes: list[Any]) -> list[str]:
 def test_a_lone_request_runs_at_once_and_those_behind_a_call_share_the_next() -> None:
     async def scenario() -> tuple[list[list[str]], list[list[str]]]:
         pipeline = Recorder()
-        batcher = Batcher(pipeline, max_batch_size=4)
+        batcher = Batcher(on_a_thread(pipeline), max_batch_size=4)
         first = asyncio.create_task(batcher.submit(["a"]))
         await asyncio.to_thread(pipeline.started.wait, 5)  # running alone, nothing waited
         behind = [asyncio.create_task(batcher.submit(items)) for items in (["b"], ["c", "d"])]
@@ -77,7 +84,7 @@ def test_a_lone_request_runs_at_once_and_those_behind_a_call_share_the_next() ->
 def test_a_call_takes_whole_requests_up_to_the_batch_size() -> None:
     async def scenario() -> list[list[str]]:
         pipeline = Recorder()
-        batcher = Batcher(pipeline, max_batch_size=3)
+        batcher = Batcher(on_a_thread(pipeline), max_batch_size=3)
         first = asyncio.create_task(batcher.submit(["a"]))
         await asyncio.to_thread(pipeline.started.wait, 5)
         queued = [["b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
@@ -92,7 +99,7 @@ def test_a_call_takes_whole_requests_up_to_the_batch_size() -> None:
 
 
 async def served(path: Path, run: Any) -> DirectServer:
-    server = DirectServer({"generate_m": Batcher(run, max_batch_size=8)})
+    server = DirectServer({"generate_m": Batcher(on_a_thread(run), max_batch_size=8)})
     await server.start(path)
     return server
 

@@ -1,13 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import threading
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from imagegen.hop import Generation
-from imagegen.serving.encoding import MEDIA_TYPES, encode, encode_image, image_response
+from imagegen.serving.encoding import (
+    MEDIA_TYPES,
+    build_answer,
+    encode,
+    encode_image,
+    image_response,
+)
 from imagegen.serving.remote import Generated
 from tests.conftest import PARAMETERS
 
@@ -108,3 +117,23 @@ def test_several_images_time_from_the_first_call_to_the_last(image: Image.Image)
         "setup_ms": 250.0,
         "decode_ms": 250.0,
     }
+
+
+@pytest.mark.parametrize(("size", "count", "on_the_loop"), [(64, 2, True), (96, 1, False)])
+def test_only_small_answers_are_built_on_the_event_loop(
+    size: int, count: int, on_the_loop: bool
+) -> None:
+    """Two 64x64 images (8,192 pixels) cost less to encode than a thread hop; one 96x96 is
+    built off the loop, as every larger answer is (test_hardening_e2e.py has eight large ones)."""
+    picture = Image.new("RGB", (size, size))
+    generation = Generation(
+        image=picture, parameters=PARAMETERS, received=0, started=0, denoised=0, finished=0,
+        batch_size=count,
+    )  # fmt: skip
+    generated = Generated([generation] * count, seconds=0.1)
+
+    async def built_on() -> str:
+        scope: dict[str, Any] = {"type": "http"}
+        return await build_answer(scope, generated, lambda: threading.current_thread().name)
+
+    assert (asyncio.run(built_on()) == threading.main_thread().name) is on_the_loop

@@ -9,24 +9,28 @@ own batch queue, so a slow model never holds up a fast one, and a batch never mi
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 from bentoml.models import BentoModel
 from bentoml.validators import ContentType
 
-from imagegen.direct_hop import Batcher, DirectServer, socket_path
-from imagegen.hop import Failure, Generation, api_name, model_name
+from imagegen.direct_hop import Batcher, DirectServer, Outcomes, Started, socket_path
+from imagegen.hop import api_name, model_name
 from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
 from models.controlnets import fitting_controlnets
 from models.store import StoredPipeline, served_families
 from models.upscalers import stored_upscalers
 
+if TYPE_CHECKING:  # the public process imports this module, and never torch
+    from imagegen.engine.generation import PipelineRunner
+
 # What a batched API answers. Its media type is declared because, without one, BentoML derives
 # it from the answer's JSON schema, generated anew on every response (3 ms, measured); pickle
 # is what the dependency client sends and reads on this hop.
-Outcomes = Annotated[list[Generation | Failure], ContentType("application/vnd.bentoml+pickle")]
+PickledOutcomes = Annotated[Outcomes, ContentType("application/vnd.bentoml+pickle")]
 
 
 def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], type]:
@@ -56,7 +60,7 @@ def with_models(tags: list[str], batching: dict[str, Any]) -> Callable[[type], t
 
 
 def generate_api(tag: str) -> Any:
-    def generate(self: Any, batch: list[WorkItem]) -> Outcomes:
+    def generate(self: Any, batch: list[WorkItem]) -> PickledOutcomes:
         """One outcome per item: its image, or the failure of its pipeline call."""
         return self.runners[model_name(tag)].generate_batch(batch)
 
@@ -64,7 +68,9 @@ def generate_api(tag: str) -> Any:
     return generate
 
 
-async def open_direct_hop(runners: dict[str, Any], max_batch_size: int) -> DirectServer | None:
+async def open_direct_hop(
+    runners: dict[str, PipelineRunner], max_batch_size: int
+) -> DirectServer | None:
     """Each model's queue of the hop's short way (:mod:`imagegen.direct_hop`), listening
     beside BentoML's socket; None where BentoML serves this service on none."""
     path = socket_path()
@@ -72,12 +78,17 @@ async def open_direct_hop(runners: dict[str, Any], max_batch_size: int) -> Direc
         return None
     server = DirectServer(
         {
-            api_name(name): Batcher(runner.generate_batch, max_batch_size)
+            # The whole batch in the runner's lane: one thread hop, not two.
+            api_name(name): Batcher(lane_batch(runner), max_batch_size)
             for name, runner in runners.items()
         }
     )
     await server.start(path)
     return server
+
+
+def lane_batch(runner: PipelineRunner) -> Callable[[list[WorkItem]], Started]:
+    return lambda items: runner.lane.submit(partial(runner.generate_batch, items))
 
 
 def declared(service: Any, kind: str) -> list[bentoml.Model]:

@@ -36,9 +36,15 @@ class Lane:
         self._queue: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
         self._changed = threading.Condition()
         self._running = False
+        self._ident: int | None = None  # the thread's, while there is one
 
     def submit(self, call: Callable[[], T]) -> Future[T]:
+        """``call()``'s future; run at once when submitted from this lane's own thread (it
+        would otherwise wait for itself)."""
         future: Future[T] = Future()
+        if threading.get_ident() == self._ident:
+            run(future, call)
+            return future
         with self._changed:
             self._queue.append((future, call))
             self._changed.notify()
@@ -48,16 +54,22 @@ class Lane:
         return future
 
     def _drain(self) -> None:
+        self._ident = threading.get_ident()
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._queue, timeout=self.linger)
                 if not self._queue:
                     self._running = False
+                    self._ident = None
                     return
                 future, call = self._queue.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(call())
-            except BaseException as error:  # handed to whoever waits on the future
-                future.set_exception(error)
+            run(future, call)
+
+
+def run(future: Future[T], call: Callable[[], T]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(call())
+    except BaseException as error:  # handed to whoever waits on the future
+        future.set_exception(error)

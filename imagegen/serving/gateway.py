@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -181,13 +182,14 @@ class Gateway:
 
     async def prepare(self, request: ImageRequest | ImagesRequest) -> Prepared:
         """The request's model, images, input image and control images (read off the event
-        loop: decoding and preprocessing a large image takes milliseconds)."""
+        loop: decoding and preprocessing a large image takes milliseconds; a prompt alone
+        spares the thread hop)."""
         count = request.num_images if isinstance(request, ImagesRequest) else 1
         info = await self.model(request.model)
         native = (info.native_width, info.native_height)
-        edit, controls = await anyio.to_thread.run_sync(
-            read_inputs, request, native, self.input_limits
-        )
+        read = partial(read_inputs, request, native, self.input_limits)
+        has_images = request.image is not None or bool(request.controlnets)
+        edit, controls = await anyio.to_thread.run_sync(read) if has_images else read()
         first = resolve(request, info, count, edit, controls.digests)
         return Prepared(info, series(first, count), edit, controls)
 

@@ -53,7 +53,7 @@ from imagegen.serving.compat.a1111_options import (
 )
 from imagegen.serving.compat.controlnet import UNITS, native_controls
 from imagegen.serving.encoding import (
-    answer_off_the_loop,
+    build_answer,
     encode_image,
     encode_upscaled,
     off_the_loop,
@@ -488,8 +488,8 @@ class A1111:
             generated = None
         finally:
             self.running[key].remove(run)
-        return await answer_off_the_loop(
-            request.scope, lambda: JSONResponse(answer(body, generated, info, settings))
+        return await build_answer(
+            request.scope, generated, lambda: JSONResponse(answer(body, generated, info, settings))
         )
 
     async def upscalers(self) -> list[dict[str, Any]]:

@@ -55,7 +55,7 @@ from imagegen.schemas import (
     SchedulerName,
 )
 from imagegen.serving.encoding import (
-    answer_off_the_loop,
+    build_answer,
     encode_image,
     image_response,
     off_the_loop,
@@ -199,8 +199,10 @@ async def generate(
         raise InvalidField(error.errors()[0]["msg"], field=param_of(error)) from None
     if not isinstance(native, JobRequest):
         generated = await gateway.generate(native, request)
-        return await answer_off_the_loop(
-            request.scope, lambda: created(b64_images(generated, native), body, size_of(generated))
+        return await build_answer(
+            request.scope,
+            generated,
+            lambda: created(b64_images(generated, native), body, size_of(generated)),
         )
     job = await gateway.start_job(native, request)
     try:
