@@ -79,6 +79,7 @@ BACKSTOP = {"timeout": settings.timeout + 30, "max_concurrency": 2 * settings.ma
     # One thread per model's batched API (imagegen.engine.catalog).
     threads=len(settings.model_tags),
     logging={"access": {"enabled": False}},
+    tracing=settings.bentoml_tracing,
     # BentoML's client to a dependency replaces its connection pool every 100 requests or
     # 300 s by default, cutting the requests in flight on the old one (500s under load). This
     # service is on a local socket, so the pool never needs replacing.
@@ -173,6 +174,7 @@ class Generator:
     # of its own): off (for both services; this one's settings are the server's), counted
     # by route template instead and served at /metrics (middleware/request_metrics.py).
     metrics={"enabled": False},
+    tracing=settings.bentoml_tracing,
 )
 class ImageGeneration:
     """Text-to-image, image-to-image and inpainting with a diffusers pipeline."""

@@ -25,13 +25,16 @@ and on loopback; concurrency and batching are bench/batching.py's.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -50,13 +53,13 @@ LONE_WINDOW = 20
 # The stages of a request, in the order it meets them, and how each is had from one answer's
 # measures: the client's latency and its Server-Timing entries, in ms.
 STAGES: dict[str, Callable[[dict[str, float]], float]] = {
-    "HTTP outside the timing middleware (client, server, BentoML's tracing, "
-    "the outer three middlewares)": lambda m: m["client"] - m["total"],
+    "HTTP outside the timing middleware (client, uvicorn, BentoML's layers, "
+    "the outer five middlewares)": lambda m: m["client"] - m["total"],
     "middlewares inside, validation, handler": lambda m: (
         m["total"] - m["admission"] - m["queue"] - m["inference"] - m["encode"]
     ),
     "admission (model, parameters, work, queue)": lambda m: m["admission"],
-    "hop both ways (serialisation, HTTP, BentoML's batching dispatcher)": lambda m: m["hop"],
+    "hop both ways (pickled frames on the local socket, the generator's queue)": lambda m: m["hop"],
     "set-up in the generator (prompt check, scheduler, thread)": lambda m: m["setup"],
     "pipeline: denoising": lambda m: m["inference"] - m["decode"],
     "pipeline: decode": lambda m: m["decode"],
@@ -74,14 +77,57 @@ def p50_seconds(server: Server, requests: int) -> float:
     return statistics.median(latencies)
 
 
-def server_timing(response: httpx.Response) -> dict[str, float]:
+def server_timing(headers: Mapping[str, str]) -> dict[str, float]:
     """``Server-Timing``'s entries, in ms, by name."""
-    entries = (entry.split(";dur=") for entry in response.headers["server-timing"].split(", "))
+    entries = (entry.split(";dur=") for entry in headers["server-timing"].split(", "))
     return {name: float(duration) for name, duration in entries}
 
 
+class LeanClient:
+    """One kept-alive connection through the standard library's ``http.client``: the least a
+    client adds, so that the fixed cost is the service's. (httpx adds about 0.7 ms a request
+    more on cpu-2: ``--client httpx`` measures with it.)"""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        host = parsed.hostname or "127.0.0.1"
+        self.connection = http.client.HTTPConnection(host, parsed.port, timeout=300)
+
+    def post(self, path: str, body: dict[str, Any]) -> Mapping[str, str]:
+        """The answer's headers, once its body is read; raises unless it is a 200."""
+        headers = {"Content-Type": "application/json"}
+        self.connection.request("POST", path, body=json.dumps(body), headers=headers)
+        response = self.connection.getresponse()
+        content = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}: {content[:200]!r}")
+        return {name.lower(): value for name, value in response.getheaders()}
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class HttpxClient:
+    """The same through an ``httpx.Client``, for comparison."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=url, timeout=300)
+
+    def post(self, path: str, body: dict[str, Any]) -> Mapping[str, str]:
+        return self.client.post(path, json=body).raise_for_status().headers
+
+    def close(self) -> None:
+        self.client.close()
+
+
+CLIENTS: dict[str, type[LeanClient | HttpxClient]] = {
+    "http.client": LeanClient,
+    "httpx": HttpxClient,
+}
+
+
 def interleaved(
-    server: Server, rounds: int, pairs: int
+    server: Server, rounds: int, pairs: int, client_name: str
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
     """Per round: the service's and the bare call's p50 and the median paired difference, in
     ms, from requests and bare calls made in turn; and the median of each stage, the bare
@@ -90,15 +136,16 @@ def interleaved(
     parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
     runner.generate(parameters)  # warm-up, as the service does
     measured, answers, bare_calls = [], [], []
-    with httpx.Client(base_url=server.url, timeout=300) as client:
-        client.post("/generate/image", json=BODY).raise_for_status()  # the connection, warm
+    client = CLIENTS[client_name](server.url)
+    try:
+        client.post("/generate/image", BODY)  # the connection, warm
         for _ in range(rounds):
             service, bare = [], []
             for _ in range(pairs):
                 started = time.perf_counter()
-                response = client.post("/generate/image", json=BODY).raise_for_status()
+                headers = client.post("/generate/image", BODY)
                 service.append(time.perf_counter() - started)
-                answers.append({**server_timing(response), "client": service[-1] * 1000})
+                answers.append({**server_timing(headers), "client": service[-1] * 1000})
                 started = time.perf_counter()
                 bare_calls.append(runner.generate(parameters))
                 bare.append(time.perf_counter() - started)
@@ -112,6 +159,8 @@ def interleaved(
                     ),
                 }
             )
+    finally:
+        client.close()
     stages = {name: median_ms(stage(m) for m in answers) for name, stage in STAGES.items()}
     stages |= {
         "bare call: set-up": median_ms((g.started - g.received) * 1000 for g in bare_calls),
@@ -155,15 +204,17 @@ def rss_mib(server: Server) -> float:
     return sum(p.memory_info().rss for p in processes) / 2**20
 
 
-def measure(quick: bool, rounds: int, pairs: int, lone: int, workdir: Path) -> dict[str, Any]:
+def measure(
+    quick: bool, rounds: int, pairs: int, lone: int, client: str, workdir: Path
+) -> dict[str, Any]:
     baseline_requests = 3 if quick else 10
     memory_requests = 20 if quick else 200
-    result: dict[str, Any] = {"quick": quick, "parameters": BODY, "pairs": pairs}
+    result: dict[str, Any] = {"quick": quick, "parameters": BODY, "pairs": pairs, "client": client}
 
     # The service, auth off, defaults otherwise.
     with bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny") as service:
         result["service_rss_after_warmup_mib"] = round(rss_mib(service), 1)
-        result["rounds"], result["stages_ms"] = interleaved(service, rounds, pairs)
+        result["rounds"], result["stages_ms"] = interleaved(service, rounds, pairs, client)
         p50_seconds(service, memory_requests - rounds * pairs)
         result["service_rss_after_requests_mib"] = round(rss_mib(service), 1)
         result["memory_requests"] = memory_requests
@@ -221,7 +272,8 @@ def table(result: dict[str, Any]) -> str:
     )
     slowest = result["lone_client_slowest"]
     return (
-        f"| interleaved, {result['pairs']} pairs a round | service p50 ms | bare p50 ms | "
+        f"| interleaved, {result['pairs']} pairs a round, {result['client']} | service p50 ms | "
+        "bare p50 ms | "
         "service - bare, median of pairs, ms |\n|---|---|---|---|\n"
         f"{rounds}\n"
         f"service - bare: {overhead['median']} ms (median of rounds; "
@@ -248,11 +300,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved pairs")
     parser.add_argument("--pairs", type=int, default=24, help="request/bare-call pairs a round")
     parser.add_argument("--lone", type=int, default=60, help="a lone client's requests")
+    parser.add_argument(
+        "--client", choices=sorted(CLIENTS), default="http.client", help="the interleaved client"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args(argv)
     rounds, pairs, lone = (1, 3, 3) if args.quick else (args.rounds, args.pairs, args.lone)
     with tempfile.TemporaryDirectory(prefix="imagegen-bench-") as workdir:
-        result = measure(args.quick, rounds, pairs, lone, Path(workdir))
+        result = measure(args.quick, rounds, pairs, lone, args.client, Path(workdir))
     return report(result, args.json, table)
 
 

@@ -92,13 +92,10 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     assert result["overhead_ms"]["median"] == only_round["paired_difference_ms"]
     # Every stage of a request read from its Server-Timing, and the lone client's requests.
     assert len(result["stages_ms"]) == len(serving.STAGES) + 3
-    assert (
-        result["stages_ms"]["pipeline: denoising"] > 0
-        and result["stages_ms"][
-            "hop both ways (serialisation, HTTP, BentoML's batching dispatcher)"
-        ]
-        > 0
-    )
+    stages = result["stages_ms"]
+    assert stages["pipeline: denoising"] > 0
+    assert next(ms for stage, ms in stages.items() if stage.startswith("hop both ways")) > 0
+    assert result["client"] == "http.client"
     assert [pair["request"] for pair in result["lone_client"]] == [1, 2, 3]
 
 

@@ -399,3 +399,15 @@ def test_openai_model_names_must_map_to_served_models(mapping: str) -> None:
 def test_openai_model_names_map_to_a_served_model_by_name_or_tag() -> None:
     settings = Settings(models="sd-tiny", openai_models="dall-e-3=sd-tiny, gpt-image-1=sd-tiny:v1")
     assert settings.openai_model_map == {"dall-e-3": "sd-tiny", "gpt-image-1": "sd-tiny:v1"}
+
+
+def test_bentoml_s_tracing_passes_every_request_through_unless_asked_for() -> None:
+    """Its OpenTelemetry middleware opened a span per request and per message: about 1 ms a
+    request on cpu-2 (docs/benchmarks.md), for an exporter nobody had configured."""
+    from opentelemetry.util.http import ExcludeList
+
+    assert ImageGeneration.config["tracing"] == Settings().bentoml_tracing
+    excluded = ExcludeList(Settings().bentoml_tracing["excluded_urls"])
+    for url in ("http://127.0.0.1:3000/generate/image", "http://host/jobs/x/events?preview=1"):
+        assert excluded.url_disabled(url)
+    assert Settings(tracing=True).bentoml_tracing == {}  # BentoML's own configuration then
