@@ -243,10 +243,11 @@ def test_public_paths_need_no_key(server: Server, path: str) -> None:
     assert httpx.get(f"{server.url}{path}").status_code == 200
 
 
-def test_metrics_expose_the_generation_histogram_by_model(server: Server) -> None:
+def test_metrics_expose_the_generation_histograms_by_model(server: Server) -> None:
     assert generate(server, seed=3).status_code == 200
     metrics = httpx.get(f"{server.url}/metrics", headers=METRICS_AUTH).text
     assert 'imagegen_generation_seconds_count{model="sd-tiny:' in metrics
+    assert 'imagegen_batch_size_count{model="sd-tiny:' in metrics
     assert 'imagegen_http_requests_total{method="POST",route="/generate/image",status="200"}' in (
         metrics
     )

@@ -53,6 +53,16 @@ def generation_seconds() -> prometheus_client.Histogram:
 
 
 @cache
+def batch_sizes() -> prometheus_client.Histogram:
+    return prometheus_client.Histogram(
+        "imagegen_batch_size",
+        "Images made by one pipeline call: requests batched together share one.",
+        labelnames=["model"],
+        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    )
+
+
+@cache
 def cancelled_images() -> prometheus_client.Counter:
     return prometheus_client.Counter(
         "imagegen_cancelled_images",
@@ -344,6 +354,7 @@ class PipelineRunner:
             logger.exception("generation failed (seeds %s)", [p.seed for p in group])
             raise GenerationFailed() from error
         generation_seconds().labels(model=self.model.tag).observe(finished - started)
+        batch_sizes().labels(model=self.model.tag).observe(len(group))
         return [
             Failure.of(Cancelled("The generation was cancelled."))
             if self.tracker.is_cancelled(item.id)
