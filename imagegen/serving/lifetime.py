@@ -4,7 +4,6 @@ hangs up or when the request passes the service's timeout, so a 504 means the wo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -25,21 +24,32 @@ async def _disconnected(request: Request) -> None:
 
 async def while_requested(work: Awaitable[T], timeout: float, request: Request) -> T:
     """``work``'s result, for ``request``; its work is cancelled (and the cancellation
-    awaited) when the client leaves or ``timeout`` seconds pass."""
-    task = asyncio.ensure_future(work)
+    awaited) when the client leaves or ``timeout`` seconds pass. ``work`` runs in the caller's
+    own task, which a hang-up cancels: one task fewer and no `asyncio.wait` per request."""
+    current = asyncio.current_task()
+    assert current is not None
+    left = ended = False
+
+    def hung_up(watch: asyncio.Task[None]) -> None:
+        nonlocal left
+        if not ended and not watch.cancelled():  # a hang-up once the work is done is no news
+            left = True
+            current.cancel()
+
     gone = asyncio.create_task(_disconnected(request))
+    gone.add_done_callback(hung_up)
     try:
-        done, _ = await asyncio.wait(
-            {task, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if gone in done:
-            raise Cancelled("The client disconnected; its generation was cancelled.")
-        raise TimedOut(f"The request took longer than {timeout:g} s; its generation was cancelled.")
+        async with asyncio.timeout(timeout):
+            return await work
+    except TimeoutError:
+        raise TimedOut(
+            f"The request took longer than {timeout:g} s; its generation was cancelled."
+        ) from None
+    except asyncio.CancelledError:
+        if not left:  # the handler itself was cancelled (BentoML's own timeout)
+            raise
+        current.uncancel()
+        raise Cancelled("The client disconnected; its generation was cancelled.") from None
     finally:
+        ended = True
         gone.cancel()
-        task.cancel()  # the handler itself was cancelled (BentoML's own timeout)
