@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     warmup: bool = Field(
         True,
         description="Run short generations before reporting ready: one per size to warm the "
-        "model up and, with batching on, those that teach BentoML's batching queue its "
-        "timings (it holds lone requests while it learns).",
+        "model up and, with batching on and generations through BentoML's hop (the generator "
+        "not on a local socket), those that teach BentoML's batching queue its timings (it "
+        "holds lone requests while it learns).",
     )
     warmup_sizes: str = Field(
         "",
