@@ -96,6 +96,7 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     assert stages["pipeline: denoising"] > 0
     assert next(ms for stage, ms in stages.items() if stage.startswith("hop both ways")) > 0
     assert result["client"] == "http.client"
+    assert result["outside_pipeline"]["service_ms"] > result["outside_pipeline"]["bare_ms"] > 0
     assert [pair["request"] for pair in result["lone_client"]] == [1, 2, 3]
 
 
