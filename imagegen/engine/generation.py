@@ -21,6 +21,7 @@ import bentoml
 import PIL.Image
 import prometheus_client
 import torch
+from prometheus_client import Histogram
 
 from imagegen.engine.caching import step_cache
 from imagegen.engine.compute import Lane
@@ -41,24 +42,25 @@ logger = logging.getLogger(__name__)
 
 
 @cache
-def generation_seconds() -> prometheus_client.Histogram:
+def per_model(name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
     # Created on first use, not at import: BentoML points prometheus_client at its
     # multiprocess directory only after the service module is imported.
-    return prometheus_client.Histogram(
+    return Histogram(name, documentation, labelnames=["model"], buckets=buckets)
+
+
+def generation_seconds() -> Histogram:
+    return per_model(
         "imagegen_generation_seconds",
         "Time of one pipeline call, which makes the images of one batch.",
-        labelnames=["model"],
-        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
+        (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
     )
 
 
-@cache
-def batch_sizes() -> prometheus_client.Histogram:
-    return prometheus_client.Histogram(
+def batch_sizes() -> Histogram:
+    return per_model(
         "imagegen_batch_size",
         "Images made by one pipeline call: requests batched together share one.",
-        labelnames=["model"],
-        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+        (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
     )
 
 
