@@ -180,7 +180,8 @@ class DirectClient:
         self.path = path
         self._writer: asyncio.StreamWriter | None = None
         self._connecting = asyncio.Lock()
-        self._waiting: dict[int, asyncio.Future[Outcomes | None]] = {}
+        # Each request's answer, and the connection it was sent on.
+        self._waiting: dict[int, tuple[asyncio.StreamWriter, asyncio.Future[Outcomes | None]]] = {}
         self._numbers = itertools.count()
         self._reading: asyncio.Task[None] | None = None
 
@@ -189,7 +190,8 @@ class DirectClient:
         nothing listens, and ConnectionError when the connection or the request fails."""
         writer = await self._connected()
         number = next(self._numbers)
-        answer = self._waiting[number] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Outcomes | None] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = (writer, answer)
         try:
             writer.write(frame((number, api, list(items))))
             await writer.drain()
@@ -207,23 +209,23 @@ class DirectClient:
                     reader, self._writer = await asyncio.open_unix_connection(str(self.path))
                 except OSError as error:
                     raise Unreachable(f"no generator on {self.path}: {error}") from error
-                self._reading = asyncio.create_task(self._read(reader))
+                self._reading = asyncio.create_task(self._read(reader, self._writer))
                 logger.info("generations go to the generator on %s", self.path)
             return self._writer
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 number, outcomes = await read_frame(reader)
-                answer = self._waiting.get(number)
-                if answer is not None and not answer.done():
-                    answer.set_result(outcomes)
+                waiting = self._waiting.get(number)  # none if its caller has gone
+                if waiting is not None and not waiting[1].done():
+                    waiting[1].set_result(outcomes)
         except (asyncio.IncompleteReadError, OSError) as error:
-            if self._writer is not None:
-                self._writer.close()
+            writer.close()
             lost = ConnectionError(f"the generator closed the connection ({error!r})")
-            for answer in self._waiting.values():
-                if not answer.done():
+            # Only what was sent on this connection: a new one may be open already.
+            for sent_on, answer in self._waiting.values():
+                if sent_on is writer and not answer.done():
                     answer.set_exception(lost)
 
     async def close(self) -> None:
