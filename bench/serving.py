@@ -10,7 +10,9 @@
    each round's p50s and the median of its paired differences, and their spread over rounds;
 3. where the difference goes: the median of each stage over those requests, from the
    ``Server-Timing`` each answer carries (spans measured in the process that ran them) and the
-   client's own clock, beside the bare call's set-up, pipeline and decode;
+   client's own clock, beside the bare call's set-up, pipeline and decode; each side's time
+   outside its pipeline call; and the floor, a request with no work (``GET /livez``)
+   alternated with bare calls the same way;
 4. a lone client, batching on against off: two services started together (IMAGEGEN_MAX_BATCH_SIZE
    8 and 1), asked in turn from their first request on, each request's latency paired by its
    number (adaptive batching must not hold a lone request at any point after start);
@@ -97,6 +99,13 @@ class LeanClient:
         """The answer's headers, once its body is read; raises unless it is a 200."""
         headers = {"Content-Type": "application/json"}
         self.connection.request("POST", path, body=json.dumps(body), headers=headers)
+        return self._answer(path)
+
+    def get(self, path: str) -> Mapping[str, str]:
+        self.connection.request("GET", path)
+        return self._answer(path)
+
+    def _answer(self, path: str) -> Mapping[str, str]:
         response = self.connection.getresponse()
         content = response.read()
         if response.status != 200:
@@ -116,6 +125,9 @@ class HttpxClient:
     def post(self, path: str, body: dict[str, Any]) -> Mapping[str, str]:
         return self.client.post(path, json=body).raise_for_status().headers
 
+    def get(self, path: str) -> Mapping[str, str]:
+        return self.client.get(path).raise_for_status().headers
+
     def close(self) -> None:
         self.client.close()
 
@@ -131,7 +143,8 @@ def interleaved(
 ) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
     """Per round: the service's and the bare call's p50 and the median paired difference, in
     ms, from requests and bare calls made in turn; the median of each stage, the bare call's
-    own included, over all of them; and each side's median time outside its pipeline call."""
+    own included, over all of them; and each side's median time outside its pipeline call,
+    beside an empty request's."""
     runner = PipelineRunner(load_model(ensure_built(SD_TINY)))
     parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
     runner.generate(parameters)  # warm-up, as the service does
@@ -160,6 +173,15 @@ def interleaved(
                     ),
                 }
             )
+        # The floor under all of it: a request with no work (GET /livez: the connection,
+        # uvicorn, BentoML's layers and the middlewares), alternated with bare calls the same
+        # way, so that it too meets a process whose caches the other side's pipeline has had.
+        empty = []
+        for _ in range(pairs):
+            started = time.perf_counter()
+            client.get("/livez")
+            empty.append((time.perf_counter() - started) * 1000)
+            runner.generate(parameters)
     finally:
         client.close()
     stages = {name: median_ms(stage(m) for m in answers) for name, stage in STAGES.items()}
@@ -175,6 +197,7 @@ def interleaved(
         "bare_ms": median_ms(seconds * 1000 for seconds in bare_outside),
     }
     outside["difference_ms"] = round(outside["service_ms"] - outside["bare_ms"], 2)
+    outside["empty_request_ms"] = median_ms(empty)
     return measured, stages, outside
 
 
@@ -289,7 +312,8 @@ def table(result: dict[str, Any]) -> str:
         f"service - bare: {overhead['median']} ms (median of rounds; "
         f"{overhead['min']} to {overhead['max']})\n"
         f"outside the pipeline call: service {outside['service_ms']} ms, bare call "
-        f"{outside['bare_ms']} ms, difference {outside['difference_ms']} ms\n\n"
+        f"{outside['bare_ms']} ms, difference {outside['difference_ms']} ms; an empty request "
+        f"(GET /livez) in the same alternation: {outside['empty_request_ms']} ms\n\n"
         "| stage of a request (median) | ms |\n|---|---|\n"
         f"{stages}\n"
         "| a lone client from start, requests | batching on: mean ms | off: mean ms | on / off |\n"
