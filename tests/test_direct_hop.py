@@ -10,13 +10,15 @@ import json
 import stat
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from threading import current_thread
 from typing import Any
 
 import pytest
 
 from imagegen.direct_hop import Batcher, DirectClient, DirectServer, Unreachable, socket_path
+from imagegen.engine.compute import Lane
 from imagegen.errors import Cancelled
 from imagegen.hop import Failure
 from imagegen.schemas import WorkItem
@@ -54,10 +56,11 @@ class Recorder:
         return [Failure(error="Cancelled", message=f"made {item}") for item in items]
 
 
-def on_a_thread(run: Any) -> Any:
-    """``run`` as the generator gives it to a batcher: started on a model's thread."""
-    thread = ThreadPoolExecutor(max_workers=1)
-    return lambda items: thread.submit(run, items)
+def ask(batcher: Batcher, items: list[Any]) -> Future[Any]:
+    """``items``' answer, and the name of the thread that gave it."""
+    answer: Future[Any] = Future()
+    batcher.submit(items, lambda outcomes: answer.set_result((outcomes, current_thread().name)))
+    return answer
 
 
 def answered(outcomes: list[Any]) -> list[str]:
@@ -65,41 +68,35 @@ def answered(outcomes: list[Any]) -> list[str]:
 
 
 def test_a_lone_request_runs_at_once_and_those_behind_a_call_share_the_next() -> None:
-    async def scenario() -> tuple[list[list[str]], list[list[str]]]:
-        pipeline = Recorder()
-        batcher = Batcher(on_a_thread(pipeline), max_batch_size=4)
-        first = asyncio.create_task(batcher.submit(["a"]))
-        await asyncio.to_thread(pipeline.started.wait, 5)  # running alone, nothing waited
-        behind = [asyncio.create_task(batcher.submit(items)) for items in (["b"], ["c", "d"])]
-        await asyncio.sleep(0.05)
-        pipeline.release.set()
-        answers = [answered(await task) for task in (first, *behind)]
-        return pipeline.calls, answers
-
-    calls, answers = asyncio.run(scenario())
-    assert calls == [["a"], ["b", "c", "d"]]
-    assert answers == [["a"], ["b"], ["c", "d"]]  # each request its own outcomes, in order
+    pipeline = Recorder()
+    batcher = Batcher(Lane("model-m"), pipeline, max_batch_size=4)
+    first = ask(batcher, ["a"])
+    assert pipeline.started.wait(5)  # running alone, nothing waited
+    behind = [ask(batcher, items) for items in (["b"], ["c", "d"])]
+    pipeline.release.set()
+    answers = [future.result(5) for future in (first, *behind)]
+    assert pipeline.calls == [["a"], ["b", "c", "d"]]
+    # Each request its own outcomes, in order, sent by the model's own thread as its call ends.
+    assert [answered(outcomes) for outcomes, _ in answers] == [["a"], ["b"], ["c", "d"]]
+    assert {thread for _, thread in answers} == {"model-m"}
 
 
 def test_a_call_takes_whole_requests_up_to_the_batch_size() -> None:
-    async def scenario() -> list[list[str]]:
-        pipeline = Recorder()
-        batcher = Batcher(on_a_thread(pipeline), max_batch_size=3)
-        first = asyncio.create_task(batcher.submit(["a"]))
-        await asyncio.to_thread(pipeline.started.wait, 5)
-        queued = [["b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
-        behind = [asyncio.create_task(batcher.submit(items)) for items in queued]
-        await asyncio.sleep(0.05)
-        pipeline.release.set()
-        await asyncio.gather(first, *behind)
-        return pipeline.calls
-
+    pipeline = Recorder()
+    batcher = Batcher(Lane("model-m"), pipeline, max_batch_size=3)
+    first = ask(batcher, ["a"])
+    assert pipeline.started.wait(5)
+    queued = [["b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
+    behind = [ask(batcher, items) for items in queued]
+    pipeline.release.set()
+    for future in (first, *behind):
+        future.result(5)
     # Never a request split; one larger than the batch size runs alone (the runner splits it).
-    assert asyncio.run(scenario()) == [["a"], ["b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
+    assert pipeline.calls == [["a"], ["b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
 
 
 async def served(path: Path, run: Any) -> DirectServer:
-    server = DirectServer({"generate_m": Batcher(on_a_thread(run), max_batch_size=8)})
+    server = DirectServer({"generate_m": Batcher(Lane("model-m"), run, max_batch_size=8)})
     await server.start(path)
     return server
 

@@ -9,14 +9,13 @@ own batch queue, so a slow model never holds up a fast one, and a batch never mi
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 from bentoml.models import BentoModel
 from bentoml.validators import ContentType
 
-from imagegen.direct_hop import Batcher, DirectServer, Outcomes, Started, socket_path
+from imagegen.direct_hop import Batcher, DirectServer, Outcomes, socket_path
 from imagegen.hop import api_name, model_name
 from imagegen.schemas import WorkItem
 from models.adapters import stored_adapters
@@ -78,17 +77,12 @@ async def open_direct_hop(
         return None
     server = DirectServer(
         {
-            # The whole batch in the runner's lane: one thread hop, not two.
-            api_name(name): Batcher(lane_batch(runner), max_batch_size)
+            api_name(name): Batcher(runner.lane, runner.generate_batch, max_batch_size)
             for name, runner in runners.items()
         }
     )
     await server.start(path)
     return server
-
-
-def lane_batch(runner: PipelineRunner) -> Callable[[list[WorkItem]], Started]:
-    return lambda items: runner.lane.submit(partial(runner.generate_batch, items))
 
 
 def declared(service: Any, kind: str) -> list[bentoml.Model]:
