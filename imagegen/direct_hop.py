@@ -9,7 +9,8 @@ the batch size), and a lone request never waits for partners. No event loop is o
 request's way through the generator: a thread per connection reads the frames, and the
 model's own thread pickles and sends each answer as its call ends (about 1 ms of its time
 per 512x512 image). An event loop there, woken on the way in and again on the way out, cost
-a request 0.3 ms more (bench.serving's hop stage 1.1-1.3 -> 0.9-1.0 ms on cpu-2).
+a request about 0.25 ms more (bench.serving's hop stage, three runs of each, alternating on
+cpu-2: 1.3-1.4 -> 1.0-1.1 ms).
 
 The socket exists only where BentoML put the generator on a local socket (``bentoml serve``
 runs both services on one machine): its path is BentoML's own for the generator plus
