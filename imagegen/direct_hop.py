@@ -128,16 +128,24 @@ class Batcher:
                 if not taken:
                     self._busy = False
                     return
-            items = [item for request, _ in taken for item in request]
+            self._call(taken)
+
+    def _call(self, taken: list[tuple[list[WorkItem], Reply]]) -> None:
+        """One call for ``taken``, each request answered; nothing raised, since the queue
+        would stop with this drain."""
+        items = [item for request, _ in taken for item in request]
+        try:
+            outcomes: Outcomes | None = self._run(items)
+        except Exception:  # the runner answers failures as outcomes: a bug
+            logger.exception("a batch of %d items failed", len(items))
+            outcomes = None
+        start = 0
+        for request, reply in taken:
             try:
-                outcomes: Outcomes | None = self._run(items)
-            except Exception:  # the runner answers failures as outcomes: a bug
-                logger.exception("a batch of %d items failed", len(items))
-                outcomes = None
-            start = 0
-            for request, reply in taken:
                 reply(None if outcomes is None else outcomes[start : start + len(request)])
-                start += len(request)
+            except Exception:
+                logger.exception("a request's answer could not be sent")
+            start += len(request)
 
 
 class Connection:
@@ -179,7 +187,11 @@ class Connection:
         return bytes(data)
 
     def _send(self, number: int, outcomes: Outcomes | None) -> None:
-        data = frame((number, outcomes))
+        try:
+            data = frame((number, outcomes))
+        except Exception:  # an outcome that does not pickle: a bug, answered as a failure
+            logger.exception("generation request %d: its answer does not pickle", number)
+            data = frame((number, None))
         with self._sending:
             try:
                 self._socket.sendall(data)

@@ -147,6 +147,29 @@ def test_a_failed_call_fails_its_requests_and_the_next_one_succeeds(tmp_path: Pa
     asyncio.run(scenario())
 
 
+def test_an_answer_that_cannot_be_sent_fails_its_request_and_the_queue_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.sock.direct"
+
+    def run(items: list[Any]) -> list[Any]:
+        return [(lambda: None) if item == "bad" else made([item])[0] for item in items]
+
+    async def scenario() -> None:
+        server = await served(path, run)
+        client = DirectClient(path)
+        try:
+            async with asyncio.timeout(10):  # unanswered, it would wait for good
+                with pytest.raises(ConnectionError, match="failed the request"):
+                    await client.generate("generate_m", ["bad"])  # a lambda does not pickle
+                assert answered(await client.generate("generate_m", ["good"])) == ["good"]
+        finally:
+            await client.close()
+            await server.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_generator_restart_fails_what_was_in_flight_and_is_reconnected(tmp_path: Path) -> None:
     path = tmp_path / "g.sock.direct"
     pipeline = Recorder()
