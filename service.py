@@ -126,12 +126,12 @@ class Generator:
     async def open_direct_hop(self) -> None:
         """Generation requests also taken on a local socket of this service's own, batched
         here (imagegen.direct_hop): the public process's short way round BentoML's hop."""
-        self.direct = await open_direct_hop(self.runners, settings.max_batch_size)
+        self.direct = open_direct_hop(self.runners, settings.max_batch_size)
 
     @bentoml.on_shutdown
     async def close_direct_hop(self) -> None:
         if self.direct is not None:
-            await self.direct.close()
+            self.direct.close()
 
     # Async, so they answer at once while a pipeline call holds the sync APIs' thread.
     @bentoml.api

@@ -213,7 +213,7 @@ class DirectServer:
         self._listening: socket.socket | None = None
         self._connections: set[Connection] = set()
 
-    async def start(self, path: Path) -> None:
+    def start(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # left by a generator that died
         listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,7 +226,7 @@ class DirectServer:
         ).start()
         logger.info("generation requests taken on %s", path)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Stop listening and hang up: requests in flight fail at once on the other end."""
         if self._listening is not None:
             with contextlib.suppress(OSError):

@@ -95,9 +95,9 @@ def test_a_call_takes_whole_requests_up_to_the_batch_size() -> None:
     assert pipeline.calls == [["a"], ["b", "c"], ["d", "e"], ["f", "g", "h", "i"]]
 
 
-async def served(path: Path, run: Any) -> DirectServer:
+def served(path: Path, run: Any) -> DirectServer:
     server = DirectServer({"generate_m": Batcher(Lane("model-m"), run, max_batch_size=8)})
-    await server.start(path)
+    server.start(path)
     return server
 
 
@@ -109,7 +109,7 @@ def test_concurrent_requests_each_get_their_own_answer_over_the_socket(tmp_path:
     path = tmp_path / "g.sock.direct"
 
     async def scenario() -> list[list[str]]:
-        server = await served(path, lambda items: (time.sleep(0.01), made(items))[1])
+        server = served(path, lambda items: (time.sleep(0.01), made(items))[1])
         client = DirectClient(path)
         try:
             asked = [[f"{k}-{j}" for j in range(k % 3 + 1)] for k in range(12)]
@@ -118,14 +118,14 @@ def test_concurrent_requests_each_get_their_own_answer_over_the_socket(tmp_path:
             return [answered(a) for a in answers]
         finally:
             await client.close()
-            await server.close()
+            server.close()
 
     asyncio.run(scenario())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # this user's processes only
 
 
-def test_a_failed_call_fails_its_requests_and_the_next_one_succeeds(tmp_path: Path) -> None:
-    path = tmp_path / "g.sock.direct"
+def raising_once() -> Any:
+    """A runner whose first call raises (a bug in it)."""
     failing = {"now": True}
 
     def run(items: list[Any]) -> list[Any]:
@@ -133,39 +133,33 @@ def test_a_failed_call_fails_its_requests_and_the_next_one_succeeds(tmp_path: Pa
             raise RuntimeError("a runner bug")
         return made(items)
 
-    async def scenario() -> None:
-        server = await served(path, run)
-        client = DirectClient(path)
-        try:
-            with pytest.raises(ConnectionError, match="failed the request"):
-                await client.generate("generate_m", ["x"])
-            assert answered(await client.generate("generate_m", ["y"])) == ["y"]
-        finally:
-            await client.close()
-            await server.close()
-
-    asyncio.run(scenario())
+    return run
 
 
-def test_an_answer_that_cannot_be_sent_fails_its_request_and_the_queue_goes_on(
-    tmp_path: Path,
-) -> None:
+def unpicklable_for_first(items: list[Any]) -> list[Any]:
+    """A runner whose answer to ``first`` does not pickle (a lambda)."""
+    return [(lambda: None) if item == "first" else made([item])[0] for item in items]
+
+
+@pytest.mark.parametrize(
+    "run",
+    [raising_once(), unpicklable_for_first],
+    ids=["a-failed-call", "an-answer-that-cannot-be-sent"],
+)
+def test_a_failed_request_fails_alone_and_the_queue_goes_on(tmp_path: Path, run: Any) -> None:
     path = tmp_path / "g.sock.direct"
 
-    def run(items: list[Any]) -> list[Any]:
-        return [(lambda: None) if item == "bad" else made([item])[0] for item in items]
-
     async def scenario() -> None:
-        server = await served(path, run)
+        server = served(path, run)
         client = DirectClient(path)
         try:
-            async with asyncio.timeout(10):  # unanswered, it would wait for good
+            async with asyncio.timeout(10):  # unanswered, the first would hold up the second
                 with pytest.raises(ConnectionError, match="failed the request"):
-                    await client.generate("generate_m", ["bad"])  # a lambda does not pickle
-                assert answered(await client.generate("generate_m", ["good"])) == ["good"]
+                    await client.generate("generate_m", ["first"])
+                assert answered(await client.generate("generate_m", ["second"])) == ["second"]
         finally:
             await client.close()
-            await server.close()
+            server.close()
 
     asyncio.run(scenario())
 
@@ -175,20 +169,20 @@ def test_a_generator_restart_fails_what_was_in_flight_and_is_reconnected(tmp_pat
     pipeline = Recorder()
 
     async def scenario() -> None:
-        first = await served(path, pipeline)
+        first = served(path, pipeline)
         client = DirectClient(path)
         in_flight = asyncio.create_task(client.generate("generate_m", ["lost"]))
         await asyncio.to_thread(pipeline.started.wait, 5)
-        await first.close()  # as when its process ends: its connections close with it
+        first.close()  # as when its process ends: its connections close with it
         with pytest.raises(ConnectionError, match="closed the connection"):
             await in_flight
         pipeline.release.set()
-        second = await served(path, made)  # its new process, on the same path
+        second = served(path, made)  # its new process, on the same path
         try:
             assert answered(await client.generate("generate_m", ["again"])) == ["again"]
         finally:
             await client.close()
-            await second.close()
+            second.close()
 
     asyncio.run(scenario())
 

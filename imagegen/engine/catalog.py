@@ -67,9 +67,7 @@ def generate_api(tag: str) -> Any:
     return generate
 
 
-async def open_direct_hop(
-    runners: dict[str, PipelineRunner], max_batch_size: int
-) -> DirectServer | None:
+def open_direct_hop(runners: dict[str, PipelineRunner], max_batch_size: int) -> DirectServer | None:
     """Each model's queue of the hop's short way (:mod:`imagegen.direct_hop`), listening
     beside BentoML's socket; None where BentoML serves this service on none."""
     path = socket_path()
@@ -81,7 +79,7 @@ async def open_direct_hop(
             for name, runner in runners.items()
         }
     )
-    await server.start(path)
+    server.start(path)
     return server
 
 

@@ -1,9 +1,9 @@
 """Encode generated images once, into what a response sends or a job stores.
 
 Encoding is CPU work that grows with the pixels (PNG's deflate, base64, the JSON around it):
-every caller runs it through :func:`off_the_loop`, since on the public process's event loop
-it would hold every other request meanwhile (issue 25 measured `/livez` held 2.3 s by eight
-large PNGs)."""
+every caller runs all but the smallest through :func:`off_the_loop`, since on the public
+process's event loop it would hold every other request meanwhile (issue 25 measured `/livez`
+held 2.3 s by eight large PNGs)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 # Answers with this many pixels or fewer are encoded on the event loop: at most 0.6 ms of PNG
 # on cpu-2 (random noise, PNG's worst case; 64x64 0.3 ms), less than the hop to a worker
-# thread and back (0.7 ms: python -m bench.serving's encode stage, 0.9 -> 0.2 ms).
+# thread and back (python -m bench.serving's encode stage: 0.9 ms in a thread, 0.6 here).
 INLINE_PIXELS = 128 * 64
 
 
