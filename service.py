@@ -13,6 +13,7 @@ from PIL.Image import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from app.direct_route import DirectRoute
 from app.docs import docs_router
 from app.logs import configure_logging
 from app.playground import mount_playground
@@ -331,3 +332,7 @@ mount_playground(routes)
 service: Any = ImageGeneration
 for middleware in middleware_stack(settings, api_keys):
     service.add_asgi_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+# Innermost: the generation APIs answered without BentoML's API handling (app/direct_route.py).
+service.add_asgi_middleware(
+    DirectRoute, service=service, apis=["generate_image", "generate_images"]
+)

@@ -247,11 +247,14 @@ def test_middlewares_are_mounted_in_the_documented_order() -> None:
     ]
 
 
-def test_the_service_mounts_that_stack() -> None:
+def test_the_service_mounts_that_stack_then_the_direct_route() -> None:
     mounted = [cls.__name__ for cls, _ in ImageGeneration.middlewares]  # type: ignore[attr-defined]
     assert mounted == [
-        middleware.cls.__name__  # type: ignore[attr-defined]
-        for middleware in middleware_stack(get_settings(), api_keys)
+        *(
+            middleware.cls.__name__  # type: ignore[attr-defined]
+            for middleware in middleware_stack(get_settings(), api_keys)
+        ),
+        "DirectRoute",
     ]
 
 

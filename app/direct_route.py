@@ -1,0 +1,96 @@
+"""BentoML APIs answered as their requests leave the middleware stack, ahead of BentoML's own
+API handling: a share of the fixed cost of every generation request.
+
+Between the last middleware and a handler BentoML runs its request context, its router, its
+IO descriptor, its response wrapper and a dependency-injected header: about 0.6 ms a request
+on cpu-2, a fifth of the fixed cost (docs/benchmarks.md). This route does what of that the
+APIs need, as BentoML does it: the body parsed by the API's own input model (the same
+validators, so the same errors), a schema violation answered with BentoML's 400 body, a
+failure logged and answered with its 500, the handler called with the request in BentoML's
+context (`bentoml.Context().request`). The APIs stay declared with BentoML, which documents
+them (OpenAPI) and serves every request this route passes on: another method or media type,
+and all of them while BentoML's CORS is on (its middleware, between this one and the routes,
+must add its headers).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import bentoml
+from _bentoml_impl.serde import JSONSerde
+from _bentoml_sdk.method import APIMethod
+from bentoml._internal.container import BentoMLContainer
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+JSON_MEDIA_TYPE = "application/json"
+UNEXPECTED = "An unexpected error has occurred, please check the server log."
+
+
+def bentoml_error(error: Exception) -> JSONResponse:
+    """The answer BentoML's API wrapper gives for ``error``, raised while a request is read
+    or handled (``_bentoml_impl.server.app.ServiceAppFactory.api_endpoint_wrapper``)."""
+    if isinstance(error, ValidationError):
+        data: Any = {
+            "error": f"{error.error_count()} validation error for {error.title}",
+            "detail": error.errors(include_context=False, include_input=False),
+        }
+        return JSONResponse(data, status_code=400)
+    status = error.error_code.value if isinstance(error, BentoMLException) else 500
+    if status >= 500:
+        logger.error("the API's handler failed", exc_info=error)
+        return JSONResponse({"error": UNEXPECTED}, status_code=status)
+    data = {"error": "Authorization error"} if status in (401, 403) else [{"error": str(error)}]
+    return JSONResponse(data, status_code=status)
+
+
+class DirectRoute:
+    def __init__(self, app: ASGIApp, *, service: bentoml.Service[Any], apis: list[str]) -> None:
+        """``apis``: names of async APIs of ``service`` that take a JSON body and no context
+        parameter, and are neither batched (BentoML's dispatcher batches those) nor streamed."""
+        self.app = app
+        self.routes: dict[str, APIMethod[..., Any]] = {}
+        for name in apis:
+            method = service.apis.get(name)
+            if method is None:
+                raise ValueError(f"`apis` must name APIs of {service.name}, but has {name!r}")
+            if method.batchable or method.ctx_param is not None or method.is_stream:
+                raise ValueError(f"`apis` must not be batched, streamed or given ctx: {name}")
+            self.routes[method.route] = method
+        self.context = service.context
+        self.server = f"BentoML Service/{service.name}"
+        # BentoML's CORS middleware runs between this one and the routes, adding its headers.
+        self.on = not BentoMLContainer.http.cors.enabled.get()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = self.routes.get(scope["path"]) if scope["type"] == "http" and self.on else None
+        if method is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        media_type = request.headers.get("content-type", JSON_MEDIA_TYPE).split(";")[0].strip()
+        if media_type != JSON_MEDIA_TYPE:
+            await self.app(scope, receive, send)
+            return
+        response = await self._answer(method, request)
+        response.headers["Server"] = self.server
+        await response(scope, receive, send)
+
+    async def _answer(self, method: APIMethod[..., Any], request: Request) -> Response:
+        try:
+            body = method.input_spec.model_validate_json(await request.body() or b"{}")
+            fields = {name: getattr(body, name) for name in method.input_spec.model_fields}
+            with self.context.in_request(request):
+                output = await method.func(bentoml.get_current_service(), **fields)
+            if isinstance(output, Response):
+                return output
+            return await method.output_spec.to_http_response(output, JSONSerde())
+        except Exception as error:
+            return bentoml_error(error)
