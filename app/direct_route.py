@@ -24,8 +24,10 @@ from _bentoml_sdk.method import APIMethod
 from bentoml._internal.container import BentoMLContainer
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -64,24 +66,43 @@ class DirectRoute:
             if method.batchable or method.ctx_param is not None or method.is_stream:
                 raise ValueError(f"`apis` must not be batched, streamed or given ctx: {name}")
             self.routes[method.route] = method
+        # BentoML's own routes of these APIs, found in its app on the first request.
+        self.bentoml_routes: dict[str, Route] | None = None
         self.context = service.context
         self.server = f"BentoML Service/{service.name}"
         # BentoML's CORS middleware runs between this one and the routes, adding its headers.
         self.on = not BentoMLContainer.http.cors.enabled.get()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = self.routes.get(scope["path"]) if scope["type"] == "http" and self.on else None
-        if method is None or scope["method"] != "POST":
+        route = self._route(scope)
+        if route is None:
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        media_type = request.headers.get("content-type", JSON_MEDIA_TYPE).split(";")[0].strip()
-        if media_type != JSON_MEDIA_TYPE:
-            await self.app(scope, receive, send)
-            return
-        response = await self._answer(method, request)
+        # What BentoML's router would leave in the scope: the request metrics label by it.
+        scope.update(route=route, endpoint=route.endpoint, path_params={})
+        response = await self._answer(self.routes[route.path], Request(scope, receive))
         response.headers["Server"] = self.server
         await response(scope, receive, send)
+
+    def _route(self, scope: Scope) -> Route | None:
+        """BentoML's route of the API a JSON POST is for; None for any other request."""
+        if not (
+            self.on
+            and scope["type"] == "http"
+            and scope["path"] in self.routes
+            and scope["method"] == "POST"
+        ):
+            return None
+        media_type = Headers(scope=scope).get("content-type", JSON_MEDIA_TYPE)
+        if media_type.split(";")[0].strip() != JSON_MEDIA_TYPE:
+            return None
+        if self.bentoml_routes is None:
+            self.bentoml_routes = {
+                r.path: r
+                for r in scope["app"].routes
+                if isinstance(r, Route) and r.path in self.routes
+            }
+        return self.bentoml_routes.get(scope["path"])
 
     async def _answer(self, method: APIMethod[..., Any], request: Request) -> Response:
         try:

@@ -13,6 +13,7 @@ from bentoml._internal.container import BentoMLContainer
 from starlette.testclient import TestClient
 
 from app.direct_route import DirectRoute
+from middleware.request_metrics import instruments
 from service import Generator, ImageGeneration
 from tests.asgi import call, ok_app
 from tests.test_errors_e2e import LONG_PROMPT
@@ -99,6 +100,15 @@ def test_a_failing_handler_answers_as_bentoml_does(
     assert direct.status_code == 500
     assert comparable(direct) == comparable(long_way)
     assert "secret" not in direct.text
+
+
+def test_the_request_metrics_count_it_by_its_route(both_ways: Any) -> None:
+    """The router leaves the matched route in the scope, and the metrics label by it."""
+    answers, _ = instruments("imagegen")
+    counted = answers.labels("/generate/image", "POST", "400")
+    before = counted._value.get()
+    both_ways("/generate/image", b'{"prompt": "a", "width": 65}')
+    assert counted._value.get() == before + 2
 
 
 def test_the_handler_sees_the_request_in_bentomls_context(
