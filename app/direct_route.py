@@ -2,8 +2,8 @@
 API handling: a share of the fixed cost of every generation request.
 
 Between the last middleware and a handler BentoML runs its request context, its router, its
-IO descriptor, its response wrapper and a dependency-injected header: about 0.6 ms a request
-on cpu-2, a fifth of the fixed cost (docs/benchmarks.md). This route does what of that the
+IO descriptor, its response wrapper and a dependency-injected header: about 0.5 ms a request
+on cpu-2, a sixth of the fixed cost (docs/benchmarks.md). This route does what of that the
 APIs need, as BentoML does it: the body parsed by the API's own input model (the same
 validators, so the same errors), a schema violation answered with BentoML's 400 body, a
 failure logged and answered with its 500, the handler called with the request in BentoML's
