@@ -30,6 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.logs import is_client_error
+
 logger = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
@@ -38,7 +40,11 @@ UNEXPECTED = "An unexpected error has occurred, please check the server log."
 
 def bentoml_error(error: Exception) -> JSONResponse:
     """The answer BentoML's API wrapper gives for ``error``, raised while a request is read
-    or handled (``_bentoml_impl.server.app.ServiceAppFactory.api_endpoint_wrapper``)."""
+    or handled (``_bentoml_impl.server.app.ServiceAppFactory.api_endpoint_wrapper``), logged
+    with its traceback as BentoML does, unless the client caused it (the access line says
+    so), as the service's log filter has BentoML's lines (app/logs.py)."""
+    if not is_client_error(error):
+        logger.error("an API's handler failed", exc_info=error)
     if isinstance(error, ValidationError):
         data: Any = {
             "error": f"{error.error_count()} validation error for {error.title}",
@@ -47,7 +53,6 @@ def bentoml_error(error: Exception) -> JSONResponse:
         return JSONResponse(data, status_code=400)
     status = error.error_code.value if isinstance(error, BentoMLException) else 500
     if status >= 500:
-        logger.error("the API's handler failed", exc_info=error)
         return JSONResponse({"error": UNEXPECTED}, status_code=status)
     data = {"error": "Authorization error"} if status in (401, 403) else [{"error": str(error)}]
     return JSONResponse(data, status_code=status)

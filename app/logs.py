@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from middleware.request_id import REQUEST_ID
 
-PROJECT_LOGGERS = ("imagegen", "models", "middleware")
+PROJECT_LOGGERS = ("app", "imagegen", "models", "middleware")
 # BentoML logs every exception its API wrapper catches with a traceback, client errors too.
 BENTOML_API_LOGGER = "bentoml._internal.server.http_app"
 

@@ -10,8 +10,11 @@ from typing import Any
 import bentoml
 import pytest
 from bentoml._internal.container import BentoMLContainer
+from bentoml.exceptions import NotFound, ServiceUnavailable
+from starlette.requests import ClientDisconnect
 from starlette.testclient import TestClient
 
+from app import direct_route
 from app.direct_route import DirectRoute
 from middleware.request_metrics import instruments
 from service import Generator, ImageGeneration
@@ -42,7 +45,7 @@ BODIES: list[tuple[str, bytes]] = [
 ]
 
 
-def direct_route(client: TestClient) -> DirectRoute:
+def served_route(client: TestClient) -> DirectRoute:
     """The service's DirectRoute, found in its built middleware chain."""
     client.get("/livez")  # the chain is built on the first request
     layer: Any = client.app.middleware_stack  # type: ignore[attr-defined]
@@ -54,7 +57,7 @@ def direct_route(client: TestClient) -> DirectRoute:
 @pytest.fixture
 def both_ways(client: TestClient) -> Iterator[Any]:
     """Sends a request down the direct route, then down BentoML's handling (the route off)."""
-    route = direct_route(client)
+    route = served_route(client)
 
     def send(path: str, body: bytes, headers: dict[str, str] = JSON) -> list[Any]:
         answers = []
@@ -128,6 +131,27 @@ def test_the_handler_sees_the_request_in_bentomls_context(
     )
     assert direct.status_code == long_way.status_code == 200
     assert seen == ["p", "p"]
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "logged"),
+    [
+        (RuntimeError("a bug"), 500, True),
+        (ServiceUnavailable("overloaded"), 503, True),
+        (NotFound("no such thing"), 404, False),
+        (ClientDisconnect(), 500, False),  # a client gone mid-upload: the access line says so
+    ],
+)
+def test_failures_are_answered_and_logged_as_bentoml_does(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, status: int, logged: bool
+) -> None:
+    lines: list[BaseException | None] = []
+    monkeypatch.setattr(
+        direct_route.logger, "error", lambda *_, exc_info=None: lines.append(exc_info)
+    )
+    answer = direct_route.bentoml_error(error)
+    assert answer.status_code == status
+    assert lines == ([error] if logged else [])
 
 
 @pytest.mark.parametrize(
