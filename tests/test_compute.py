@@ -4,6 +4,8 @@ that goes away once idle, and with it the OpenMP team torch started on it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -79,3 +81,29 @@ def test_the_openmp_team_torch_starts_in_a_lane_goes_when_the_lane_is_idle() -> 
     _, during = lane.submit(lambda: (torch.sin(big).sum().item(), os_threads())).result(30)
     # The lane's thread and its team's worker(s) leave together.
     assert until(lambda: os_threads() <= during - 2)
+
+
+# A process whose main thread ends while a lane is inside torch, with a call queued behind.
+EXIT_MID_CALL = """
+import time, torch
+from imagegen.engine.compute import Lane
+lane = Lane("exiting")
+x, w = torch.randn(64, 512), torch.randn(512, 512)
+def work():
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        torch.nn.functional.linear(x, w)  # releases the GIL, as a pipeline's layers do
+    print("the running call ended", flush=True)
+lane.submit(work)
+lane.submit(lambda: print("the queued call ran", flush=True))
+time.sleep(0.3)
+"""
+
+
+def test_the_interpreters_exit_waits_for_the_running_call_and_drops_the_queue() -> None:
+    """Ended mid-call, a daemon thread in torch's C++ aborts the process at exit
+    (`terminate called without an active exception`, exit status 134)."""
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_MID_CALL], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout) == (0, "the running call ended\n"), done.stderr

@@ -9,11 +9,18 @@ the thousands of small regions of a denoising step pays a futex wake-up. Measure
 warm-up on the main thread left a team there, and every pipeline call took 115 ms against
 45 ms in a process without it. A lane's thread exits once it has been idle for ``linger``
 seconds, taking its team with it, so an idle lane soon costs the busy ones nothing.
+
+A lane's thread is a daemon (nothing it runs should keep a process up), so when the interpreter
+exits, each lane drops what waits and the call it runs is waited for (up to ``EXIT_WAIT_S``):
+a daemon thread still inside torch when the interpreter finalizes is ended by `pthread_exit`,
+whose unwinding through torch's C++ frames calls `std::terminate`, and the process aborts.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -23,6 +30,8 @@ T = TypeVar("T")
 # How long an idle lane keeps its thread (and team): a new one's first call pays ~15 ms on
 # cpu-2 for the new team's threads and per-thread buffers.
 LINGER_S = 1.0
+# How long the interpreter's exit waits for a lane's running call.
+EXIT_WAIT_S = 30.0
 
 
 class Lane:
@@ -37,6 +46,9 @@ class Lane:
         self._changed = threading.Condition()
         self._running = False
         self._ident: int | None = None  # the thread's, while there is one
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        LANES.add(self)
 
     def submit(self, call: Callable[[], T]) -> Future[T]:
         """``call()``'s future; run at once when submitted from this lane's own thread (it
@@ -46,24 +58,51 @@ class Lane:
             run(future, call)
             return future
         with self._changed:
+            if self._closed:  # the interpreter is exiting
+                future.cancel()
+                return future
             self._queue.append((future, call))
             self._changed.notify()
             start, self._running = not self._running, True
-        if start:
-            threading.Thread(target=self._drain, name=self.name, daemon=True).start()
+            if start:
+                self._thread = threading.Thread(target=self._drain, name=self.name, daemon=True)
+                self._thread.start()
         return future
+
+    def close(self, timeout: float) -> None:
+        """Cancel what waits and end the thread once its running call returns, waiting up to
+        ``timeout`` seconds for that."""
+        with self._changed:
+            self._closed = True
+            while self._queue:
+                self._queue.popleft()[0].cancel()
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def _drain(self) -> None:
         self._ident = threading.get_ident()
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._queue, timeout=self.linger)
-                if not self._queue:
+                self._changed.wait_for(lambda: self._queue or self._closed, timeout=self.linger)
+                if not self._queue:  # idle for `linger`, or closed
                     self._running = False
                     self._ident = None
+                    self._thread = None
                     return
                 future, call = self._queue.popleft()
             run(future, call)
+
+
+LANES: weakref.WeakSet[Lane] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_lanes() -> None:
+    """Run at exit while daemon threads still run (the interpreter ends them after)."""
+    for lane in list(LANES):
+        lane.close(EXIT_WAIT_S)
 
 
 def run(future: Future[T], call: Callable[[], T]) -> None:
