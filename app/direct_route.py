@@ -2,14 +2,14 @@
 API handling: a share of the fixed cost of every generation request.
 
 Between the last middleware and a handler BentoML runs its request context, its router, its
-IO descriptor, its response wrapper and a dependency-injected header: about 0.5 ms a request
-on cpu-2, a sixth of the fixed cost (docs/benchmarks.md). This route does what of that the
-APIs need, as BentoML does it: the body parsed by the API's own input model (the same
-validators, so the same errors), a schema violation answered with BentoML's 400 body, a
-failure logged and answered with its 500, the handler called with the request in BentoML's
-context (`bentoml.Context().request`). The APIs stay declared with BentoML, which documents
-them (OpenAPI) and serves every request this route passes on: another method or media type,
-and all of them while BentoML's CORS is on (its middleware, between this one and the routes,
+IO descriptor, its response wrapper and a dependency-injected header: 0.35 to 1.0 ms a
+request on cpu-2 (docs/benchmarks.md). This route does what of that the APIs need, as BentoML
+does it: the body parsed by the API's own input model (the same validators, so the same
+errors), a schema violation answered with BentoML's 400 body, a failure logged and answered
+with its 500, the handler called with the request in BentoML's context
+(`bentoml.Context().request`). The APIs stay declared with BentoML, which documents them
+(OpenAPI) and serves every request this route passes on: another method or media type, and
+all of them while BentoML's CORS is on (its middleware, between this one and the routes,
 must add its headers).
 """
 
