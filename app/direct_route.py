@@ -31,10 +31,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.logs import is_client_error
+from middleware.content_type import JSON_MEDIA_TYPE
 
 logger = logging.getLogger(__name__)
 
-JSON_MEDIA_TYPE = "application/json"
 UNEXPECTED = "An unexpected error has occurred, please check the server log."
 
 
