@@ -208,7 +208,7 @@ class ImageGeneration:
         """Generate one image: from noise, or from `image` (image-to-image) and `mask`
         (inpainting). Returns its bytes, with the seed used in `X-Seed` and the model in
         `X-Model`; a PNG carries the generation parameters in its `parameters` text chunk."""
-        request = ImageRequest.model_construct(**fields)  # validated by BentoML already
+        request = ImageRequest.model_construct(**fields)  # validated by the API's input model
         http_request = current_request()
         generated = await self.gateway.generate(request, http_request)
         answer = await build_answer(

@@ -44,9 +44,7 @@ class Lane:
         self.linger = linger
         self._queue: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
         self._changed = threading.Condition()
-        self._running = False
-        self._ident: int | None = None  # the thread's, while there is one
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # while there is one
         self._closed = False
         LANES.add(self)
 
@@ -54,7 +52,7 @@ class Lane:
         """``call()``'s future; run at once when submitted from this lane's own thread (it
         would otherwise wait for itself)."""
         future: Future[T] = Future()
-        if threading.get_ident() == self._ident:
+        if threading.current_thread() is self._thread:
             run(future, call)
             return future
         with self._changed:
@@ -63,8 +61,7 @@ class Lane:
                 return future
             self._queue.append((future, call))
             self._changed.notify()
-            start, self._running = not self._running, True
-            if start:
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._drain, name=self.name, daemon=True)
                 self._thread.start()
         return future
@@ -82,13 +79,10 @@ class Lane:
             thread.join(timeout)
 
     def _drain(self) -> None:
-        self._ident = threading.get_ident()
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._queue or self._closed, timeout=self.linger)
                 if not self._queue:  # idle for `linger`, or closed
-                    self._running = False
-                    self._ident = None
                     self._thread = None
                     return
                 future, call = self._queue.popleft()
