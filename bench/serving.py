@@ -12,7 +12,8 @@
    ``Server-Timing`` each answer carries (spans measured in the process that ran them) and the
    client's own clock, beside the bare call's set-up, pipeline and decode; each side's time
    outside its pipeline call; and the floor, a request with no work (``GET /livez``)
-   alternated with bare calls the same way;
+   alternated with bare calls the same way, beside the same to a raw ASGI app on uvicorn
+   (bench/floor_app.py: what any Python HTTP server pays);
 4. a lone client, batching on against off: two services started together (IMAGEGEN_MAX_BATCH_SIZE
    8 and 1), asked in turn from their first request on, each request's latency paired by its
    number (adaptive batching must not hold a lone request at any point after start);
@@ -139,17 +140,17 @@ CLIENTS: dict[str, type[LeanClient | HttpxClient]] = {
 
 
 def interleaved(
-    server: Server, rounds: int, pairs: int, client_name: str
+    server: Server, floor: Server, rounds: int, pairs: int, client_name: str
 ) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
     """Per round: the service's and the bare call's p50 and the median paired difference, in
     ms, from requests and bare calls made in turn; the median of each stage, the bare call's
     own included, over all of them; and each side's median time outside its pipeline call,
-    beside an empty request's."""
+    beside an empty request's, to the service and to ``floor`` (bench/floor_app.py)."""
     runner = PipelineRunner(load_model(ensure_built(SD_TINY)))
     parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
     runner.generate(parameters)  # warm-up, as the service does
     measured, answers, bare_calls, bare_outside = [], [], [], []
-    client = CLIENTS[client_name](server.url)
+    client, floor_client = (CLIENTS[client_name](s.url) for s in (server, floor))
     try:
         client.post("/generate/image", BODY)  # the connection, warm
         for _ in range(rounds):
@@ -175,15 +176,19 @@ def interleaved(
             )
         # The floor under all of it: a request with no work (GET /livez: the connection,
         # uvicorn, BentoML's layers and the middlewares), alternated with bare calls the same
-        # way, so that it too meets a process whose caches the other side's pipeline has had.
-        empty = []
+        # way, so that it too meets a process whose caches the other side's pipeline has had;
+        # and under that, the same request to an app that does nothing.
+        floor_client.get("/")  # the connection, warm
+        empty: dict[str, list[float]] = {"/livez": [], "/": []}
         for _ in range(pairs):
-            started = time.perf_counter()
-            client.get("/livez")
-            empty.append((time.perf_counter() - started) * 1000)
-            runner.generate(parameters)
+            for path, requester in (("/livez", client), ("/", floor_client)):
+                runner.generate(parameters)
+                started = time.perf_counter()
+                requester.get(path)
+                empty[path].append((time.perf_counter() - started) * 1000)
     finally:
         client.close()
+        floor_client.close()
     stages = {name: median_ms(stage(m) for m in answers) for name, stage in STAGES.items()}
     stages |= {
         "bare call: set-up": median_ms((g.started - g.received) * 1000 for g in bare_calls),
@@ -197,7 +202,8 @@ def interleaved(
         "bare_ms": median_ms(seconds * 1000 for seconds in bare_outside),
     }
     outside["difference_ms"] = round(outside["service_ms"] - outside["bare_ms"], 2)
-    outside["empty_request_ms"] = median_ms(empty)
+    outside["empty_request_ms"] = median_ms(empty["/livez"])
+    outside["floor_app_ms"] = median_ms(empty["/"])
     return measured, stages, outside
 
 
@@ -242,11 +248,27 @@ def measure(
     memory_requests = 20 if quick else 200
     result: dict[str, Any] = {"quick": quick, "parameters": BODY, "pairs": pairs, "client": client}
 
-    # The service, auth off, defaults otherwise.
-    with bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny") as service:
+    # The service, auth off, defaults otherwise; beside it, the app that does nothing.
+    floor_app = running(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.floor_app:app",
+            "--port",
+            "{port}",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+        ],
+        workdir / "floor.log",
+        ready_path="/",
+    )
+    service_app = bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny")
+    with service_app as service, floor_app as floor:
         result["service_rss_after_warmup_mib"] = round(rss_mib(service), 1)
         result["rounds"], result["stages_ms"], result["outside_pipeline"] = interleaved(
-            service, rounds, pairs, client
+            service, floor, rounds, pairs, client
         )
         p50_seconds(service, memory_requests - rounds * pairs)
         result["service_rss_after_requests_mib"] = round(rss_mib(service), 1)
@@ -313,7 +335,8 @@ def table(result: dict[str, Any]) -> str:
         f"{overhead['min']} to {overhead['max']})\n"
         f"outside the pipeline call: service {outside['service_ms']} ms, bare call "
         f"{outside['bare_ms']} ms, difference {outside['difference_ms']} ms; an empty request "
-        f"(GET /livez) in the same alternation: {outside['empty_request_ms']} ms\n\n"
+        f"(GET /livez) in the same alternation: {outside['empty_request_ms']} ms, and to an app "
+        f"that does nothing (bench/floor_app.py): {outside['floor_app_ms']} ms\n\n"
         "| stage of a request (median) | ms |\n|---|---|\n"
         f"{stages}\n"
         "| a lone client from start, requests | batching on: mean ms | off: mean ms | on / off |\n"

@@ -100,6 +100,7 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     assert outside["service_ms"] > outside["bare_ms"] > 0
     # A generation costs more outside its pipeline than a request with no work at all.
     assert outside["service_ms"] > outside["empty_request_ms"] > 0
+    assert outside["floor_app_ms"] > 0  # the same request to an app that does nothing
     assert [pair["request"] for pair in result["lone_client"]] == [1, 2, 3]
 
 
