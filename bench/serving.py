@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -234,6 +235,15 @@ def lone_client(requests: int, workdir: Path) -> list[dict[str, float]]:
     return latencies
 
 
+def uvicorn(
+    app: str, log: Path, *options: str, env: dict[str, str] | None = None, ready_path: str = "/"
+) -> AbstractContextManager[Server]:
+    """``app`` served by uvicorn on a free port, with its defaults (uvloop, httptools: what
+    `bentoml serve` runs the service on) and ``options``."""
+    command = [sys.executable, "-m", "uvicorn", app, "--port", "{port}", *options]
+    return running(command, log, env=env, ready_path=ready_path)
+
+
 def rss_mib(server: Server) -> float:
     """Resident memory of the server and every process it started."""
     root = psutil.Process(server.process.pid)
@@ -249,20 +259,8 @@ def measure(
     result: dict[str, Any] = {"quick": quick, "parameters": BODY, "pairs": pairs, "client": client}
 
     # The service, auth off, defaults otherwise; beside it, the app that does nothing.
-    floor_app = running(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.floor_app:app",
-            "--port",
-            "{port}",
-            "--lifespan",
-            "off",
-            "--no-access-log",
-        ],
-        workdir / "floor.log",
-        ready_path="/",
+    floor_app = uvicorn(
+        "bench.floor_app:app", workdir / "floor.log", "--lifespan", "off", "--no-access-log"
     )
     service_app = bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny")
     with service_app as service, floor_app as floor:
@@ -290,8 +288,8 @@ def measure(
     result["lone_client_slowest"] = slowest
 
     model_path = str(ensure_built(SD_TINY).path)
-    baseline = running(
-        [sys.executable, "-m", "uvicorn", "bench.baseline_app:app", "--port", "{port}"],
+    baseline = uvicorn(
+        "bench.baseline_app:app",
         workdir / "baseline.log",
         env={"IMAGEGEN_BASELINE_MODEL_PATH": model_path},
         ready_path="/docs",
