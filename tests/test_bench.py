@@ -14,6 +14,7 @@ from bench import (
     controls,
     demo_model,
     edits,
+    encoding,
     gpu,
     jobs,
     loras,
@@ -76,6 +77,16 @@ def test_caching_benchmark_runs(tmp_path: Path) -> None:
         assert row["uncached_s"] > 0 and row["cached_s"] > 0 and row["mean_abs_difference"] >= 0
     read_back = result["models"][0]["read_back"]
     assert read_back["cached"]["images"] == read_back["uncached"]["images"] > 0
+
+
+def test_encoding_benchmark_compares_the_service_png_with_pillows_defaults(tmp_path: Path) -> None:
+    out = tmp_path / "encoding.json"
+    encoding.main(["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert [row["image"] for row in result["rows"]] == ["sd-tiny 64x64", "sd-shapes 64x64"]
+    for row in result["rows"]:
+        assert list(row["encoders"]) == list(encoding.ENCODERS)
+        assert all(e["ms"] > 0 and e["bytes"] > 0 for e in row["encoders"].values())
 
 
 def test_serving_benchmark_runs(tmp_path: Path) -> None:

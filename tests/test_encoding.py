@@ -38,6 +38,12 @@ def test_each_format_decodes_as_itself(image: Image.Image, output_format: str) -
     assert decoded.size == (64, 64)
 
 
+def test_png_is_lossless(image: Image.Image) -> None:
+    # Whatever deflate strategy makes it (run-length: imagegen.serving.encoding.PNG_STRATEGY).
+    decoded = Image.open(io.BytesIO(encode_image(image, PARAMETERS, "png", 90)))
+    assert decoded.tobytes() == image.tobytes()
+
+
 @pytest.mark.parametrize("output_format", ["jpeg", "webp"])
 def test_quality_changes_lossy_encodings(image: Image.Image, output_format: str) -> None:
     low = encode_image(image, PARAMETERS, output_format, 5)

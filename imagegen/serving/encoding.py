@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+import zlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -33,6 +34,11 @@ from imagegen.serving.remote import Generated, Upscaled
 from middleware.timing import record
 
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# PNG's deflate with zlib's run-length strategy, "designed to be almost as fast as
+# Z_HUFFMAN_ONLY, but give better compression for PNG image data" (zlib's manual): on generated
+# images 2-5x faster than Pillow's default strategy for at most a few percent more bytes
+# (python -m bench.encoding).
+PNG_STRATEGY = zlib.Z_RLE
 
 T = TypeVar("T")
 
@@ -69,7 +75,7 @@ def encode_image(
     if output_format == "png":
         text = PngInfo()
         text.add_text("parameters", parameters.model_dump_json())
-        image.save(buffer, format="PNG", pnginfo=text)
+        image.save(buffer, format="PNG", pnginfo=text, compress_type=PNG_STRATEGY)
     else:
         image.save(buffer, format=output_format.upper(), quality=quality)
     return buffer.getvalue()
