@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from functools import cache
+from typing import Any
 
 import prometheus_client
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +42,16 @@ def instruments(namespace: str) -> tuple[prometheus_client.Counter, prometheus_c
     return answers, seconds
 
 
+@cache
+def labelled(namespace: str, route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The counter and histogram of one label set, labelled once: ``labels`` costs more than
+    the ``inc`` or ``observe`` after it. As bounded as the labels (prometheus_client keeps a
+    series per label set anyway)."""
+    answers, seconds = instruments(namespace)
+    labels = (route, method, str(status))
+    return answers.labels(*labels), seconds.labels(*labels)
+
+
 class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, *, namespace: str = "imagegen") -> None:
         if not namespace.isidentifier():
@@ -65,7 +76,6 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, observing_send)
         finally:
             method = scope["method"] if scope["method"] in METHODS else "other"
-            labels = (route_label(scope), method, str(status))
-            answers, seconds = instruments(self.namespace)
-            answers.labels(*labels).inc()
-            seconds.labels(*labels).observe(time.perf_counter() - started)
+            answers, seconds = labelled(self.namespace, route_label(scope), method, status)
+            answers.inc()
+            seconds.observe(time.perf_counter() - started)
