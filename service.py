@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import bentoml
+from bentoml import Context
 from fastapi import FastAPI, Request
 from PIL.Image import Image
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -66,7 +67,7 @@ answers_validation_errors(routes, statuses={"/sdapi/": 422, "/controlnet/": 422}
 def current_request() -> Request:
     """The HTTP request a BentoML API is answering. (Not its `ctx` parameter: with one,
     BentoML overwrites the status of the error responses these handlers return.)"""
-    return bentoml.Context().request
+    return Context().request  # not `bentoml.Context`: an import at each lookup
 
 
 # BentoML's own timeout and concurrency limit, looser than the stack's admission middleware

@@ -21,6 +21,7 @@ from typing import Any
 import bentoml
 from _bentoml_impl.serde import JSONSerde
 from _bentoml_sdk.method import APIMethod
+from bentoml import get_current_service
 from bentoml._internal.container import BentoMLContainer
 from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
@@ -114,7 +115,7 @@ class DirectRoute:
             body = method.input_spec.model_validate_json(await request.body() or b"{}")
             fields = {name: getattr(body, name) for name in method.input_spec.model_fields}
             with self.context.in_request(request):
-                output = await method.func(bentoml.get_current_service(), **fields)
+                output = await method.func(get_current_service(), **fields)
             if isinstance(output, Response):
                 return output
             return await method.output_spec.to_http_response(output, JSONSerde())

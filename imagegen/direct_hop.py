@@ -289,6 +289,9 @@ class DirectClient:
         return outcomes
 
     async def _connected(self) -> asyncio.StreamWriter:
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            return writer  # open: no lock to take on a request's way
         async with self._connecting:
             if self._writer is None or self._writer.is_closing():
                 try:

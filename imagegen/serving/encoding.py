@@ -43,8 +43,8 @@ PNG_STRATEGY = zlib.Z_RLE
 T = TypeVar("T")
 
 
-# Answers with this many pixels or fewer are encoded on the event loop: at most 0.6 ms of PNG
-# on cpu-2 (random noise, PNG's worst case; 64x64 0.3 ms), less than the hop to a worker
+# Answers with this many pixels or fewer are encoded on the event loop: at most 0.5 ms of PNG
+# on cpu-2 (random noise, PNG's worst case; 64x64 0.25 ms), less than the hop to a worker
 # thread and back (python -m bench.serving's encode stage: 0.9 ms in a thread, 0.6 here).
 INLINE_PIXELS = 128 * 64
 
