@@ -6,8 +6,10 @@
    same parameters, **interleaved**: one request (one kept-alive client), then one bare call in
    this process, in turn, ``--pairs`` pairs a round, ``--rounds`` rounds. The bare call alone
    drifts by tens of milliseconds over minutes on a shared two-core machine, so the two sides
-   measured minutes apart do not tell a few milliseconds of overhead; paired, they do. Reported:
-   each round's p50s and the median of its paired differences, and their spread over rounds;
+   measured minutes apart do not tell a few milliseconds of overhead; paired, they do. Each
+   side starts on quiet cores (a pause before it, :data:`QUIET_S`), and each round is made
+   back to back too. Reported: each round's p50s and the median of its paired differences,
+   and their spread over rounds, both ways;
 3. where the difference goes: the median of each stage over those requests, from the
    ``Server-Timing`` each answer carries (spans measured in the process that ran them) and the
    client's own clock, beside the bare call's set-up, pipeline and decode; each side's time
@@ -54,6 +56,13 @@ from models.store import ensure_built
 
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "num_inference_steps": 4, "seed": 1}
 LONE_WINDOW = 20
+# The pause before each timed request or bare call, outside its time, so that each side starts
+# on quiet cores. libgomp's worker threads spin for about 10 ms after a parallel region ends
+# (GOMP_SPINCOUNT's default), so a side started at once after the other side's pipeline call
+# shares a core with that call's spinning worker, and its own pipeline loses 1.5-2.3 ms to it
+# (docs/benchmarks.md). A deployment's one generator meets no such neighbour: its own worker's
+# spin, inside the request, still counts. Back to back is measured too, and reported beside.
+QUIET_S = 0.02
 # The stages of a request, in the order it meets them, and how each is had from one answer's
 # measures: the client's latency and its Server-Timing entries, in ms.
 STAGES: dict[str, Callable[[dict[str, float]], float]] = {
@@ -142,39 +151,47 @@ CLIENTS: dict[str, type[LeanClient | HttpxClient]] = {
 
 def interleaved(
     server: Server, floor: Server, rounds: int, pairs: int, client_name: str
-) -> tuple[list[dict[str, float]], dict[str, float], dict[str, float]]:
-    """Per round: the service's and the bare call's p50 and the median paired difference, in
-    ms, from requests and bare calls made in turn; the median of each stage, the bare call's
-    own included, over all of them; and each side's median time outside its pipeline call,
-    beside an empty request's, to the service and to ``floor`` (bench/floor_app.py)."""
+) -> dict[str, Any]:
+    """Per round, each way (each side started on quiet cores; back to back): the service's
+    and the bare call's p50 and the median paired difference, in ms, from requests and bare
+    calls made in turn; on quiet cores also the median of each stage, the bare call's own
+    included, and each side's median time outside its pipeline call, beside an empty
+    request's, to the service and to ``floor`` (bench/floor_app.py)."""
     runner = PipelineRunner(load_model(ensure_built(SD_TINY)))
     parameters = resolve(ImageRequest.model_validate(BODY), runner.model.info)
     runner.generate(parameters)  # warm-up, as the service does
-    measured, answers, bare_calls, bare_outside = [], [], [], []
+    measured: dict[str, list[dict[str, float]]] = {"quiet": [], "back_to_back": []}
+    answers, bare_calls, bare_outside = [], [], []
     client, floor_client = (CLIENTS[client_name](s.url) for s in (server, floor))
     try:
         client.post("/generate/image", BODY)  # the connection, warm
         for _ in range(rounds):
-            service, bare = [], []
-            for _ in range(pairs):
-                started = time.perf_counter()
-                headers = client.post("/generate/image", BODY)
-                service.append(time.perf_counter() - started)
-                answers.append({**server_timing(headers), "client": service[-1] * 1000})
-                started = time.perf_counter()
-                bare_calls.append(runner.generate(parameters))
-                bare.append(time.perf_counter() - started)
-                bare_outside.append(bare[-1] - (bare_calls[-1].finished - bare_calls[-1].started))
-            measured.append(
-                {
-                    "service_p50_ms": round(statistics.median(service) * 1000, 1),
-                    "bare_p50_ms": round(statistics.median(bare) * 1000, 1),
-                    "paired_difference_ms": round(
-                        statistics.median(s - b for s, b in zip(service, bare, strict=True)) * 1000,
-                        1,
-                    ),
-                }
-            )
+            for way, pause in (("quiet", QUIET_S), ("back_to_back", 0.0)):
+                service, bare = [], []
+                for _ in range(pairs):
+                    time.sleep(pause)
+                    started = time.perf_counter()
+                    headers = client.post("/generate/image", BODY)
+                    service.append(time.perf_counter() - started)
+                    time.sleep(pause)
+                    started = time.perf_counter()
+                    bare_call = runner.generate(parameters)
+                    bare.append(time.perf_counter() - started)
+                    if way == "quiet":
+                        answers.append({**server_timing(headers), "client": service[-1] * 1000})
+                        bare_calls.append(bare_call)
+                        bare_outside.append(bare[-1] - (bare_call.finished - bare_call.started))
+                measured[way].append(
+                    {
+                        "service_p50_ms": round(statistics.median(service) * 1000, 1),
+                        "bare_p50_ms": round(statistics.median(bare) * 1000, 1),
+                        "paired_difference_ms": round(
+                            statistics.median(s - b for s, b in zip(service, bare, strict=True))
+                            * 1000,
+                            1,
+                        ),
+                    }
+                )
         # The floor under all of it: a request with no work (GET /livez: the connection,
         # uvicorn, BentoML's layers and the middlewares), alternated with bare calls the same
         # way, so that it too meets a process whose caches the other side's pipeline has had;
@@ -184,6 +201,7 @@ def interleaved(
         for _ in range(pairs):
             for path, requester in (("/livez", client), ("/", floor_client)):
                 runner.generate(parameters)
+                time.sleep(QUIET_S)
                 started = time.perf_counter()
                 requester.get(path)
                 empty[path].append((time.perf_counter() - started) * 1000)
@@ -205,7 +223,22 @@ def interleaved(
     outside["difference_ms"] = round(outside["service_ms"] - outside["bare_ms"], 2)
     outside["empty_request_ms"] = median_ms(empty["/livez"])
     outside["floor_app_ms"] = median_ms(empty["/"])
-    return measured, stages, outside
+    return {
+        "rounds": measured["quiet"],
+        "back_to_back_rounds": measured["back_to_back"],
+        "stages_ms": stages,
+        "outside_pipeline": outside,
+    }
+
+
+def spread(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The median of the rounds' paired differences, and their range."""
+    differences = [r["paired_difference_ms"] for r in rounds]
+    return {
+        "median": statistics.median(differences),
+        "min": min(differences),
+        "max": max(differences),
+    }
 
 
 def median_ms(values: Iterable[float]) -> float:
@@ -265,9 +298,7 @@ def measure(
     service_app = bentoml_serve(workdir / "service.log", api_keys="", model="sd-tiny")
     with service_app as service, floor_app as floor:
         result["service_rss_after_warmup_mib"] = round(rss_mib(service), 1)
-        result["rounds"], result["stages_ms"], result["outside_pipeline"] = interleaved(
-            service, floor, rounds, pairs, client
-        )
+        result |= interleaved(service, floor, rounds, pairs, client)
         p50_seconds(service, memory_requests - rounds * pairs)
         result["service_rss_after_requests_mib"] = round(rss_mib(service), 1)
         result["memory_requests"] = memory_requests
@@ -297,14 +328,10 @@ def measure(
     with baseline as server:
         result["baseline_p50_ms"] = round(p50_seconds(server, baseline_requests) * 1000, 1)
 
-    differences = [r["paired_difference_ms"] for r in result["rounds"]]
     result["service_p50_ms"] = statistics.median(r["service_p50_ms"] for r in result["rounds"])
     result["bare_pipeline_p50_ms"] = statistics.median(r["bare_p50_ms"] for r in result["rounds"])
-    result["overhead_ms"] = {
-        "median": statistics.median(differences),
-        "min": min(differences),
-        "max": max(differences),
-    }
+    result["overhead_ms"] = spread(result["rounds"])
+    result["back_to_back_overhead_ms"] = spread(result["back_to_back_rounds"])
     result["baseline_over_service"] = round(result["baseline_p50_ms"] / result["service_p50_ms"], 2)
     result["machine"] = machine()
     return result
@@ -312,6 +339,7 @@ def measure(
 
 def table(result: dict[str, Any]) -> str:
     overhead, outside = result["overhead_ms"], result["outside_pipeline"]
+    back = result["back_to_back_overhead_ms"]
     rounds = "".join(
         f"| round {k + 1} | {r['service_p50_ms']} | {r['bare_p50_ms']} | "
         f"{r['paired_difference_ms']} |\n"
@@ -325,12 +353,15 @@ def table(result: dict[str, Any]) -> str:
     )
     slowest = result["lone_client_slowest"]
     return (
-        f"| interleaved, {result['pairs']} pairs a round, {result['client']} | service p50 ms | "
+        f"| interleaved, {result['pairs']} pairs a round, {result['client']}, each side on "
+        "quiet cores | service p50 ms | "
         "bare p50 ms | "
         "service - bare, median of pairs, ms |\n|---|---|---|---|\n"
         f"{rounds}\n"
         f"service - bare: {overhead['median']} ms (median of rounds; "
-        f"{overhead['min']} to {overhead['max']})\n"
+        f"{overhead['min']} to {overhead['max']}); back to back, no pause before each side: "
+        f"{back['median']} ms ({back['min']} to {back['max']}; rounds "
+        f"{', '.join(str(r['paired_difference_ms']) for r in result['back_to_back_rounds'])})\n"
         f"outside the pipeline call: service {outside['service_ms']} ms, bare call "
         f"{outside['bare_ms']} ms, difference {outside['difference_ms']} ms; an empty request "
         f"(GET /livez) in the same alternation: {outside['empty_request_ms']} ms, and to an app "
