@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from contextvars import copy_context
 from dataclasses import replace
-from functools import cache, partial
+from functools import cache, cached_property, partial
 from typing import Any
 
 import bentoml
@@ -355,8 +355,9 @@ class PipelineRunner:
         except Exception as error:
             logger.exception("generation failed (seeds %s)", [p.seed for p in group])
             raise GenerationFailed() from error
-        generation_seconds().labels(model=self.model.tag).observe(finished - started)
-        batch_sizes().labels(model=self.model.tag).observe(len(group))
+        call_seconds, call_size = self._call_metrics
+        call_seconds.observe(finished - started)
+        call_size.observe(len(group))
         return [
             Failure.of(Cancelled("The generation was cancelled."))
             if self.tracker.is_cancelled(item.id)
@@ -371,6 +372,13 @@ class PipelineRunner:
             )
             for image, item in zip(images, items, strict=True)
         ]
+
+    @cached_property
+    def _call_metrics(self) -> tuple[Any, Any]:
+        """This model's histograms of a call's time and size, labelled once: ``labels`` costs
+        more than the ``observe`` after it, on the way from the call's end to its answer."""
+        tag = self.model.tag
+        return generation_seconds().labels(model=tag), batch_sizes().labels(model=tag)
 
     def _run(self, items: list[WorkItem]) -> tuple[list[Any], tuple[float, float, float]]:
         """On the pipeline's thread: the group's adapters set, its call, and hires fix's
