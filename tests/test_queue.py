@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import prometheus_client
 import pytest
 from PIL import Image
 from starlette.requests import Request
@@ -164,6 +165,29 @@ def test_step_events_measure_the_rate_and_cancelling_reaches_the_generator() -> 
             await running
         assert generator.cancelled == ticket.ids
         assert q.depth == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_gauges_follow_the_queue_once_the_running_task_yields() -> None:
+    def depth() -> float | None:
+        return prometheus_client.REGISTRY.get_sample_value(
+            "imagegen_queue_depth", {"model": "gauged:v1"}
+        )
+
+    async def scenario() -> None:
+        q = WorkQueue(
+            GeneratorClient(object()), max_request_work=1.0, max_wait_s=10, model="gauged:v1"
+        )
+        first = q.admit([PARAMETERS])
+        assert depth() in (None, 0.0)  # not on the request's way
+        await asyncio.sleep(0)
+        assert depth() == 1.0
+        second = q.admit([PARAMETERS])
+        first.discard()
+        second.discard()
+        await asyncio.sleep(0)
+        assert depth() == 0.0  # the last state, whatever came between
 
     asyncio.run(scenario())
 

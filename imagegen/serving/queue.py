@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +43,7 @@ class Ticket:
     edit: Edit | None
     work: float
     controls: list[str] = field(default_factory=list)  # control maps, PNG base64
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: secrets.token_hex(16))
     # One per image, in order: the ids its work items carry across the hop.
     ids: list[str] = field(init=False)
     started: bool = False
@@ -59,7 +59,7 @@ class Ticket:
     _task: asyncio.Task[Generated] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.ids = [uuid.uuid4().hex for _ in self.batch]
+        self.ids = [secrets.token_hex(16) for _ in self.batch]
         self.steps = self.batch[0].all_steps
 
     @property
@@ -161,6 +161,7 @@ class WorkQueue:
         self.max_wait_s = max_wait_s
         self.rates = RateEstimate()
         self._tickets: dict[str, Ticket] = {}  # in order of arrival
+        self._report_due = False  # a report is scheduled on the event loop
 
     def admit(
         self,
@@ -274,5 +275,21 @@ class WorkQueue:
             )
 
     def _report(self) -> None:
+        """The gauges brought up to date once the running task yields, not on a request's way:
+        admission's report then runs while the generator works, and a request's last changes
+        (its rate learnt, its ticket gone) make one report after its answer is sent. At once
+        outside an event loop."""
+        if self._report_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_report()
+            return
+        self._report_due = True
+        loop.call_soon(self._write_report)
+
+    def _write_report(self) -> None:
+        self._report_due = False
         queued = sum(ticket.remaining_work for ticket in self._tickets.values())
         report_queue(self.model, self.depth, queued, self.wait_s())
