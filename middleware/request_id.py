@@ -9,7 +9,7 @@ middleware puts it in every error answer) and in :data:`REQUEST_ID` for log reco
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -29,7 +29,7 @@ class RequestIdMiddleware:
             return
 
         incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if VALID_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
