@@ -36,8 +36,8 @@ from middleware.timing import record
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # PNG's deflate with zlib's run-length strategy, "designed to be almost as fast as
 # Z_HUFFMAN_ONLY, but give better compression for PNG image data" (zlib's manual): on generated
-# images 2-5x faster than Pillow's default strategy for at most a few percent more bytes
-# (python -m bench.encoding).
+# images 1.5-6x faster than Pillow's default strategy for the same bytes (0.99-1.0x; python -m
+# bench.encoding).
 PNG_STRATEGY = zlib.Z_RLE
 
 T = TypeVar("T")
@@ -45,7 +45,8 @@ T = TypeVar("T")
 
 # Answers with this many pixels or fewer are encoded on the event loop: at most 0.5 ms of PNG
 # on cpu-2 (random noise, PNG's worst case; 64x64 0.25 ms), less than the hop to a worker
-# thread and back (python -m bench.serving's encode stage: 0.9 ms in a thread, 0.6 here).
+# thread and back (python -m bench.serving's encode stage when this was chosen: 0.9 ms in a
+# thread, 0.6 on the loop; 0.5 on the loop since the run-length deflate).
 INLINE_PIXELS = 128 * 64
 
 
