@@ -39,7 +39,7 @@ def _gauges() -> tuple[prometheus_client.Gauge, prometheus_client.Gauge, prometh
 @cache
 def _labelled(model: str) -> list[Any]:
     """A model's three gauges, labelled once: ``labels`` costs more than the ``set`` that
-    follows it, and a queue reports three times a request."""
+    follows it, and a queue reports at every request's admission and end."""
     return [gauge.labels(model=model) for gauge in _gauges()]
 
 
